@@ -16,6 +16,14 @@ from collections.abc import Sequence
 # subcommand name -> (module under mmprompt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("parity", "check the implementation against an official reference file"),
+    "data": ("data", "inspect and check datasets (inspect, check)"),
+    "import-official": ("import_official", "convert an official Dassl checkpoint into an mmprompt checkpoint"),
+    "train": ("train", "train prompts on one dataset"),
+    "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
+    "predict": ("predict", "classify images with trained prompts and class names given now"),
+    "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
+    "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
+    "bench": ("bench", "measure training-step time, evaluation throughput and memory"),
 }
 
 
@@ -33,8 +41,8 @@ def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.Argu
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = [a for a in argv if a in COMMANDS][:1]
-    parser = build_parser(chosen)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
