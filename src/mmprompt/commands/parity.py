@@ -1,0 +1,34 @@
+"""``mmprompt parity``: compare against an official reference file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", required=True, help="reference .npz (its .json must sit beside it)")
+    parser.add_argument("--case", action="append", default=None, help="check only this case (repeatable)")
+    parser.add_argument("--text-chunk-size", type=int, default=0,
+                        help="encode classes in chunks of this size with activation checkpointing")
+    parser.add_argument("--no-truncate-text", action="store_true",
+                        help="run the text encoder over the full context (reference semantics)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..parity import run_parity
+
+    overrides = {"text_chunk_size": args.text_chunk_size, "truncate_text": not args.no_truncate_text}
+    results = run_parity(args.reference, args.case, **overrides)
+    failed = 0
+    print(f"{'case':<16}{'tensor':<72}{'max abs err':>14}{'max rel err':>14}  result")
+    for res in results:
+        if res.error:
+            failed += 1
+            print(f"{res.case:<16}{'-':<72}{'':>14}{'':>14}  CANNOT CHECK: {res.error}")
+            continue
+        for c in res.checks:
+            status = "ok" if c.ok else f"MISMATCH {c.note}".rstrip()
+            print(f"{c.case:<16}{c.name:<72}{c.max_abs:>14.3e}{c.max_rel:>14.3e}  {status}")
+        failed += 0 if res.ok else 1
+    print(f"{len(results) - failed} of {len(results)} cases pass (relative error <= 1e-4)")
+    return 1 if failed else 0

@@ -1,0 +1,228 @@
+"""What every prompt learner provides, and the pieces they share.
+
+A prompt learner wraps a frozen :class:`~mmprompt.clip.model.CLIP` (``self.clip``) and keeps every
+trainable tensor under ``self.prompt``. One predicate, :func:`is_trainable`, decides what trains, what
+the optimizer gets and what a checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..clip.model import CLIP, DeepPrompts
+from ..clip.tokenizer import Tokenizer, get_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_PREFIX = "prompt."
+
+
+def is_trainable(name: str) -> bool:
+    """The one predicate: a parameter trains (and is saved) iff it lives under ``prompt``."""
+    return name.startswith(TRAINABLE_PREFIX)
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Options shared by every method (each method's config extends it)."""
+
+    text_chunk_size: int = 0
+    """Encode class prompts in chunks of this many classes with activation checkpointing when
+    gradients are needed (0: all at once). Same loss and gradients, bounded memory."""
+    truncate_text: bool = True
+    """Run the text encoder only up to the last EOT among the prompts (exact under the causal mask)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check_model(self, clip: CLIP) -> None:
+        """Raise ValueError if the config does not fit this CLIP (e.g. a depth beyond its layers)."""
+
+    def __post_init__(self) -> None:
+        if self.text_chunk_size < 0:
+            raise ValueError(f"text_chunk_size must be >= 0, got {self.text_chunk_size}")
+
+
+def check_depth(what: str, depth: int, layers: int) -> None:
+    if depth < 0:
+        raise ValueError(f"{what} must be >= 0, got {depth}")
+    if depth > layers:
+        raise ValueError(f"{what} = {depth} is larger than the model's {layers} layers")
+
+
+def clean_classnames(classnames: Sequence[str]) -> list[str]:
+    """Class names as the methods use them: underscores become spaces."""
+    names = [str(c).replace("_", " ") for c in classnames]
+    if not names:
+        raise ValueError("at least one class name is needed")
+    return names
+
+
+def normal_init(*shape: int, std: float = 0.02) -> nn.Parameter:
+    return nn.Parameter(torch.randn(*shape) * std)
+
+
+class PromptLearner(nn.Module):
+    """Base class: a frozen CLIP, trainable prompts under ``self.prompt``, logits for images.
+
+    Subclasses implement :meth:`build_prompts` (create ``self.prompt``), :meth:`prepare_classes` (the
+    class-dependent, non-persistent buffers), :meth:`text_features` and, when vision prompts exist,
+    :meth:`vision_prompts`.
+    """
+
+    method: ClassVar[str] = ""
+    image_conditioned_text: ClassVar[bool] = False
+    """True when class text features depend on the image (CoCoOp): no caching across images."""
+    class_specific: ClassVar[bool] = False
+    """True when prompts are tied to the training class names (class-specific CoOp)."""
+
+    def __init__(
+        self, clip: CLIP, classnames: Sequence[str], config: MethodConfig, tokenizer: Tokenizer | None = None
+    ) -> None:
+        super().__init__()
+        config.check_model(clip)
+        self.config = config
+        self.clip = clip
+        self.clip.requires_grad_(False)
+        self.tokenizer = tokenizer or get_tokenizer()
+        self.prompt = nn.Module()
+        self.build_prompts()
+        for name, param in self.named_parameters():
+            param.requires_grad_(is_trainable(name))
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+
+    # ----- what subclasses provide -------------------------------------------------------------------
+    def build_prompts(self) -> None:
+        """Create the trainable parameters under ``self.prompt``."""
+
+    def prepare_classes(self, classnames: list[str]) -> None:
+        """Build the class-dependent buffers for ``classnames`` (already cleaned)."""
+        raise NotImplementedError
+
+    def text_features(self) -> Tensor:
+        """Class text features [C, E], not normalised (methods whose text does not depend on the image)."""
+        raise NotImplementedError
+
+    def vision_prompts(self) -> tuple[Tensor | None, DeepPrompts | None]:
+        """Prompts for the image encoder: (input prompts, per-block prompts)."""
+        return None, None
+
+    # ----- shared machinery --------------------------------------------------------------------------
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Point the learner at a new list of classes (prompts are reused as they are)."""
+        names = clean_classnames(classnames)
+        self.prepare_classes(names)
+        self.classnames = list(classnames)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if is_trainable(n)]
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The trainable tensors only, detached, keyed by their full names."""
+        return {n: p.detach().clone() for n, p in self.named_parameters() if is_trainable(n)}
+
+    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load prompts strictly: every trainable tensor, with its shape, and nothing else."""
+        own = dict((n, p) for n, p in self.named_parameters() if is_trainable(n))
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(n for n in set(own) & set(state) if tuple(own[n].shape) != tuple(state[n].shape))
+        if missing or unexpected or wrong:
+            details = [f"missing: {missing}"] if missing else []
+            details += [f"unexpected: {unexpected}"] if unexpected else []
+            details += [f"{n}: checkpoint {tuple(state[n].shape)} vs model {tuple(own[n].shape)}" for n in wrong]
+            raise ValueError(f"prompt weights do not match the {self.method} learner: " + "; ".join(details))
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(state[n].to(p.dtype))
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        device = self.clip.token_embedding.weight.device
+        return self.tokenizer(list(texts), context_length=self.clip.config.text.context_length).to(device)
+
+    def embed_prompts(self, prefix: str, classnames: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Tokens [C, L] and frozen token embeddings [C, L, Dt] of ``"{prefix} {name}."`` per class."""
+        texts = [f"{prefix} {name}." if prefix else f"{name}." for name in classnames]
+        tokens = self.tokenize(texts)
+        with torch.no_grad():
+            embeddings = self.clip.token_embedding(tokens).float()
+        return tokens, embeddings
+
+    def init_words(self, text: str, n_ctx: int) -> Tensor:
+        """Token embeddings [n_ctx, Dt] of the first ``n_ctx`` tokens of ``text`` (after SOT)."""
+        tokens = self.tokenize([text])
+        with torch.no_grad():
+            return self.clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
+
+    def encode_text(
+        self, embeddings: Tensor, eot: Tensor, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
+    ) -> Tensor:
+        """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked."""
+        chunk = self.config.text_chunk_size
+        truncate = self.config.truncate_text
+
+        def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
+            return self.clip.encode_text_embeddings(
+                x, e, deep_prompts=list(deep) if deep else None, prompt_start=prompt_start, truncate=truncate
+            )
+
+        deep = tuple(deep_prompts) if deep_prompts is not None else ()
+        if chunk <= 0 or embeddings.shape[0] <= chunk:
+            return run(embeddings, eot, *deep)
+        outputs = []
+        for start in range(0, embeddings.shape[0], chunk):
+            x, e = embeddings[start : start + chunk], eot[start : start + chunk]
+            if torch.is_grad_enabled():
+                outputs.append(checkpoint(run, x, e, *deep, use_reentrant=False))
+            else:
+                outputs.append(run(x, e, *deep))
+        return torch.cat(outputs)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Image features [B, E], not normalised, with this method's vision prompts."""
+        prompts, deep = self.vision_prompts()
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep)
+
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale.exp().float()
+
+    def logits_from(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """Scaled cosine logits [B, C] from (un-normalised) image [B, E] and text [C, E] features."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        return self.logit_scale() * img @ txt.t()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits [B, C] for ``images`` against the current classes."""
+        return self.logits_from(self.image_features(images), self.text_features())
+
+    @torch.no_grad()
+    def class_text_features(self) -> Tensor | None:
+        """Class text features [C, E] to reuse across evaluation batches, or None when they depend on
+        the image (then :meth:`forward` must be used per batch)."""
+        if self.image_conditioned_text:
+            return None
+        return self.text_features()
+
+    def predict_logits(self, images: Tensor, text_features: Tensor | None) -> Tensor:
+        """Logits using cached class text features when given (see :meth:`class_text_features`)."""
+        if text_features is None:
+            return self(images)
+        return self.logits_from(self.image_features(images), text_features)
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.trainable_parameters())
+        return f"method={self.method}, classes={self.num_classes}, trainable={n:,}"
