@@ -1,0 +1,79 @@
+"""The benchmark's datasets in their official (CoOp) folder layouts.
+
+``DATASETS`` maps each canonical lower-case key to its :class:`DatasetInfo`; :func:`get_dataset_info`
+also accepts CoOp's class names ("OxfordPets", "DescribableTextures") and common spellings, ignoring
+case, ``-``, ``_`` and spaces.
+"""
+
+from __future__ import annotations
+
+from mmprompt.data.datasets import (
+    caltech101,
+    dtd,
+    eurosat,
+    fgvc_aircraft,
+    food101,
+    imagenet,
+    imagenet_a,
+    imagenet_r,
+    imagenet_sketch,
+    imagenetv2,
+    oxford_flowers,
+    oxford_pets,
+    stanford_cars,
+    sun397,
+    ucf101,
+)
+from mmprompt.data.datasets._base import DatasetInfo, Requirement
+
+__all__ = ["DATASETS", "DatasetInfo", "Requirement", "get_dataset_info", "list_datasets", "resolve_name"]
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.key: info
+    for info in (
+        imagenet.INFO,
+        caltech101.INFO,
+        oxford_pets.INFO,
+        stanford_cars.INFO,
+        oxford_flowers.INFO,
+        food101.INFO,
+        fgvc_aircraft.INFO,
+        sun397.INFO,
+        dtd.INFO,
+        eurosat.INFO,
+        ucf101.INFO,
+        imagenetv2.INFO,
+        imagenet_sketch.INFO,
+        imagenet_a.INFO,
+        imagenet_r.INFO,
+    )
+}
+
+
+def _norm(name: str) -> str:
+    return "".join(c for c in name.lower() if c not in "-_ ")
+
+
+_LOOKUP: dict[str, str] = {}
+for _info in DATASETS.values():
+    for _alias in (_info.key, _info.coop_name, _info.folder, *_info.aliases):
+        _LOOKUP.setdefault(_norm(_alias), _info.key)
+del _info, _alias
+
+
+def list_datasets() -> list[str]:
+    """The canonical dataset keys, in the order of the paper's tables."""
+    return list(DATASETS)
+
+
+def resolve_name(name: str) -> str:
+    """The canonical key of ``name`` ("OxfordPets", "oxford-pets", "oxford_pets" -> "oxford_pets")."""
+    key = _LOOKUP.get(_norm(name))
+    if key is None:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} (or 'custom')")
+    return key
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset, by any accepted name."""
+    return DATASETS[resolve_name(name)]

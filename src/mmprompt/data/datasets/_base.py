@@ -1,0 +1,190 @@
+"""What every dataset reader declares, and the helpers the readers share."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mmprompt.data.errors import DatasetNotFoundError, SplitFileError
+from mmprompt.data.samples import Sample, split_per_class
+
+RawSplits = tuple[list[Sample], list[Sample], list[Sample]]
+Reader = Callable[[Path, random.Random], RawSplits]
+
+COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A file or folder of the official layout, relative to the dataset folder.
+
+    ``needed`` is ``"always"``, or ``"no_split"`` for what is read only to generate a split when the
+    ``split_zhou_*.json`` file is absent.
+    """
+
+    path: str
+    kind: Literal["file", "dir"]
+    what: str
+    needed: Literal["always", "no_split"] = "always"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset of the benchmark: where it lives, how to read it, how many classes it should have.
+
+    ``reader(dataset_dir, rng)`` returns ``(train, val, test)`` with paths relative to the image folder.
+    For datasets with a ``split_file`` it is called only when that file is absent (and then uses ``rng``
+    to generate the split); for the others it is the only way to read the dataset.
+    """
+
+    key: str
+    coop_name: str
+    folder: str
+    image_subdir: str
+    num_classes: int
+    reader: Reader
+    download: str
+    split_file: str | None = None
+    requirements: tuple[Requirement, ...] = ()
+    aliases: tuple[str, ...] = ()
+    val_is_test: bool = False
+    test_only: bool = False
+
+    def dataset_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.folder
+
+    def image_dir(self, root: str | Path) -> Path:
+        d = self.dataset_dir(root)
+        return d / self.image_subdir if self.image_subdir else d
+
+
+def split_file_hint(info: DatasetInfo) -> str:
+    """Where the official split file comes from, in words."""
+    return (
+        f"download {info.split_file} from the Google Drive link in the {info.coop_name} section of CoOp's "
+        f"DATASETS.md ({COOP_DATASETS_MD}) and put it in the dataset folder"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def require(path: Path, what: str, info_download: str = "") -> Path:
+    """Return ``path`` if it exists, else raise naming it and saying how to get it."""
+    if not path.exists():
+        hint = f" {info_download}" if info_download else ""
+        raise DatasetNotFoundError(f"{what} not found: expected {path}.{hint}")
+    return path
+
+
+def is_image(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[str]:
+    """Sorted names of the image files in ``folder`` (hidden files and non-images skipped).
+
+    The official code uses ``os.listdir`` order, which depends on the file system; sorting makes a
+    generated split the same on every machine.
+    """
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and is_image(p.name))
+
+
+def list_dirs(folder: Path, ignored: Sequence[str] = ()) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in ignored)
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a text file."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise SplitFileError(f"{path}: not valid JSON ({e})") from e
+
+
+def read_wnid_classnames(path: Path) -> dict[str, str]:
+    """CoOp's ImageNet ``classnames.txt``: lines ``n01440764 tench`` -> {wnid: name}, in file order."""
+    out: dict[str, str] = {}
+    for line in read_lines(path):
+        folder, _, name = line.partition(" ")
+        out[folder] = name.strip()
+    return out
+
+
+def read_and_split_folders(
+    image_dir: Path,
+    rng: random.Random,
+    ignored: Sequence[str] = (),
+    new_cnames: dict[str, str] | None = None,
+    p_trn: float = 0.5,
+    p_val: float = 0.2,
+) -> RawSplits:
+    """A folder per class -> a 50/20/30 split per class (CoOp's ``DTD.read_and_split_data``)."""
+    groups = []
+    for label, category in enumerate(list_dirs(image_dir, ignored)):
+        paths = [f"{category}/{name}" for name in list_images(image_dir / category)]
+        groups.append((label, (new_cnames or {}).get(category, category), paths))
+    if not groups:
+        raise DatasetNotFoundError(f"no class folders found in {image_dir}")
+    return split_per_class(groups, rng, p_trn, p_val)
+
+
+def read_wnid_folders(image_dir: Path, classnames: dict[str, str], source: Path) -> list[Sample]:
+    """Sorted wnid folders -> samples labelled 0.. in folder order (ImageNet-Sketch, -A, -R)."""
+    items = []
+    for label, folder in enumerate(list_dirs(image_dir)):
+        if folder not in classnames:
+            raise SplitFileError(f"{source}: no class name for the folder {image_dir / folder}")
+        items += [Sample(f"{folder}/{n}", label, classnames[folder]) for n in list_images(image_dir / folder)]
+    if not items:
+        raise DatasetNotFoundError(f"no images found in the class folders of {image_dir}")
+    return items
+
+
+def load_mat(path: Path) -> dict[str, Any]:
+    """Read a MATLAB file with SciPy (needed only to generate a split from the .mat annotations)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DatasetNotFoundError(
+            f"reading {path} needs SciPy (pip install scipy); alternatively put the official split_zhou "
+            "file in the dataset folder, which needs no .mat file"
+        ) from e
+    return loadmat(str(path))
+
+
+def copy_classnames_hint(folder: str) -> str:
+    """The instruction shared by the ImageNet variants, which reuse ImageNet's classnames.txt."""
+    return (
+        f"and copy <root>/imagenet/classnames.txt into <root>/{folder}/ as described in CoOp's DATASETS.md "
+        f"({COOP_DATASETS_MD})."
+    )
+
+
+CLASSNAMES_REQUIREMENT = Requirement(
+    "classnames.txt", "file", "the ImageNet class names, copied from <root>/imagenet/classnames.txt"
+)
+
+
+def wnid_test_reader(subdir: str, download: str) -> Reader:
+    """A reader for a test-only set of wnid folders named in ``classnames.txt`` (Sketch, -A, -R)."""
+
+    def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
+        names = read_wnid_classnames(require(dataset_dir / "classnames.txt", "classnames.txt", download))
+        image_dir = require(dataset_dir / subdir, "image folder", download)
+        return [], [], read_wnid_folders(image_dir, names, dataset_dir / "classnames.txt")
+
+    return read
