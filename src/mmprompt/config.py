@@ -1,0 +1,432 @@
+"""Run configuration: typed dataclasses, YAML presets and dotted command-line overrides.
+
+A run is described by a :class:`RunConfig` with one section per concern (``method``, ``data``, ``optim``,
+``clip``, ``log``) plus a few top-level fields. Presets for the paper's settings live as YAML files in
+``mmprompt/configs/`` and are loaded by name (``maple_b2n``) or by path::
+
+    cfg = load_config("maple_b2n", overrides=["optim.lr=0.001", "method.n_ctx=4"])
+
+Overrides are ``dotted.key=value`` with the value parsed as a YAML scalar (``4`` -> int, ``1e-3`` ->
+float, ``true`` -> bool, ``null`` -> None). Unknown keys are an error naming the key. Method options are
+checked against the method's own config class (:func:`mmprompt.methods.make_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PRECISIONS",
+    "ClipSection",
+    "ConfigError",
+    "DataSection",
+    "LogSection",
+    "MethodSection",
+    "OptimSection",
+    "RunConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_config",
+    "parse_override",
+    "preset_path",
+]
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
+_YAML_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid or a key is unknown; the message names the key."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+@dataclass
+class MethodSection:
+    """Which prompt learner to train and its options (the fields of that method's config class)."""
+
+    name: str = "maple"
+    """Method name: zeroshot, coop, cocoop, vpt, language_only, ivlp or maple (aliases accepted)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Method options, e.g. ``n_ctx``, ``depth``, ``ctx_init``; written flat beside ``name`` in YAML."""
+
+    def __post_init__(self) -> None:
+        from .methods import canonical_method, make_config
+
+        try:
+            self.name = canonical_method(self.name)
+        except KeyError as exc:
+            raise ConfigError(f"method.name: {exc.args[0]}") from None
+        try:
+            make_config(self.name, self.options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"method: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MethodSection:
+        d = dict(d)
+        name = d.pop("name", "maple")
+        return cls(name=name, options=d)
+
+
+@dataclass
+class DataSection:
+    """Which dataset, which shots and classes, and how images are loaded."""
+
+    dataset: str | None = None
+    """Dataset key (``eurosat``, ``imagenet``...); set per run by the command or the protocol."""
+    root: str | None = None
+    """Data root holding one folder per dataset in the official layout."""
+    shots: int = 16
+    """Training images per class (few-shot sampling); 0 or less keeps every image."""
+    seed: int = 1
+    """Seed of the few-shot selection and of the run (prompt initialisation, data order, augmentation)."""
+    subsample: str = "all"
+    """Classes to train on: ``all``, ``base`` (first half of the sorted labels) or ``new``."""
+    num_workers: int = 4
+    """DataLoader worker processes (0: load in the main process)."""
+    skip_corrupt: bool = False
+    """Skip unreadable images (logged) instead of stopping with an error naming the file."""
+
+    def __post_init__(self) -> None:
+        if self.subsample not in SUBSAMPLES:
+            raise ConfigError(f"data.subsample must be one of {SUBSAMPLES}, got {self.subsample!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check_int("data.shots", self.shots)
+        _check_int("data.seed", self.seed)
+
+
+@dataclass
+class OptimSection:
+    """SGD with a constant warm-up and a per-epoch cosine schedule (Dassl's defaults)."""
+
+    lr: float = 0.0035
+    """Base learning rate (after warm-up)."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    """Applies to the prompt parameters."""
+    epochs: int = 5
+    """Total epochs, warm-up included."""
+    warmup_epochs: int = 1
+    """Epochs at the constant warm-up rate (0: none)."""
+    warmup_lr: float = 1e-5
+    """Constant learning rate during warm-up."""
+    batch_size: int = 4
+    """Global training batch per optimizer step and accumulation micro-step (split over processes)."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients are summed before one optimizer step (effective batch x this)."""
+    max_grad_norm: float | None = None
+    """Clip the gradient norm to this value (None: no clipping, as in the official code)."""
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "warmup_lr"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"optim.{name} must be a positive number, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name} must be a number >= 0, got {getattr(self, name)!r}")
+        _check_int("optim.epochs", self.epochs, minimum=1)
+        _check_int("optim.warmup_epochs", self.warmup_epochs, minimum=0)
+        _check_int("optim.batch_size", self.batch_size, minimum=1)
+        _check_int("optim.grad_accum", self.grad_accum, minimum=1)
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ConfigError(
+                f"optim.warmup_epochs ({self.warmup_epochs}) must be smaller than optim.epochs ({self.epochs})"
+            )
+        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
+            raise ConfigError(f"optim.max_grad_norm must be positive or null, got {self.max_grad_norm!r}")
+        self.lr, self.warmup_lr = float(self.lr), float(self.warmup_lr)
+        self.momentum, self.weight_decay = float(self.momentum), float(self.weight_decay)
+
+
+@dataclass
+class ClipSection:
+    """Which CLIP weights to build the learner on."""
+
+    weights: str = "ViT-B/16"
+    """A registry name (``ViT-B/16``) or a path to a checkpoint file or folder."""
+    activation: str | None = None
+    """MLP activation for files that do not say it (``quick_gelu`` for OpenAI weights, ``gelu``)."""
+
+    def __post_init__(self) -> None:
+        if self.activation not in (None, "quick_gelu", "gelu"):
+            raise ConfigError(f"clip.activation must be quick_gelu, gelu or null, got {self.activation!r}")
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ConfigError(f"clip.weights must name weights or a path, got {self.weights!r}")
+
+
+@dataclass
+class LogSection:
+    """What a run writes besides its results."""
+
+    every: int = 10
+    """Write a training line to log.jsonl every this many optimizer steps (and at each epoch's end)."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars under ``tb/``."""
+    progress: bool = True
+    """Show a tqdm progress bar (main process only)."""
+
+    def __post_init__(self) -> None:
+        _check_int("log.every", self.every, minimum=1)
+
+
+@dataclass
+class RunConfig:
+    """Everything a training (or evaluation) run needs; written resolved as ``config.yaml``."""
+
+    method: MethodSection = field(default_factory=MethodSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    clip: ClipSection = field(default_factory=ClipSection)
+    log: LogSection = field(default_factory=LogSection)
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or fp16 (autocast and a gradient scaler)."""
+    eval_batch_size: int = 100
+    """Test batch size."""
+    output: str | None = None
+    """Output folder of the run."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
+    description: str = ""
+    """Free text: what this preset reproduces."""
+    dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per dataset, dotted overrides applied when ``data.dataset`` is that dataset (e.g. CoOp on
+    ImageNet: ``{imagenet: {optim.epochs: 50}}``)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        if not isinstance(self.dataset_overrides, dict):
+            raise ConfigError("dataset_overrides must map dataset names to {dotted.key: value}")
+        for name, values in self.dataset_overrides.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"dataset_overrides.{name} must map dotted keys to values")
+
+    # ----------------------------------------------------------------------------------------- conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (the YAML layout; method options flat beside ``name``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "method":
+                out[f.name] = value.to_dict()
+            elif dataclasses.is_dataclass(value):
+                out[f.name] = dataclasses.asdict(value)
+            else:
+                out[f.name] = copy.deepcopy(value)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a config; unknown keys are an error naming the key."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a run config must be a mapping, got {type(d).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in d.items():
+            section = _SECTIONS.get(name)
+            if section is None:
+                kwargs[name] = value
+            elif section is MethodSection:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"'method' must be a mapping, got {value!r}")
+                kwargs[name] = MethodSection.from_dict(value)
+            else:
+                kwargs[name] = _build_section(section, name, value)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> RunConfig:
+        """A new config with dotted overrides applied (strings ``key=value`` or a mapping)."""
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def for_dataset(self, dataset: str) -> RunConfig:
+        """This config with ``data.dataset`` set and that dataset's ``dataset_overrides`` applied."""
+        values = self.to_dict()
+        values["data"]["dataset"] = dataset
+        extra = _flatten(_lookup_dataset(self.dataset_overrides, dataset) or {})
+        return RunConfig.from_dict(apply_overrides(values, extra))
+
+    def method_config(self) -> Any:
+        """The method's validated config object."""
+        from .methods import make_config
+
+        return make_config(self.method.name, self.method.options)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {
+    "method": MethodSection,
+    "data": DataSection,
+    "optim": OptimSection,
+    "clip": ClipSection,
+    "log": LogSection,
+}
+
+
+def _build_section(cls: type, name: str, value: Any) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name!r} must be a mapping, got {value!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        keys = ", ".join(f"{name}.{k}" for k in unknown)
+        raise ConfigError(f"unknown config key(s) {keys}; known in {name!r}: {sorted(known)}")
+    try:
+        return cls(**value)
+    except TypeError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _lookup_dataset(table: Mapping[str, Any], dataset: str) -> Any:
+    key = _norm(dataset)
+    return next((v for k, v in table.items() if _norm(k) == key), None)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+def parse_value(text: str) -> Any:
+    """A YAML scalar (``1e-3`` is a float, as most people expect, although YAML 1.1 says string)."""
+    if _YAML_FLOAT.match(text.strip()):
+        return float(text)
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=0.001"`` -> ``("optim.lr", 0.001)``."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like dotted.key=value (e.g. optim.lr=0.001)")
+    return key, parse_value(value)
+
+
+_FREE_SECTIONS = ("method", "dataset_overrides")
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a nested config dict with dotted overrides applied.
+
+    A key must name an existing field, except under ``method`` (method options are checked by the
+    method's config) and ``dataset_overrides``. Unknown keys raise :class:`ConfigError` naming the key.
+    """
+    out = copy.deepcopy(dict(values))
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".")
+        free = parts[0] in _FREE_SECTIONS and len(parts) > 1
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or (part not in node and not free):
+                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])!r} does not exist")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:-1])!r} is not a section")
+        if last not in node and not free:
+            raise ConfigError(f"unknown config key {key!r}; known here: {sorted(node)}")
+        node[last] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- presets
+def _presets_dir() -> Path:
+    return Path(str(resources.files("mmprompt") / "configs"))
+
+
+def list_presets() -> list[str]:
+    """Names of the YAML presets shipped with the package."""
+    return sorted(p.stem for p in _presets_dir().glob("*.yaml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a preset name (``maple_b2n``) or an existing path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    candidate = _presets_dir() / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())}")
+    return candidate
+
+
+def load_config(
+    name_or_path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    dataset: str | None = None,
+) -> RunConfig:
+    """A validated :class:`RunConfig` from a preset name or YAML path (defaults when None).
+
+    With ``dataset``, ``data.dataset`` is set and the preset's ``dataset_overrides`` for it are applied
+    first; ``overrides`` come last, so the command line always wins.
+    """
+    values: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = preset_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a run config must be a mapping at the top level")
+        values = loaded or {}
+    config = RunConfig.from_dict(values)
+    if dataset is not None:
+        config = config.for_dataset(dataset)
+    return RunConfig.from_dict(apply_overrides(config.to_dict(), overrides))

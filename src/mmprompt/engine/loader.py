@@ -1,0 +1,185 @@
+"""Image loading for training and evaluation with an order that depends only on (seed, epoch).
+
+Each epoch's shuffle and each image's augmentation seed are drawn from a ``torch.Generator`` seeded with
+(seed, epoch). The order therefore does not depend on how many epochs ran in this process (resuming is
+exact), on the number of data-loader workers, or on the number of data-parallel processes: every process
+computes the same global order and takes its own slice of each global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["Batch", "EpochBatchSampler", "ImageDataset", "collate", "epoch_order", "eval_loader", "train_loader"]
+
+logger = logging.getLogger(__name__)
+_MASK63 = (1 << 63) - 1
+
+
+class Batch(NamedTuple):
+    """Images [B, 3, H, W], labels [B], dataset indices [B] and the size of the global batch."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    global_size: int
+
+
+class ImageDataset(Dataset):
+    """Samples (``path``, ``label``) read with Pillow and transformed.
+
+    Items are dataset indices, or ``(index, aug_seed, global_size)`` from :class:`EpochBatchSampler`;
+    with a seed the transform is called as ``transform(img, generator=...)`` so augmentation is exact.
+    An unreadable image raises an error naming it, or is skipped (``None``) with ``skip_corrupt``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Any],
+        transform: Callable[..., Tensor],
+        image_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.skip_corrupt = skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def path(self, index: int) -> Path:
+        p = Path(self.samples[index].path)
+        return p if self.image_dir is None or p.is_absolute() else self.image_dir / p
+
+    def __getitem__(self, item: int | tuple[int, int, int]) -> tuple[Tensor, int, int, int] | None:
+        index, seed, global_size = item if isinstance(item, tuple) else (item, None, 0)
+        path = self.path(index)
+        try:
+            with Image.open(path) as raw:
+                img = raw.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            if self.skip_corrupt:
+                logger.warning("skipping unreadable image %s (%s)", path, exc)
+                return None
+            from ..data.errors import CorruptImageError
+
+            raise CorruptImageError(
+                f"cannot read image {path}: {exc}. Replace or remove the file, or pass data.skip_corrupt=true"
+            ) from exc
+        if seed is None:
+            x = self.transform(img)
+        else:
+            x = self.transform(img, generator=torch.Generator().manual_seed(seed))
+        return x, int(self.samples[index].label), index, global_size
+
+
+def collate(items: Sequence[tuple[Tensor, int, int, int] | None]) -> Batch | None:
+    """Stack the readable items of a batch (None when none was readable)."""
+    kept = [it for it in items if it is not None]
+    if not kept:
+        return None
+    images = torch.stack([it[0] for it in kept])
+    labels = torch.tensor([it[1] for it in kept], dtype=torch.long)
+    indices = torch.tensor([it[2] for it in kept], dtype=torch.long)
+    return Batch(images, labels, indices, max(it[3] for it in kept) or len(kept))
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> tuple[list[int], list[int]]:
+    """The (indices, augmentation seeds) of one epoch, a function of (seed, epoch) only."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + 12_345) & _MASK63)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    aug = torch.randint(0, 1 << 62, (n,), generator=g)
+    return order.tolist(), aug.tolist()
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Global batches from :func:`epoch_order`, this process's contiguous slice of each.
+
+    ``drop_last`` drops the last incomplete global batch. Slices of one global batch differ in size by at
+    most one; each item carries the global batch size so the loss can be normalised by it.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if n < world_size:
+            raise ValueError(f"{n} training samples cannot be shared by {world_size} processes")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        order, aug = epoch_order(self.n, self.seed, self.epoch, self.shuffle)
+        items = list(zip(order, aug, strict=True))
+        batches = [items[i : i + self.global_batch] for i in range(0, self.n, self.global_batch)]
+        if self.drop_last and batches and len(batches[-1]) < self.global_batch:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for batch in self.global_batches():
+            size = len(batch)
+            per, extra = divmod(size, self.world_size)
+            start = self.rank * per + min(self.rank, extra)
+            stop = start + per + (1 if self.rank < extra else 0)
+            yield [(i, s, size) for i, s in batch[start:stop]]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.global_batch)
+        return full + (1 if rest and not self.drop_last else 0)
+
+
+def train_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, EpochBatchSampler]:
+    """Training loader (random order; drop_last when there are at least ``batch_size`` samples).
+
+    ``batch_size`` is the global batch; call ``sampler.set_epoch(e)`` before each epoch.
+    """
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, seed, shuffle=True, drop_last=len(dataset) >= batch_size,
+        rank=rank, world_size=world_size,
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory
+    )
+    return loader, sampler
+
+
+def eval_loader(
+    dataset: ImageDataset, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Evaluation loader in dataset order; with several processes each reads every ``world_size``-th item."""
+    indices = list(range(rank, len(dataset), world_size))
+    subset = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+        pin_memory=pin_memory,
+    )

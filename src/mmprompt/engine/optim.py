@@ -1,0 +1,84 @@
+"""SGD over the prompt parameters and Dassl's constant warm-up + per-epoch cosine schedule.
+
+With ``e`` the 0-based epoch index, ``W`` warm-up epochs and ``T`` the total number of epochs::
+
+    lr(e) = warmup_lr                                              for e < W
+    lr(e) = base * (1 + cos(pi * (e - W) / T)) / 2                 for e >= W
+
+stepped once per epoch. With W = 1 this is SPEC section 3 (MaPLe base-to-novel: 1e-5, 3.5e-3, 3.166e-3,
+2.291e-3, 1.209e-3). Dassl's cosine scheduler keeps counting from the epoch the warm-up ended and divides
+by the total number of epochs, which is why the last epoch does not reach zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim import SGD, Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+__all__ = ["WarmupCosineLR", "build_optimizer", "lr_at"]
+
+
+def lr_at(epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
+    """The learning rate of 0-based ``epoch`` under the warm-up + cosine schedule."""
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> SGD:
+    """Plain SGD (no Nesterov, no dampening) over ``params`` (the learner's trainable parameters only)."""
+    params = list(params)
+    if not params:
+        raise ValueError("no trainable parameters: nothing to optimise (zero-shot methods need no training)")
+    frozen = [p for p in params if not p.requires_grad]
+    if frozen:
+        raise ValueError(f"{len(frozen)} of the parameters given to the optimizer do not require gradients")
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, dampening=0.0)
+
+
+class WarmupCosineLR(LRScheduler):
+    """Constant warm-up then cosine annealing, in closed form; call :meth:`step` once per epoch.
+
+    After ``k`` calls to :meth:`step` the optimizer's rate is ``lr_at(k, ...)`` with ``base`` the
+    optimizer's initial rate. The state (``last_epoch``) is saved by :meth:`state_dict`.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        epochs: int,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        last_epoch: int = -1,
+    ) -> None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        super().__init__(optimizer, last_epoch)
+
+    def lr_for(self, epoch: int) -> list[float]:
+        """The rate of every parameter group at 0-based ``epoch``."""
+        return [lr_at(epoch, base, self.epochs, self.warmup_epochs, self.warmup_lr) for base in self.base_lrs]
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self.lr_for(max(self.last_epoch, 0))
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
+
+
+def set_lr(optimizer: Optimizer, lrs: list[float]) -> None:
+    """Write rates into the optimizer's parameter groups (used when restoring a state)."""
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr if not isinstance(group["lr"], torch.Tensor) else torch.tensor(lr)
