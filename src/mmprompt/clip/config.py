@@ -134,7 +134,7 @@ ARCHITECTURES: dict[str, CLIPConfig] = {
     # The shape of the official parity reference (shared/parity): 10 layers per tower.
     "tiny-parity": _openai(64, 128, 10, 16, 64, 64, 10),
     # Small enough to train on a laptop CPU in tests.
-    "tiny": _openai(32, 64, 4, 8, 32, 64, 4),
+    "tiny": _openai(32, 96, 4, 8, 32, 64, 4),
 }
 
 

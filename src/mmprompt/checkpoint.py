@@ -1,0 +1,160 @@
+"""Prompt checkpoints: the trainable tensors only, never the frozen CLIP.
+
+A checkpoint is a folder with ``prompts.safetensors`` (the tensors) and ``prompts.json`` (the method,
+its config, the class names it was trained on, the CLIP weights' name and checksum, and package
+versions). Both files are written atomically; the JSON is written last, so a folder with a JSON is
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .clip.model import CLIP
+from .methods import PromptLearner, create_learner, make_config
+
+FORMAT = "mmprompt-prompts"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "prompts.safetensors"
+META_FILE = "prompts.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+
+    return {
+        "mmprompt": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_prompts(
+    learner: PromptLearner,
+    directory: str | Path,
+    clip_info: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``learner``'s prompts (and what is needed to rebuild it) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in learner.prompt_state_dict().items()}
+    weights = directory / WEIGHTS_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "method": learner.method})
+        os.replace(tmp, weights)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": learner.method,
+        "config": learner.config.to_dict(),
+        "classnames": list(learner.classnames),
+        "clip": {"config": learner.clip.config.to_dict(), **dict(clip_info or {})},
+        "num_trainable": sum(t.numel() for t in tensors.values()),
+        "versions": package_versions(),
+        "extra": dict(extra or {}),
+    }
+    atomic_write_json(directory / META_FILE, meta)
+    return directory
+
+
+def read_prompt_meta(directory: str | Path) -> dict[str, Any]:
+    """The JSON description of a prompt checkpoint, checked for format."""
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an mmprompt prompt checkpoint: {META_FILE} is missing "
+            "(an interrupted save leaves no JSON; official Dassl checkpoints need `mmprompt import-official`)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
+    for field in ("format", "method", "config", "classnames"):
+        if field not in meta:
+            raise ValueError(f"{meta_path}: field {field!r} is missing")
+    if meta["format"] != FORMAT:
+        raise ValueError(f"{meta_path}: field 'format' is {meta['format']!r}, expected {FORMAT!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this mmprompt")
+    return meta
+
+
+def check_clip_matches(meta: Mapping[str, Any], clip: CLIP, where: Path) -> None:
+    saved = (meta.get("clip") or {}).get("config")
+    if not saved:
+        return
+    current = clip.config.to_dict()
+    diffs = []
+    for tower in ("vision", "text"):
+        for key in ("width", "layers"):
+            if saved.get(tower, {}).get(key) != current[tower][key]:
+                diffs.append(f"{tower}.{key}: checkpoint {saved.get(tower, {}).get(key)} vs model {current[tower][key]}")
+    if saved.get("embed_dim") != current["embed_dim"]:
+        diffs.append(f"embed_dim: checkpoint {saved.get('embed_dim')} vs model {current['embed_dim']}")
+    if diffs:
+        raise ValueError(f"{where}: the prompts were trained on another CLIP architecture ({'; '.join(diffs)})")
+
+
+def load_prompts(
+    directory: str | Path, clip: CLIP, classnames: Sequence[str] | None = None
+) -> PromptLearner:
+    """Rebuild the learner saved in ``directory`` on ``clip``, for ``classnames`` (default: the trained ones).
+
+    Loading is strict: every prompt tensor must be present with its shape. Class-specific CoOp prompts
+    cannot be used with other class names.
+    """
+    directory = Path(directory)
+    meta = read_prompt_meta(directory)
+    check_clip_matches(meta, clip, directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (the checkpoint folder is incomplete)")
+    config = make_config(meta["method"], meta["config"])
+    trained = list(meta["classnames"])
+    if not trained and classnames is None:
+        raise ValueError(f"{directory}: the checkpoint records no class names; pass the class names to use")
+    learner = create_learner(meta["method"], clip, trained or list(classnames or []), config)
+    state = load_file(str(weights))
+    learner.load_prompt_state_dict(state)
+    if classnames is not None and list(classnames) != list(learner.classnames):
+        learner.set_classnames(classnames)
+    return learner

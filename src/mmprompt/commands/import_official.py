@@ -1,0 +1,54 @@
+"""``mmprompt import-official``: convert an official (Dassl) checkpoint into an mmprompt checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="the official output folder holding <name>/model.pth.tar-<epoch>")
+    parser.add_argument("--method", required=True, choices=["maple", "ivlp", "language_only", "vpt", "coop", "cocoop"])
+    parser.add_argument("-o", "--output", required=True, help="folder for the mmprompt prompt checkpoint")
+    parser.add_argument("--epoch", type=int, default=None, help="epoch to import (default: the last one)")
+    parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture the prompts were trained on")
+    parser.add_argument("--clip-name", default=None, help="name or path of the CLIP weights, recorded in the checkpoint")
+    parser.add_argument("--classnames", default=None,
+                        help="class names the prompts were trained on: comma-separated, or a file with one per line")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="method options the tensors do not fix (e.g. ctx_init='a photo of a')")
+
+
+def parse_classnames(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..clip.config import get_config
+    from ..official import import_official
+
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    out = import_official(
+        args.directory,
+        args.method,
+        args.output,
+        clip_config=get_config(args.arch),
+        classnames=parse_classnames(args.classnames),
+        epoch=args.epoch,
+        config=overrides,
+        clip_info={"name": args.clip_name or args.arch},
+    )
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,136 @@
+"""Import checkpoints of the official implementation (Dassl ``model.pth.tar-<epoch>`` files)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import save_prompts
+from .clip.config import CLIPConfig
+from .clip.model import CLIP
+from .methods import canonical_method, convert_official_state_dict, create_learner, make_config
+
+logger = logging.getLogger(__name__)
+
+# Folder names Dassl registers the saved module under, per method. For CoOp/CoCoOp the saved module is
+# the prompt learner itself, so its keys lack the "prompt_learner." prefix.
+OFFICIAL_FOLDERS = {
+    "maple": ("MultiModalPromptLearner",),
+    "ivlp": ("VLPromptLearner",),
+    "language_only": ("VLPromptLearner",),
+    "vpt": ("VLPromptLearner", "VPTPromptLearner", "prompt_learner"),
+    "coop": ("prompt_learner",),
+    "cocoop": ("prompt_learner",),
+}
+_FILE = re.compile(r"model\.pth\.tar-(\d+)$")
+
+
+def find_official_checkpoint(directory: str | Path, method: str, epoch: int | None = None) -> Path:
+    """The Dassl checkpoint file in ``directory`` (highest epoch unless ``epoch`` is given)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"official checkpoint folder not found: {directory}")
+    method = canonical_method(method)
+    candidates: list[tuple[int, Path]] = []
+    for sub in OFFICIAL_FOLDERS.get(method, ()):
+        for f in (directory / sub).glob("model.pth.tar-*"):
+            m = _FILE.search(f.name)
+            if m:
+                candidates.append((int(m.group(1)), f))
+    if epoch is not None:
+        candidates = [c for c in candidates if c[0] == epoch]
+    if not candidates:
+        expected = " or ".join(f"{directory}/{s}/model.pth.tar-<epoch>" for s in OFFICIAL_FOLDERS.get(method, ()))
+        found = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())[:10]
+        raise FileNotFoundError(
+            f"no official {method} checkpoint{'' if epoch is None else f' for epoch {epoch}'}: expected {expected}; "
+            f"found {found or 'no files'}"
+        )
+    return max(candidates)[1]
+
+
+def read_official_state(path: Path, method: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Dassl checkpoint, with the prompt learner's prefix restored if needed."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({exc})") from exc
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        keys = list(ckpt)[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a Dassl checkpoint (no 'state_dict'; found {keys})")
+    state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
+    if path.parent.name == "prompt_learner":
+        state = {f"prompt_learner.{k}": v for k, v in state.items()}
+    return state
+
+
+def import_official(
+    directory: str | Path,
+    method: str,
+    output: str | Path,
+    clip_config: CLIPConfig,
+    classnames: Sequence[str] | None = None,
+    epoch: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    clip_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert an official checkpoint into an mmprompt prompt checkpoint at ``output``.
+
+    The frozen CLIP and the class-dependent ``token_prefix``/``token_suffix`` buffers are dropped.
+    Options that cannot be read from the tensors (e.g. ``ctx_init``) come from ``config``, defaulting
+    to the method's (the official yaml's) defaults; the shapes fix ``n_ctx`` and depths.
+    """
+    method = canonical_method(method)
+    path = find_official_checkpoint(directory, method, epoch)
+    state = convert_official_state_dict(method, read_official_state(path, method))
+    if not state:
+        raise ValueError(f"{path}: no {method} prompt parameters found in the state dict")
+    values = dict(config or {})
+    values.update({k: v for k, v in infer_shape_options(method, state).items() if k not in values})
+    cfg = make_config(method, values)
+    names = list(classnames or [])
+    if method == "coop" and getattr(cfg, "class_specific", False) and len(names) != state["prompt.ctx"].shape[0]:
+        raise ValueError(
+            f"class-specific CoOp prompts need their {state['prompt.ctx'].shape[0]} training class names "
+            f"(got {len(names)})"
+        )
+    with torch.device("meta"):
+        clip = CLIP(clip_config)
+    clip = clip.to_empty(device="cpu")
+    learner = create_learner(method, clip, names or ["object"], cfg)
+    learner.load_prompt_state_dict(state)
+    if not names:
+        learner.classnames = []
+    info = {"imported_from": str(path), **dict(clip_info or {})}
+    logger.info("imported %s (%d tensors) from %s", method, len(state), path)
+    return save_prompts(learner, output, clip_info=info)
+
+
+def infer_shape_options(method: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Config values that the tensors' shapes fix."""
+    out: dict[str, Any] = {}
+    if method == "maple":
+        out["n_ctx"] = state["prompt.ctx"].shape[0]
+        out["depth"] = 1 + sum(1 for k in state if k.startswith("prompt.deep_text."))
+    elif method in ("ivlp", "vpt", "language_only"):
+        if "prompt.text_ctx" in state:
+            out["n_ctx_text"] = state["prompt.text_ctx"].shape[0]
+            out["depth_text"] = 1 + sum(1 for k in state if k.startswith("prompt.text_deep."))
+        else:
+            out["n_ctx_text"], out["depth_text"] = 0, 0
+        if "prompt.vision_ctx" in state:
+            out["n_ctx_vision"] = state["prompt.vision_ctx"].shape[0]
+            out["depth_vision"] = 1 + sum(1 for k in state if k.startswith("prompt.vision_deep."))
+        else:
+            out["n_ctx_vision"], out["depth_vision"] = 0, 0
+    elif method in ("coop", "cocoop"):
+        ctx = state["prompt.ctx"]
+        out["n_ctx"] = ctx.shape[-2]
+        if method == "coop":
+            out["class_specific"] = ctx.dim() == 3
+    return out

@@ -1,0 +1,72 @@
+"""Parity with the official implementation, from the numbers in tests/data (copied from shared/parity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmprompt.cli import main
+from mmprompt.parity import load_reference, run_parity
+
+REFERENCE = Path(__file__).parent / "data" / "official_reference.npz"
+CASES = ["clip", *json.loads(REFERENCE.with_suffix(".json").read_text())["cases"]]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_reference_case_matches(case: str) -> None:
+    (result,) = run_parity(REFERENCE, [case])
+    assert not result.error, result.error
+    assert result.checks, "a case must check at least one tensor"
+    bad = [(c.name, c.max_rel, c.note) for c in result.checks if not c.ok]
+    assert not bad, bad
+    if case != "clip":  # every official gradient is compared, and nothing else is trainable
+        ref = load_reference(REFERENCE)
+        checked = {c.name.removeprefix("grad/") for c in result.checks if c.name.startswith("grad/")}
+        expected = {k.split("/", 2)[2] for k in ref.arrays if k.startswith(f"{case}/grad/")}
+        assert checked == expected
+        assert {"logits", "loss"} <= {c.name for c in result.checks}
+
+
+@pytest.mark.parametrize("flags", [[], ["--text-chunk-size", "2"], ["--no-truncate-text"]])
+def test_parity_command_passes_with_each_path(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["parity", "--reference", str(REFERENCE), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(CASES)} of {len(CASES)} cases pass" in out
+    assert "max rel err" in out
+
+
+def test_parity_command_fails_on_unknown_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["parity", "--reference", str(REFERENCE), "--case", "clip", "--case", "no_such_case"]) == 1
+    assert "CANNOT CHECK" in capsys.readouterr().out
+
+
+def test_parity_command_fails_on_a_mismatch(tmp_path: Path) -> None:
+    import numpy as np
+
+    ref = load_reference(REFERENCE)
+    arrays = dict(ref.arrays)
+    arrays["maple/logits"] = arrays["maple/logits"] * 1.01
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    bad.with_suffix(".json").write_text(json.dumps(ref.meta))
+    assert main(["parity", "--reference", str(bad), "--case", "maple"]) == 1
+    (result,) = run_parity(bad, ["maple"])
+    assert [c.name for c in result.checks if not c.ok] == ["logits"]
+
+
+def test_other_configurations_are_read_from_the_json(tmp_path: Path) -> None:
+    """A file whose JSON declares another configuration is built with it (here: a wrong depth fails)."""
+    import numpy as np
+
+    ref = load_reference(REFERENCE)
+    meta = json.loads(json.dumps(ref.meta))
+    meta["cases"] = {"maple": meta["cases"]["maple"]}
+    meta["cases"]["maple"]["official_config"]["PROMPT_DEPTH"] = 3
+    path = tmp_path / "other.npz"
+    np.savez(path, **ref.arrays)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    (result,) = run_parity(path, ["maple"])
+    assert not result.ok  # depth 3 has fewer parameters than the stored depth-9 case
+    assert "unexpected" in result.error
