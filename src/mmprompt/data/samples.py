@@ -131,14 +131,22 @@ def parse_split(data: Any, source: str | os.PathLike[str]) -> tuple[list[Sample]
         for i, entry in enumerate(entries):
             where = f"{key}[{i}]"
             if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-                raise SplitFileError(f"{source}: entry {where} is {entry!r}; expected [path, label, classname]")
+                raise SplitFileError(
+                    f"{source}: entry {where} is {entry!r}; expected [path, label, classname]"
+                )
             path, label, classname = entry
-            if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).lstrip("-").isdigit():
+            if (
+                isinstance(label, bool)
+                or not isinstance(label, (int, str))
+                or not str(label).lstrip("-").isdigit()
+            ):
                 raise SplitFileError(f"{source}: entry {where} has label {label!r}; expected an integer")
             if int(label) < 0:
                 raise SplitFileError(f"{source}: entry {where} has a negative label {label!r}")
             if not isinstance(classname, str):
-                raise SplitFileError(f"{source}: entry {where} has class name {classname!r}; expected a string")
+                raise SplitFileError(
+                    f"{source}: entry {where} has class name {classname!r}; expected a string"
+                )
             items.append(Sample(check_relative_path(path, source, where), int(label), classname))
         out.append(items)
     return out[0], out[1], out[2]
@@ -181,7 +189,11 @@ def write_split_file(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a split file in CoOp's format (extra keys, ignored by the official reader, are allowed)."""
-    data: dict[str, Any] = {"train": split_to_json(train), "val": split_to_json(val), "test": split_to_json(test)}
+    data: dict[str, Any] = {
+        "train": split_to_json(train),
+        "val": split_to_json(val),
+        "test": split_to_json(test),
+    }
     data.update(extra or {})
     write_json_atomic(path, data)
 
@@ -190,8 +202,9 @@ def fingerprint(*splits: Iterable[Sample]) -> str:
     """A short hash of sample lists (paths, labels, names and order), to detect stale caches."""
     h = hashlib.sha256()
     for samples in splits:
-        h.update(json.dumps(split_to_json(samples)).encode())
-        h.update(b"|")
+        for s in samples:
+            h.update(f"{s.path}\t{s.label}\t{s.classname}\n".encode())
+        h.update(b"\0")
     return h.hexdigest()[:16]
 
 
@@ -317,7 +330,10 @@ def subsample_classes(*splits: Sequence[Sample], subsample: str = "all") -> list
         return [list(s) for s in splits]
     selected = subsample_labels((s.label for s in splits[0]), subsample)
     relabel = {y: i for i, y in enumerate(selected)}
-    return [[Sample(s.path, relabel[s.label], s.classname) for s in split if s.label in relabel] for split in splits]
+    return [
+        [Sample(s.path, relabel[s.label], s.classname) for s in split if s.label in relabel]
+        for split in splits
+    ]
 
 
 def classnames_from(*splits: Iterable[Sample], source: str = "the dataset") -> list[str]:

@@ -16,7 +16,9 @@ RawSplits = tuple[list[Sample], list[Sample], list[Sample]]
 Reader = Callable[[Path, random.Random], RawSplits]
 
 COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,11 @@ def list_images(folder: Path) -> list[str]:
 
 def list_dirs(folder: Path, ignored: Sequence[str] = ()) -> list[str]:
     """Sorted names of the non-hidden sub-folders of ``folder``."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in ignored)
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in ignored
+    )
 
 
 def read_lines(path: Path) -> list[str]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, read_lines, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    read_lines,
+    require,
+)
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.samples import Sample
 
@@ -32,7 +39,9 @@ def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """Labels follow the order of variants.txt; the official train/val/test lists are the split."""
     variants = read_lines(require(dataset_dir / "variants.txt", "FGVCAircraft variants.txt", DOWNLOAD))
     label_of = {v: i for i, v in enumerate(variants)}
-    return tuple(read_split(dataset_dir, f"images_variant_{s}.txt", label_of) for s in ("train", "val", "test"))  # type: ignore[return-value]
+    return tuple(
+        read_split(dataset_dir, f"images_variant_{s}.txt", label_of) for s in ("train", "val", "test")
+    )  # type: ignore[return-value]
 
 
 INFO = DatasetInfo(

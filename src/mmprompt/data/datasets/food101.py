@@ -5,7 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, read_and_split_folders
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    read_and_split_folders,
+)
 
 DOWNLOAD = (
     "Download food-101.tar.gz (https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/) and extract it "

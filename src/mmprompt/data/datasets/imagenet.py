@@ -30,7 +30,9 @@ def read_classnames(dataset_dir: Path) -> dict[str, str]:
     return read_wnid_classnames(require(dataset_dir / "classnames.txt", "ImageNet classnames.txt", DOWNLOAD))
 
 
-def _read_folder(image_dir: Path, split: str, label_of: dict[str, int], names: dict[str, str]) -> list[Sample]:
+def _read_folder(
+    image_dir: Path, split: str, label_of: dict[str, int], names: dict[str, str]
+) -> list[Sample]:
     split_dir = require(image_dir / split, f"ImageNet {split} folder", DOWNLOAD)
     folders = list_dirs(split_dir)
     if not folders and list_images(split_dir):
@@ -44,7 +46,10 @@ def _read_folder(image_dir: Path, split: str, label_of: dict[str, int], names: d
             raise SplitFileError(f"{split_dir / folder} is not a class folder of {image_dir / 'train'}")
         if folder not in names:
             raise SplitFileError(f"{image_dir.parent / 'classnames.txt'} has no line for {folder}")
-        items += [Sample(f"{split}/{folder}/{n}", label_of[folder], names[folder]) for n in list_images(split_dir / folder)]
+        items += [
+            Sample(f"{split}/{folder}/{n}", label_of[folder], names[folder])
+            for n in list_images(split_dir / folder)
+        ]
     return items
 
 
@@ -52,8 +57,14 @@ def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """Train from images/train, test from images/val; labels follow the sorted wnid folders of train."""
     names = read_classnames(dataset_dir)
     image_dir = dataset_dir / "images"
-    label_of = {f: i for i, f in enumerate(list_dirs(require(image_dir / "train", "ImageNet train folder", DOWNLOAD)))}
-    return _read_folder(image_dir, "train", label_of, names), [], _read_folder(image_dir, "val", label_of, names)
+    label_of = {
+        f: i for i, f in enumerate(list_dirs(require(image_dir / "train", "ImageNet train folder", DOWNLOAD)))
+    }
+    return (
+        _read_folder(image_dir, "train", label_of, names),
+        [],
+        _read_folder(image_dir, "val", label_of, names),
+    )
 
 
 INFO = DatasetInfo(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mmprompt.data.datasets._base import CLASSNAMES_REQUIREMENT, DatasetInfo, Requirement, copy_classnames_hint, wnid_test_reader
+from mmprompt.data.datasets._base import (
+    CLASSNAMES_REQUIREMENT,
+    DatasetInfo,
+    Requirement,
+    copy_classnames_hint,
+    wnid_test_reader,
+)
 
 DOWNLOAD = (
     "Download imagenet-r.tar (https://github.com/hendrycks/imagenet-r) and extract it into "
@@ -17,7 +23,10 @@ INFO = DatasetInfo(
     num_classes=200,
     reader=wnid_test_reader("imagenet-r", DOWNLOAD),
     download=DOWNLOAD,
-    requirements=(CLASSNAMES_REQUIREMENT, Requirement("imagenet-r", "dir", "the images, one folder per wnid")),
+    requirements=(
+        CLASSNAMES_REQUIREMENT,
+        Requirement("imagenet-r", "dir", "the images, one folder per wnid"),
+    ),
     aliases=("imagenet_rendition",),
     test_only=True,
 )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mmprompt.data.datasets._base import CLASSNAMES_REQUIREMENT, DatasetInfo, Requirement, copy_classnames_hint, wnid_test_reader
+from mmprompt.data.datasets._base import (
+    CLASSNAMES_REQUIREMENT,
+    DatasetInfo,
+    Requirement,
+    copy_classnames_hint,
+    wnid_test_reader,
+)
 
 DOWNLOAD = (
     "Download ImageNet-Sketch (https://github.com/HaohanWang/ImageNet-Sketch) and extract it to "

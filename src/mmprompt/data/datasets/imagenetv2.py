@@ -27,7 +27,9 @@ DOWNLOAD = (
 
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """Folder ``str(i)`` holds the images of the i-th class of classnames.txt; test only."""
-    names = list(read_wnid_classnames(require(dataset_dir / "classnames.txt", "classnames.txt", DOWNLOAD)).values())
+    names = list(
+        read_wnid_classnames(require(dataset_dir / "classnames.txt", "classnames.txt", DOWNLOAD)).values()
+    )
     image_dir = require(dataset_dir / IMAGES, "ImageNetV2 image folder", DOWNLOAD)
     items: list[Sample] = []
     for label, name in enumerate(names):

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, load_mat, read_json, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    load_mat,
+    read_json,
+    require,
+)
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.samples import split_per_class
 
@@ -24,13 +32,15 @@ def read_classnames(dataset_dir: Path) -> dict[int, str]:
     path = require(dataset_dir / "cat_to_name.json", "Flowers102 cat_to_name.json", DOWNLOAD)
     data = read_json(path)
     if not isinstance(data, dict):
-        raise SplitFileError(f"{path}: expected an object like {{\"1\": \"pink primrose\", ...}}")
+        raise SplitFileError(f'{path}: expected an object like {{"1": "pink primrose", ...}}')
     return {int(k): str(v) for k, v in data.items()}
 
 
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """imagelabels.mat gives the 1-based label of image_00001.jpg, ...; 50/20/30 per class."""
-    labels = np.asarray(load_mat(require(dataset_dir / "imagelabels.mat", "imagelabels.mat", DOWNLOAD))["labels"]).reshape(-1)
+    labels = np.asarray(
+        load_mat(require(dataset_dir / "imagelabels.mat", "imagelabels.mat", DOWNLOAD))["labels"]
+    ).reshape(-1)
     names = read_classnames(dataset_dir)
     tracker: dict[int, list[str]] = defaultdict(list)
     for i, label in enumerate(labels):

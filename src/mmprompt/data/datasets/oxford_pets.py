@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, read_lines, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    read_lines,
+    require,
+)
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.samples import Sample, split_trainval
 
@@ -24,7 +31,9 @@ def read_annotations(path: Path) -> list[Sample]:
             continue
         fields = line.split()
         if len(fields) < 2 or not fields[1].isdigit():
-            raise SplitFileError(f"{path}, line {n}: expected 'IMAGE CLASS_ID SPECIES BREED_ID', got {line!r}")
+            raise SplitFileError(
+                f"{path}, line {n}: expected 'IMAGE CLASS_ID SPECIES BREED_ID', got {line!r}"
+            )
         imname = fields[0]
         breed = "_".join(imname.split("_")[:-1]).lower()
         items.append(Sample(f"{imname}.jpg", int(fields[1]) - 1, breed))
@@ -34,7 +43,9 @@ def read_annotations(path: Path) -> list[Sample]:
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """trainval.txt split 80/20 per class into train/val; test.txt is the test set."""
     anno = dataset_dir / "annotations"
-    trainval = read_annotations(require(anno / "trainval.txt", "OxfordPets annotations/trainval.txt", DOWNLOAD))
+    trainval = read_annotations(
+        require(anno / "trainval.txt", "OxfordPets annotations/trainval.txt", DOWNLOAD)
+    )
     test = read_annotations(require(anno / "test.txt", "OxfordPets annotations/test.txt", DOWNLOAD))
     train, val = split_trainval(trainval, rng)
     return train, val, test

@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, load_mat, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    load_mat,
+    require,
+)
 from mmprompt.data.samples import Sample, split_trainval
 
 DOWNLOAD = (
@@ -33,19 +40,27 @@ def _scalar(value: Any) -> Any:
 
 
 def read_annotations(dataset_dir: Path, image_subdir: str, anno_file: Path, meta_file: Path) -> list[Sample]:
-    annotations = load_mat(require(anno_file, "StanfordCars annotations", DOWNLOAD))["annotations"].reshape(-1)
-    names = load_mat(require(meta_file, "StanfordCars devkit/cars_meta.mat", DOWNLOAD))["class_names"].reshape(-1)
+    annotations = load_mat(require(anno_file, "StanfordCars annotations", DOWNLOAD))["annotations"].reshape(
+        -1
+    )
+    names = load_mat(require(meta_file, "StanfordCars devkit/cars_meta.mat", DOWNLOAD))[
+        "class_names"
+    ].reshape(-1)
     items = []
     for anno in annotations:
         label = int(_scalar(anno["class"])) - 1
-        items.append(Sample(f"{image_subdir}/{_scalar(anno['fname'])}", label, year_first(str(_scalar(names[label])))))
+        items.append(
+            Sample(f"{image_subdir}/{_scalar(anno['fname'])}", label, year_first(str(_scalar(names[label]))))
+        )
     return items
 
 
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """The train annotations split 80/20 per class into train/val; the labelled test annotations are test."""
     meta = dataset_dir / "devkit" / "cars_meta.mat"
-    trainval = read_annotations(dataset_dir, "cars_train", dataset_dir / "devkit" / "cars_train_annos.mat", meta)
+    trainval = read_annotations(
+        dataset_dir, "cars_train", dataset_dir / "devkit" / "cars_train_annos.mat", meta
+    )
     test = read_annotations(dataset_dir, "cars_test", dataset_dir / "cars_test_annos_withlabels.mat", meta)
     train, val = split_trainval(trainval, rng)
     return train, val, test
@@ -64,7 +79,9 @@ INFO = DatasetInfo(
         Requirement("cars_train", "dir", "the training images"),
         Requirement("cars_test", "dir", "the test images"),
         Requirement("devkit/cars_meta.mat", "file", "the class names (car_devkit.tgz)", "no_split"),
-        Requirement("devkit/cars_train_annos.mat", "file", "the training labels (car_devkit.tgz)", "no_split"),
+        Requirement(
+            "devkit/cars_train_annos.mat", "file", "the training labels (car_devkit.tgz)", "no_split"
+        ),
         Requirement("cars_test_annos_withlabels.mat", "file", "the test labels", "no_split"),
     ),
     aliases=("cars", "stanfordcars"),

@@ -9,7 +9,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, read_lines, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    read_lines,
+    require,
+)
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.samples import Sample, split_trainval
 
@@ -40,7 +47,10 @@ def read_list(dataset_dir: Path, name: str, label_of: dict[str, int]) -> list[Sa
 
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """Training_01 split 80/20 per class into train/val; Testing_01 is the test set."""
-    folders = [line[1:] for line in read_lines(require(dataset_dir / "ClassName.txt", "SUN397 ClassName.txt", DOWNLOAD))]
+    folders = [
+        line[1:]
+        for line in read_lines(require(dataset_dir / "ClassName.txt", "SUN397 ClassName.txt", DOWNLOAD))
+    ]
     label_of = {c: i for i, c in enumerate(folders)}
     trainval = read_list(dataset_dir, "Training_01.txt", label_of)
     test = read_list(dataset_dir, "Testing_01.txt", label_of)

@@ -9,7 +9,14 @@ import random
 import re
 from pathlib import Path
 
-from mmprompt.data.datasets._base import COOP_DATASETS_MD, DatasetInfo, RawSplits, Requirement, read_lines, require
+from mmprompt.data.datasets._base import (
+    COOP_DATASETS_MD,
+    DatasetInfo,
+    RawSplits,
+    Requirement,
+    read_lines,
+    require,
+)
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.samples import Sample, split_trainval
 
@@ -42,7 +49,9 @@ def read_list(dataset_dir: Path, name: str, label_of: dict[str, int]) -> list[Sa
 def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
     """trainlist01 split 80/20 per class into train/val; testlist01 is the test set."""
     label_of = {}
-    for line in read_lines(require(dataset_dir / "ucfTrainTestlist" / "classInd.txt", "UCF101 classInd.txt", DOWNLOAD)):
+    for line in read_lines(
+        require(dataset_dir / "ucfTrainTestlist" / "classInd.txt", "UCF101 classInd.txt", DOWNLOAD)
+    ):
         index, _, action = line.partition(" ")
         label_of[action.strip()] = int(index) - 1
     trainval = read_list(dataset_dir, "trainlist01.txt", label_of)

@@ -1,0 +1,118 @@
+"""``check_dataset``: validate a dataset folder and explain, in words a new user can act on, what to fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmprompt.data.build import diagnose_root, load_split
+from mmprompt.data.datasets import DatasetInfo, get_dataset_info
+from mmprompt.data.datasets._base import split_file_hint
+from mmprompt.data.errors import DataError
+from mmprompt.data.images import validate_samples
+from mmprompt.data.samples import SPLIT_NAMES, Sample, classnames_from
+
+log = logging.getLogger(__name__)
+_SHOWN = 5
+
+
+@dataclass
+class CheckReport:
+    """What ``check_dataset`` found: ``problems`` make the dataset unusable or not the paper's; ``notes`` inform."""
+
+    dataset: str
+    dataset_dir: Path
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _missing_requirements(info: DatasetInfo, dataset_dir: Path, needed: str) -> list[str]:
+    out = []
+    for req in info.requirements:
+        path = dataset_dir / req.path
+        present = path.is_dir() if req.kind == "dir" else path.is_file()
+        if req.needed == needed and not present:
+            out.append(f"the {req.kind} {path} ({req.what}) is missing")
+    return out
+
+
+def _check_images(
+    splits: dict[str, list[Sample]], image_dir: Path, verify: bool, report: CheckReport
+) -> None:
+    for name, samples in splits.items():
+        if not samples:
+            continue
+        try:
+            validate_samples(samples, skip_corrupt=False, image_dir=image_dir, decode=verify)
+        except DataError as e:
+            report.problems.append(f"{name} split: {e}")
+
+
+def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool = False) -> CheckReport:
+    """Check ``<root>/<dataset folder>`` against the official layout and list every problem found.
+
+    Checks the folder names, the files the reader needs, the split file, that every image the split
+    lists exists (and decodes, with ``verify_images``), and the number of classes.
+    """
+    info = get_dataset_info(name)
+    dataset_dir = Path(root).expanduser().absolute() / info.folder
+    report = CheckReport(info.key, dataset_dir)
+    if not dataset_dir.is_dir():
+        report.problems.append(diagnose_root(info, root))
+        return report
+
+    missing = _missing_requirements(info, dataset_dir, "always")
+    split_missing = info.split_file is not None and not (dataset_dir / info.split_file).is_file()
+    if split_missing:
+        report.problems.append(
+            f"the split file {dataset_dir / info.split_file} is missing. To use the paper's split, "
+            f"{split_file_hint(info)}. Without it mmprompt generates a split with the official rules (saved in "
+            "its cache folder), which will differ from the paper's."
+        )
+        cannot_generate = _missing_requirements(info, dataset_dir, "no_split")
+        if cannot_generate:
+            report.problems.append("a split cannot be generated either: " + "; ".join(cannot_generate))
+            missing += cannot_generate
+    report.problems.extend(missing)
+    if missing:
+        report.problems.append(f"To get {info.coop_name}: {info.download}")
+        return report
+
+    image_dir = dataset_dir / info.image_subdir if info.image_subdir else dataset_dir
+    try:
+        (train, val, test), source = load_split(info, dataset_dir, save=False)
+    except (DataError, OSError, KeyError, ValueError) as e:
+        report.problems.append(f"cannot read the dataset: {e}")
+        return report
+    report.notes.append(f"split: {source}")
+    splits = dict(zip(SPLIT_NAMES, (train, val, test)))
+    report.notes.append(
+        "images: " + ", ".join(f"{len(v)} {k}" for k, v in splits.items() if v or not info.test_only)
+    )
+    _check_images(splits, image_dir, verify_images, report)
+
+    try:
+        n_classes = len(classnames_from(train, val, test, source=source))
+    except DataError as e:
+        report.problems.append(str(e))
+        return report
+    if n_classes != info.num_classes:
+        report.notes.append(
+            f"found {n_classes} classes; the official {info.coop_name} has {info.num_classes}, so results will "
+            "not be comparable with the paper's"
+        )
+    else:
+        report.notes.append(f"{n_classes} classes, as in the official dataset")
+    fewshot = sorted((dataset_dir / "split_fewshot").glob("shot_*-seed_*.pkl"))
+    if fewshot:
+        report.notes.append(
+            f"official few-shot caches found, read with a restricted unpickler: {', '.join(p.name for p in fewshot[:_SHOWN])}"
+            + (" ..." if len(fewshot) > _SHOWN else "")
+        )
+    return report

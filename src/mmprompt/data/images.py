@@ -1,0 +1,82 @@
+"""Decoding images and checking them before a run (no torch needed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from mmprompt.data.errors import CorruptImageError, DataError
+from mmprompt.data.samples import Sample
+
+log = logging.getLogger(__name__)
+
+_SHOWN = 10  # paths listed in an error message before "... and N more"
+
+
+def resolve_path(sample: Sample, image_dir: str | os.PathLike[str] | None) -> Path:
+    return sample.resolve(image_dir) if image_dir is not None else Path(sample.path)
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image to RGB, or raise :class:`CorruptImageError` naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError as e:
+        raise CorruptImageError(f"image file is missing: {path}") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"cannot decode image {path}: {e}") from e
+
+
+def _summarise(paths: Sequence[str]) -> str:
+    shown = "\n  ".join(paths[:_SHOWN])
+    more = f"\n  ... and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else ""
+    return f"\n  {shown}{more}"
+
+
+def validate_samples(
+    samples: Sequence[Sample],
+    skip_corrupt: bool,
+    image_dir: str | os.PathLike[str] | None = None,
+    decode: bool = True,
+) -> tuple[list[Sample], list[str]]:
+    """Check that every image exists (and decodes, with ``decode``); returns ``(kept, skipped_paths)``.
+
+    Without ``skip_corrupt`` any bad image raises :class:`CorruptImageError` listing them. With it, bad
+    images are dropped, counted and logged; a class that loses all its images is always an error.
+    """
+    kept: list[Sample] = []
+    bad: list[str] = []
+    for sample in samples:
+        path = resolve_path(sample, image_dir)
+        try:
+            if decode:
+                load_image(path)
+            elif not path.is_file():
+                raise CorruptImageError(f"image file is missing: {path}")
+        except CorruptImageError as e:
+            bad.append(str(path))
+            log.debug("%s", e)
+            continue
+        kept.append(sample)
+    if bad and not skip_corrupt:
+        raise CorruptImageError(
+            f"{len(bad)} of {len(samples)} images are missing or cannot be decoded:{_summarise(bad)}\n"
+            "Fix or re-download them, or pass skip_corrupt=True (--skip-corrupt) to leave them out."
+        )
+    if bad:
+        before = {s.label: s.classname for s in samples}
+        after = {s.label for s in kept}
+        lost = sorted(set(before) - after)
+        if lost:
+            names = ", ".join(f"{before[y]!r} (label {y})" for y in lost)
+            raise DataError(
+                f"after leaving out {len(bad)} unreadable image(s), no image is left for the class(es) {names}; "
+                f"fix or re-download their images:{_summarise(bad)}"
+            )
+        log.warning("left out %d unreadable image(s) of %d:%s", len(bad), len(samples), _summarise(bad))
+    return kept, bad
