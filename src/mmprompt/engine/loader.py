@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.errors import CorruptImageError
+from ..data.images import load_image
 
 __all__ = ["Batch", "EpochBatchSampler", "ImageDataset", "collate", "epoch_order", "eval_loader", "train_loader"]
 
@@ -38,7 +40,9 @@ class ImageDataset(Dataset):
 
     Items are dataset indices, or ``(index, aug_seed, global_size)`` from :class:`EpochBatchSampler`;
     with a seed the transform is called as ``transform(img, generator=...)`` so augmentation is exact.
-    An unreadable image raises an error naming it, or is skipped (``None``) with ``skip_corrupt``.
+    An unreadable image raises :class:`~mmprompt.data.errors.CorruptImageError` naming it, or is skipped
+    (``None``, dropped by :func:`collate`) with ``skip_corrupt``; callers normally check the files first
+    with :func:`mmprompt.data.validate_samples`.
     """
 
     def __init__(
@@ -64,17 +68,12 @@ class ImageDataset(Dataset):
         index, seed, global_size = item if isinstance(item, tuple) else (item, None, 0)
         path = self.path(index)
         try:
-            with Image.open(path) as raw:
-                img = raw.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            if self.skip_corrupt:
-                logger.warning("skipping unreadable image %s (%s)", path, exc)
-                return None
-            from ..data.errors import CorruptImageError
-
-            raise CorruptImageError(
-                f"cannot read image {path}: {exc}. Replace or remove the file, or pass data.skip_corrupt=true"
-            ) from exc
+            img = load_image(path)
+        except CorruptImageError:
+            if not self.skip_corrupt:
+                raise
+            logger.warning("skipping unreadable image %s", path)
+            return None
         if seed is None:
             x = self.transform(img)
         else:

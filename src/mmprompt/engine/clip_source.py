@@ -1,0 +1,97 @@
+"""Where a run's CLIP comes from: a registry name, a checkpoint path, a model, or a callable.
+
+:func:`resolve_clip` returns the model and a ``clip_info`` dict that is recorded in the prompt checkpoint
+so that :class:`mmprompt.Predictor` can load the same weights again (``weights``, ``sha256``,
+``activation``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..clip.model import CLIP
+
+__all__ = ["ClipSpec", "load_clip_from_info", "resolve_clip"]
+
+logger = logging.getLogger(__name__)
+
+ClipSpec = str | Path | CLIP | Callable[[], Any]
+"""A registry name or path for :func:`mmprompt.clip.load`, a CLIP, or a callable returning a CLIP or
+``(CLIP, clip_info)``."""
+
+
+def _file_digest(path: Path) -> str | None:
+    from ..clip.weights import sha256_file
+
+    if path.is_file():
+        return sha256_file(path)
+    return None
+
+
+def resolve_clip(
+    spec: ClipSpec,
+    activation: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[CLIP, dict[str, Any]]:
+    """The frozen CLIP described by ``spec`` on ``device``, and what to record about it."""
+    info: dict[str, Any]
+    if isinstance(spec, CLIP):
+        clip, info = spec, {"weights": None, "source": "model"}
+    elif callable(spec) and not isinstance(spec, (str, Path)):
+        out = spec()
+        clip, extra = (out if isinstance(out, tuple) else (out, {}))
+        if not isinstance(clip, CLIP):
+            raise TypeError(f"the CLIP callable returned {type(clip).__name__}, expected a mmprompt CLIP")
+        name = getattr(spec, "__qualname__", None) or type(spec).__name__
+        info = {"weights": None, "source": f"callable:{name}", **dict(extra)}
+    else:
+        from ..clip import load
+        from ..clip.weights import get_pretrained
+
+        try:
+            entry = get_pretrained(str(spec)) if isinstance(spec, str) else None
+        except KeyError:
+            entry = None
+        clip = load(spec, device="cpu", activation=activation)
+        if entry is not None:
+            info = {"weights": entry.name, "source": "registry", "sha256": entry.sha256}
+        else:
+            path = Path(spec).expanduser().absolute()
+            info = {"weights": str(path), "source": "path", "sha256": _file_digest(path)}
+    info.setdefault("activation", clip.config.activation)
+    clip.requires_grad_(False)
+    clip = clip.to(device).eval()
+    return clip, info
+
+
+def load_clip_from_info(
+    info: dict[str, Any], device: str | torch.device = "cpu", verify: bool = True
+) -> CLIP:
+    """Load the CLIP a prompt checkpoint records (its ``clip`` entry), checking the file's SHA-256."""
+    from ..clip import load
+
+    weights = info.get("weights")
+    if not weights:
+        raise ValueError(
+            "the checkpoint does not record loadable CLIP weights (it was trained on a model passed in "
+            "directly); pass the CLIP yourself (clip=... / --clip)"
+        )
+    if info.get("source") == "path":
+        path = Path(weights)
+        if not path.exists():
+            raise FileNotFoundError(f"the CLIP weights the prompts were trained with are not at {path}; pass --clip")
+        expected = info.get("sha256")
+        if verify and expected:
+            actual = _file_digest(path)
+            if actual != expected:
+                raise ValueError(
+                    f"{path} has SHA-256 {actual}, but the prompts were trained with weights whose SHA-256 is "
+                    f"{expected}; pass the right weights with --clip"
+                )
+        return load(path, device=device, activation=info.get("activation"))
+    return load(str(weights), device=device, activation=info.get("activation"))

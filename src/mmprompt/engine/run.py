@@ -1,0 +1,209 @@
+"""One run: build the learner, train it (unless it has nothing to train), save the prompts, evaluate.
+
+A run folder holds ``config.yaml`` (written first), ``log.jsonl``, ``tb/``, ``checkpoint/state.pt``,
+``prompts.safetensors`` + ``prompts.json`` and ``metrics.json``, written last: a folder with a
+``metrics.json`` whose ``status`` is ``done`` is finished and is skipped when a sweep restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_bytes, atomic_write_json, load_prompts, save_prompts
+from ..clip.model import CLIP
+from ..config import RunConfig
+from ..methods import PromptLearner, create_learner
+from .checkpoint import seed_everything
+from .distributed import DistContext, barrier
+from .evaluate import EvalResult, evaluate
+from .train import TrainResult, train
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "build_learner",
+    "evaluate_split",
+    "is_done",
+    "learner_for_eval",
+    "load_splits",
+    "read_metrics",
+    "run_experiment",
+    "write_config",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def is_done(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a finished run (``metrics.json`` with status done)."""
+    metrics = read_metrics(run_dir)
+    return metrics is not None and metrics.get("status") == "done"
+
+
+def read_metrics(run_dir: str | Path, name: str = METRICS_FILE) -> dict[str, Any] | None:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        logger.warning("ignoring unreadable %s", path)
+        return None
+
+
+def write_config(cfg: RunConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config as ``config.yaml`` (atomically)."""
+    path = Path(run_dir) / CONFIG_FILE
+    atomic_write_bytes(path, cfg.to_yaml().encode("utf-8"))
+    return path
+
+
+def load_splits(cfg: RunConfig, subsample: str | None = None, shots: int | None = None, dataset: str | None = None):
+    """The dataset of ``cfg.data`` (or ``dataset``) after few-shot sampling and class subsampling."""
+    from ..data import build_dataset
+
+    name = dataset or cfg.data.dataset
+    if not name:
+        raise ValueError("no dataset given (data.dataset / --dataset)")
+    if not cfg.data.root:
+        raise ValueError("no data root given (data.root / --data-root)")
+    return build_dataset(
+        name, cfg.data.root,
+        shots=cfg.data.shots if shots is None else shots,
+        seed=cfg.data.seed,
+        subsample=cfg.data.subsample if subsample is None else subsample,
+    )
+
+
+def build_learner(
+    cfg: RunConfig, clip: CLIP, classnames: list[str], template: str | None = None
+) -> PromptLearner:
+    """The learner of ``cfg.method`` on ``clip``; zero-shot uses the dataset's template unless configured."""
+    options = dict(cfg.method.options)
+    if cfg.method.name == "zeroshot" and "templates" not in options and template:
+        options["templates"] = [template]
+    learner = create_learner(cfg.method.name, clip, classnames, options)
+    return learner.to(next(clip.parameters()).device)
+
+
+def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
+    """The run's trained prompts pointed at ``splits``' classes (zero-shot: a fresh learner with the
+    dataset's own template)."""
+    if cfg.method.name == "zeroshot":
+        return build_learner(cfg, clip, list(splits.classnames), splits.template)
+    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames))
+    return learner.to(next(clip.parameters()).device)
+
+
+def evaluate_split(
+    learner: PromptLearner, splits: Any, cfg: RunConfig, ctx: DistContext | None = None, progress: bool = True,
+    desc: str = "test",
+) -> EvalResult:
+    """Evaluate on the test split of ``splits`` with the learner set to its class names."""
+    if list(learner.classnames) != list(splits.classnames):
+        learner.set_classnames(list(splits.classnames))
+    return evaluate(
+        learner, splits.test, image_dir=splits.image_dir, batch_size=cfg.eval_batch_size,
+        precision=cfg.precision, num_workers=cfg.data.num_workers, ctx=ctx,
+        skip_corrupt=cfg.data.skip_corrupt, progress=progress, desc=desc,
+    )
+
+
+def _checked_train_samples(splits: Any, cfg: RunConfig) -> list[Any]:
+    from ..data import validate_samples
+
+    kept, _ = validate_samples(splits.train, skip_corrupt=cfg.data.skip_corrupt, image_dir=splits.image_dir,
+                               decode=cfg.data.skip_corrupt)
+    return kept
+
+
+def run_experiment(
+    cfg: RunConfig,
+    clip: CLIP,
+    clip_info: Mapping[str, Any],
+    run_dir: str | Path,
+    *,
+    train_splits: Any,
+    evals: Mapping[str, Any] | None = None,
+    ctx: DistContext | None = None,
+    resume: bool = True,
+    stop_after_epochs: int | None = None,
+    on_epoch_end: Callable[[int, TrainResult], None] | None = None,
+    progress: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Train on ``train_splits.train`` and evaluate on the test split of each of ``evals``.
+
+    ``evals`` maps a result name (``"base"``, ``"novel"``, ``"test"``) to dataset splits (default: the
+    training dataset's own test split as ``"test"``). Returns the metrics written to ``metrics.json``,
+    or None when the session stopped early (``stop_after_epochs``). A finished run is not run again
+    (its metrics are returned) unless ``resume`` is False.
+    """
+    run_dir = Path(run_dir)
+    ctx = ctx or DistContext(device=next(clip.parameters()).device)
+    if resume and is_done(run_dir):
+        logger.info("%s is finished; skipping", run_dir)
+        return read_metrics(run_dir)
+    evals = dict(evals or {"test": train_splits})
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run_dir)
+    start = time.perf_counter()
+    seed_everything(cfg.data.seed)
+    learner = build_learner(cfg, clip, list(train_splits.classnames), train_splits.template)
+    trained: TrainResult | None = None
+    if learner.trainable_parameters():
+        samples = _checked_train_samples(train_splits, cfg)
+        trained = train(
+            learner, samples, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
+            stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
+        )
+        if not trained.completed:
+            logger.info("stopped after epoch %d of %d; resume to continue", trained.epochs_done, trained.epochs_total)
+            return None
+    else:
+        logger.info("%s has nothing to train; evaluating directly", cfg.method.name)
+    info = {
+        "dataset": train_splits.name, "subsample": cfg.data.subsample, "shots": cfg.data.shots,
+        "seed": cfg.data.seed, "epochs": cfg.optim.epochs if trained else 0, **dict(extra or {}),
+    }
+    if ctx.is_main:
+        save_prompts(learner, run_dir, clip_info=dict(clip_info), extra=info)
+    results: dict[str, Any] = {}
+    for name, splits in evals.items():
+        if cfg.method.name == "zeroshot" and splits.template != train_splits.template:
+            learner = build_learner(cfg, clip, list(splits.classnames), splits.template)
+        results[name] = evaluate_split(learner, splits, cfg, ctx, progress, desc=f"{splits.name} {name}").to_dict()
+    metrics = {
+        "status": "done",
+        "method": cfg.method.name,
+        **info,
+        "eval": results,
+        "train": _train_summary(trained),
+        "seconds": time.perf_counter() - start,
+    }
+    if ctx.is_main:
+        atomic_write_json(run_dir / METRICS_FILE, metrics)
+    barrier(ctx)
+    return metrics
+
+
+def _train_summary(trained: TrainResult | None) -> dict[str, Any]:
+    if trained is None:
+        return {"epochs": 0}
+    last = trained.history[-1] if trained.history else {}
+    return {
+        "epochs": trained.epochs_done,
+        "resumed_from": trained.resumed_from,
+        "final_loss": last.get("loss"),
+        "final_acc": last.get("acc"),
+        "seconds": trained.seconds,
+    }
