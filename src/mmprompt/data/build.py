@@ -24,7 +24,7 @@ def _norm(name: str) -> str:
 
 def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
     """Explain why ``<root>/<folder>`` is missing, and suggest the fix (wrong root, misnamed folder...)."""
-    root = Path(root).expanduser()
+    root = Path(os.path.abspath(Path(root).expanduser()))
     expected = root / info.folder
     if not root.is_dir():
         return (
@@ -58,14 +58,18 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
 
 def dataset_dir_of(info: DatasetInfo, root: str | os.PathLike[str]) -> Path:
     """``<root>/<folder>``, or a :class:`DatasetNotFoundError` that says what to fix."""
-    dataset_dir = Path(root).expanduser().absolute() / info.folder
+    dataset_dir = Path(os.path.abspath(Path(root).expanduser())) / info.folder
     if not dataset_dir.is_dir():
         raise DatasetNotFoundError(diagnose_root(info, root))
     return dataset_dir
 
 
 def load_split(
-    info: DatasetInfo, dataset_dir: Path, cache_dir: str | os.PathLike[str] | None = None, save: bool = True
+    info: DatasetInfo,
+    dataset_dir: Path,
+    cache_dir: str | os.PathLike[str] | None = None,
+    save: bool = True,
+    warn: bool = True,
 ) -> tuple[RawSplits, str]:
     """The train/val/test split before few-shot sampling, and where it came from.
 
@@ -78,7 +82,7 @@ def load_split(
     path = dataset_dir / info.split_file
     if path.is_file():
         return read_split_file(path), f"split file {path}"
-    log.warning(
+    (log.warning if warn else log.debug)(
         "%s not found; generating a split with the official rules instead. It will differ from the paper's: "
         "to reproduce the paper, %s.",
         path,

@@ -61,7 +61,7 @@ def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool =
     lists exists (and decodes, with ``verify_images``), and the number of classes.
     """
     info = get_dataset_info(name)
-    dataset_dir = Path(root).expanduser().absolute() / info.folder
+    dataset_dir = Path(os.path.abspath(Path(root).expanduser())) / info.folder
     report = CheckReport(info.key, dataset_dir)
     if not dataset_dir.is_dir():
         report.problems.append(diagnose_root(info, root))
@@ -86,7 +86,7 @@ def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool =
 
     image_dir = dataset_dir / info.image_subdir if info.image_subdir else dataset_dir
     try:
-        (train, val, test), source = load_split(info, dataset_dir, save=False)
+        (train, val, test), source = load_split(info, dataset_dir, save=False, warn=False)
     except (DataError, OSError, KeyError, ValueError) as e:
         report.problems.append(f"cannot read the dataset: {e}")
         return report

@@ -200,7 +200,7 @@ def build_custom_dataset(
     ``split_file`` is a CoOp-format split with paths relative to the dataset folder (or the CSV's
     folder). Generated splits are saved under ``<cache>/splits/``, never in the dataset folder.
     """
-    source = Path(source).expanduser().absolute()
+    source = Path(os.path.abspath(Path(source).expanduser()))
     if not source.exists():
         raise DatasetNotFoundError(
             f"custom dataset {source} does not exist (give a folder of class folders or a CSV file)"
