@@ -1,0 +1,38 @@
+"""The paper's protocols over datasets and seeds, and their results (tables, CSV, plots).
+
+* :func:`run_base2novel` - base-to-novel generalisation (train on base classes, test on base and novel);
+* :func:`run_cross_dataset` / :func:`run_domain_generalization` - train on ImageNet, test on targets;
+* :func:`run_few_shot` - train and test on all classes;
+* :func:`format_table`, :func:`aggregate`, :func:`harmonic_mean`, :func:`write_results`.
+"""
+
+from __future__ import annotations
+
+from .base2novel import run_base2novel
+from .few_shot import run_few_shot
+from .results import aggregate, format_table, harmonic_mean, plot_results, write_results
+from .transfer import (
+    CROSS_DATASET_TARGETS,
+    DG_TARGETS,
+    run_cross_dataset,
+    run_domain_generalization,
+    run_transfer,
+)
+
+PROTOCOLS = ("base2novel", "cross-dataset", "domain-generalization", "few-shot")
+
+__all__ = [
+    "CROSS_DATASET_TARGETS",
+    "DG_TARGETS",
+    "PROTOCOLS",
+    "aggregate",
+    "format_table",
+    "harmonic_mean",
+    "plot_results",
+    "run_base2novel",
+    "run_cross_dataset",
+    "run_domain_generalization",
+    "run_few_shot",
+    "run_transfer",
+    "write_results",
+]

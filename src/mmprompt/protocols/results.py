@@ -1,0 +1,244 @@
+"""Aggregation over seeds and datasets, the harmonic mean both ways, and tables, CSV and plots.
+
+Base-to-novel results per dataset report ``hm`` = HM of the seed-averaged Base and Novel (the official
+convention) and ``hm_mean_of_seeds`` = the mean of the per-seed HMs. The average row reports ``hm`` = HM
+of the dataset-averaged Base and Novel (the paper's) and ``hm_mean_of_datasets`` = the mean of the
+per-dataset HMs (what some later papers report). Standard deviations are over seeds (NumPy's default,
+ddof=0, as in CoOp's result parser). Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "aggregate",
+    "format_table",
+    "harmonic_mean",
+    "plot_results",
+    "write_results",
+]
+
+B2N_METRICS = ("base", "novel")
+ACC_METRICS = ("accuracy",)
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """2BN / (B + N); 0 when both are 0."""
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def _dataset_entry(per_seed: Mapping[Any, Mapping[str, float]], metrics: Sequence[str]) -> dict[str, Any]:
+    seeds = {str(s): dict(v) for s, v in sorted(per_seed.items(), key=lambda kv: int(kv[0]))}
+    b2n = tuple(metrics) == B2N_METRICS
+    if b2n:
+        for v in seeds.values():
+            v["hm"] = harmonic_mean(v["base"], v["novel"])
+    keys = [*metrics, "hm"] if b2n else list(metrics)
+    mean = {k: _mean([v[k] for v in seeds.values()]) for k in keys}
+    std = {k: _std([v[k] for v in seeds.values()]) for k in keys}
+    entry: dict[str, Any] = {"seeds": seeds, "n_seeds": len(seeds), "mean": mean, "std": std}
+    if b2n:
+        entry["hm_mean_of_seeds"] = mean["hm"]
+        entry["hm"] = harmonic_mean(mean["base"], mean["novel"])
+        entry["mean"]["hm"] = entry["hm"]
+    return entry
+
+
+def aggregate(
+    protocol: str,
+    runs: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, float]]]],
+    metrics: Sequence[str],
+    average_over: Sequence[str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Results from finished runs: ``runs[method][dataset][seed] = {metric: value}``.
+
+    ``average_over`` names the datasets of the average row (default: all); ``roles`` tags datasets
+    (``source`` / ``target``). Datasets without any finished seed are left out.
+    """
+    b2n = tuple(metrics) == B2N_METRICS
+    out: dict[str, Any] = {"protocol": protocol, "metrics": list(metrics), "methods": {}, **dict(extra or {})}
+    all_datasets: list[str] = []
+    for method, per_dataset in runs.items():
+        datasets = {d: _dataset_entry(s, metrics) for d, s in per_dataset.items() if s}
+        for d in datasets:
+            if roles and d in roles:
+                datasets[d]["role"] = roles[d]
+            if d not in all_datasets:
+                all_datasets.append(d)
+        names = [d for d in (average_over if average_over is not None else datasets) if d in datasets]
+        entry: dict[str, Any] = {"datasets": datasets}
+        if names:
+            avg: dict[str, Any] = {k: _mean([datasets[d]["mean"][k] for d in names]) for k in metrics}
+            if b2n:
+                avg["hm"] = harmonic_mean(avg["base"], avg["novel"])
+                avg["hm_mean_of_datasets"] = _mean([datasets[d]["hm"] for d in names])
+            avg["datasets"] = names
+            avg["complete"] = len(names) == len(average_over or names)
+            entry["average"] = avg
+        out["methods"][method] = entry
+    out["datasets"] = all_datasets
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def _label(key: str) -> str:
+    from .common import dataset_label
+
+    return dataset_label(key)
+
+
+def _cell(entry: Mapping[str, Any], key: str, with_std: bool) -> str:
+    value = entry["mean"][key] if key != "hm" else entry["hm"]
+    if with_std and entry.get("n_seeds", 1) > 1 and key in entry.get("std", {}) and key != "hm":
+        return f"{value:.2f} ± {entry['std'][key]:.2f}"
+    return f"{value:.2f}"
+
+
+def _rows(results: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any], bool]]:
+    """(dataset label, method, entry, is_average) in table order: average first, then datasets."""
+    rows = []
+    methods = results["methods"]
+    if any("average" in m for m in methods.values()) and len(results.get("datasets", [])) > 1:
+        for method, m in methods.items():
+            if "average" in m:
+                avg = m["average"]
+                label = "Average" if avg.get("complete", True) else f"Average ({len(avg['datasets'])} datasets)"
+                rows.append((label, method, {"mean": avg, "std": {}, "hm": avg.get("hm"), "n_seeds": 1}, True))
+    for d in results.get("datasets", []):
+        for method, m in methods.items():
+            if d in m["datasets"]:
+                e = m["datasets"][d]
+                label = _label(d) + (" (source)" if e.get("role") == "source" else "")
+                rows.append((label, method, e, False))
+    return rows
+
+
+def format_table(results: Mapping[str, Any], with_std: bool = False) -> str:
+    """A Markdown table laid out like the paper's: Dataset | Base | Novel | HM for base-to-novel (with
+    a Method column when there are several methods), Dataset | accuracy per method otherwise."""
+    methods = list(results["methods"])
+    b2n = tuple(results["metrics"]) == B2N_METRICS
+    rows = _rows(results)
+    lines: list[str] = []
+    if b2n:
+        multi = len(methods) > 1
+        head = ["Dataset", *(["Method"] if multi else []), "Base", "Novel", "HM"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * (2 if multi else 1) + [" ---: "] * 3) + "|"]
+        for label, method, e, _ in rows:
+            cells = [label, *([method] if multi else []), _cell(e, "base", with_std), _cell(e, "novel", with_std),
+                     f"{e['hm']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = ["HM is the harmonic mean of the seed-averaged Base and Novel (the paper's convention)."]
+        for method in methods:
+            avg = results["methods"][method].get("average")
+            if avg and len(avg["datasets"]) > 1:
+                notes.append(f"{method}: mean of per-dataset HMs = {avg['hm_mean_of_datasets']:.2f}.")
+        return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    by_dataset: dict[str, dict[str, str]] = {}
+    for label, method, e, _ in rows:
+        by_dataset.setdefault(label, {})[method] = _cell(e, "accuracy", with_std)
+    lines += ["| Dataset | " + " | ".join(methods) + " |", "| --- |" + "|".join([" ---: "] * len(methods)) + "|"]
+    for label, cells in by_dataset.items():
+        lines.append(f"| {label} | " + " | ".join(cells.get(m, "-") for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(results: Mapping[str, Any]) -> str:
+    """One row per (method, dataset, seed), plus mean and std rows and the average rows."""
+    b2n = tuple(results["metrics"]) == B2N_METRICS
+    keys = ["base", "novel", "hm"] if b2n else list(results["metrics"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "dataset", "seed", *keys, *(["hm_mean_of_seeds"] if b2n else [])])
+    for method, m in results["methods"].items():
+        for d, e in m["datasets"].items():
+            for seed, v in e["seeds"].items():
+                w.writerow([method, d, seed, *(f"{v[k]:.4f}" for k in keys), *([""] if b2n else [])])
+            w.writerow([method, d, "mean", *(f"{e['mean'][k]:.4f}" for k in keys),
+                        *([f"{e['hm_mean_of_seeds']:.4f}"] if b2n else [])])
+            w.writerow([method, d, "std", *(f"{e['std'][k]:.4f}" for k in keys), *([""] if b2n else [])])
+        if "average" in m:
+            avg = m["average"]
+            w.writerow([method, "average", "mean", *(f"{avg[k]:.4f}" for k in keys),
+                        *([f"{avg['hm_mean_of_datasets']:.4f}"] if b2n else [])])
+    return buf.getvalue()
+
+
+def plot_results(results: Mapping[str, Any], path: str | Path) -> Path:
+    """A bar chart per reported quantity (Base, Novel, HM; or accuracy), datasets on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    b2n = tuple(results["metrics"]) == B2N_METRICS
+    keys = ["base", "novel", "hm"] if b2n else list(results["metrics"])
+    methods = list(results["methods"])
+    datasets = list(results.get("datasets", []))
+    has_avg = any("average" in m for m in results["methods"].values()) and len(datasets) > 1
+    columns = (["average"] if has_avg else []) + datasets
+    fig, axes = plt.subplots(len(keys), 1, figsize=(max(6.0, 0.9 * len(columns) * max(1, len(methods))), 3.2 * len(keys)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for i, method in enumerate(methods):
+            m = results["methods"][method]
+            values = []
+            for c in columns:
+                if c == "average":
+                    values.append(m.get("average", {}).get(key, float("nan")))
+                elif c in m["datasets"]:
+                    e = m["datasets"][c]
+                    values.append(e["hm"] if key == "hm" else e["mean"][key])
+                else:
+                    values.append(float("nan"))
+            ax.bar([x + i * width for x in range(len(columns))], values, width, label=method)
+        ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(columns))])
+        ax.set_xticklabels(["Average" if c == "average" else _label(c) for c in columns], rotation=30, ha="right")
+        ax.set_ylabel({"hm": "HM"}.get(key, key.capitalize()) + " (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(loc="lower right", fontsize="small")
+    axes[0, 0].set_title(f"{results['protocol']}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "results") -> dict[str, Path]:
+    """``results.json``, ``results.md``, ``results.csv`` and ``results.png`` in ``output`` (atomic writes)."""
+    from ..checkpoint import atomic_write_bytes, atomic_write_json
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output / f"{stem}.json", "md": output / f"{stem}.md", "csv": output / f"{stem}.csv",
+             "png": output / f"{stem}.png"}
+    atomic_write_json(paths["json"], json.loads(json.dumps(results)))
+    title = f"# {results['protocol']}\n\n"
+    atomic_write_bytes(paths["md"], (title + format_table(results, with_std=True)).encode("utf-8"))
+    atomic_write_bytes(paths["csv"], to_csv(results).encode("utf-8"))
+    if results["methods"] and results.get("datasets"):
+        plot_results(results, paths["png"])
+    else:
+        paths.pop("png")
+    return paths
