@@ -178,3 +178,14 @@ def test_inspect_imagenet_val_is_test(tmp_path: Path, capsys, shots: int) -> Non
     assert len(data["train"]) == 3 * shots
     assert len(data["test"]) == 3 * (8 - math.ceil(8 / 2))
     assert all(p.startswith("images/val/") for p, _ in data["test"])
+
+
+def test_check_detects_a_renamed_dataset_folder_given_as_root(tmp_path: Path, capsys) -> None:
+    make_fake_dataset("oxford_pets", tmp_path / "data", n_classes=2)
+    (tmp_path / "data" / "oxford_pets").rename(tmp_path / "data" / "my pets")
+    code, out, _ = run(capsys, "check", "--dataset", "oxford_pets", "--root", tmp_path / "data" / "my pets")
+    assert code == 1 and f"use --root {tmp_path / 'data'}" in out
+    # a data root that merely has some generic "images" folder is not mistaken for a dataset folder
+    (tmp_path / "other" / "images").mkdir(parents=True)
+    code, out, _ = run(capsys, "check", "--dataset", "oxford_pets", "--root", tmp_path / "other")
+    assert code == 1 and "points at" not in out and "robots.ox.ac.uk" in out

@@ -9,9 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fake_datasets import make_fake_dataset
-from mmprompt.data import build_dataset, fewshot_cache_path, sample_fewshot
+from mmprompt.data import Sample, build_dataset, fewshot_cache_path, sample_fewshot
+from mmprompt.data import subsample_classes as lib_subsample_classes
 
 # ----------------------------------------------------------------------------------------------------------
 # A literal re-statement of the official code (dassl/data/datasets/base_dataset.py and CoOp's
@@ -221,3 +224,29 @@ def test_sample_fewshot_matches_global_random_on_plain_items() -> None:
         exp_train = generate_fewshot_dataset(items, num_shots=3)
         exp_val = generate_fewshot_dataset(val, num_shots=3)
         assert got_train == exp_train and got_val == exp_val
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    train_labels=st.lists(st.integers(0, 7), max_size=60),
+    val_labels=st.lists(st.integers(0, 7), max_size=20),
+    shots=st.integers(-1, 9),
+    seed=st.integers(0, 2**31),
+    subsample=st.sampled_from(["all", "base", "new"]),
+)
+def test_property_equal_to_official(train_labels, val_labels, shots, seed, subsample) -> None:
+    """Any label pattern: library (few-shot then subsample) == the literal official code."""
+    state = random.getstate()
+    try:
+        split = {
+            "train": [[f"t{i}.jpg", y, f"c{y}"] for i, y in enumerate(train_labels)],
+            "val": [[f"v{i}.jpg", y, f"c{y}"] for i, y in enumerate(val_labels)],
+            "test": [[f"s{i}.jpg", y, f"c{y}"] for i, y in enumerate(sorted(set(train_labels)))],
+        }
+        expected = official(split, shots, seed, subsample)
+    finally:
+        random.setstate(state)
+    train, val, test = ([Sample(*e) for e in split[k]] for k in ("train", "val", "test"))
+    train, val = sample_fewshot(train, val, shots, seed)
+    got = lib_subsample_classes(train, val, test, subsample=subsample)
+    assert [[(s.path, s.label, s.classname) for s in part] for part in got] == expected

@@ -31,8 +31,12 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
             f"the data root {root} does not exist or is not a folder. --root must be the folder that holds the "
             f"dataset folders, e.g. {root}/{info.folder}/. To get {info.coop_name}: {info.download}"
         )
-    markers = [m for m in (info.image_subdir, info.split_file, *(r.path for r in info.requirements)) if m]
-    if root.name == info.folder or any((root / m).exists() for m in markers):
+    # signs that root is the dataset folder itself: its name, its split file, a distinctive image folder
+    # (not a generic "images"), or at least two of the files and folders of its layout
+    markers = {m for m in (info.image_subdir, info.split_file, *(r.path for r in info.requirements)) if m}
+    present = {m for m in markers if (root / m).exists()}
+    distinctive = {info.split_file, info.image_subdir} - {None, "", "images"}
+    if root.name == info.folder or present & distinctive or len(present) >= 2:
         return (
             f"--root points at the {info.coop_name} folder itself ({root}). --root must be its parent, the data "
             f"root that holds all dataset folders: use --root {root.parent}"
