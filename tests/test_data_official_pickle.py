@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fake_datasets import make_fake_dataset
+from mmprompt.cli import main
 from mmprompt.data import build_dataset, load_official_fewshot
 from mmprompt.data.errors import SplitFileError
 from mmprompt.data.official_pickle import restricted_loads
@@ -62,7 +63,7 @@ def _official_pkl(
     return path
 
 
-def test_official_pickle_is_read_and_mapped(tmp_path: Path, monkeypatch, caplog) -> None:
+def test_official_pickle_is_read_and_mapped(tmp_path: Path, monkeypatch, caplog, capsys) -> None:
     dataset_dir = make_fake_dataset("caltech101", tmp_path / "data", n_classes=3, per_class=10)
     split = json.loads((dataset_dir / "split_zhou_Caltech101.json").read_text())
     # the last two train images of each class, and the last val image: not what seed 1 would draw here
@@ -82,6 +83,18 @@ def test_official_pickle_is_read_and_mapped(tmp_path: Path, monkeypatch, caplog)
     assert [s.path for s in ours.train] != [p[0] for p in picks["train"]]
     assert "official" in splits.provenance["fewshot"]
     assert any("restricted unpickler" in r.getMessage() for r in caplog.records)
+
+    # the command line reads it too, unless told not to
+    argv = ["data", "inspect", "--dataset", "caltech101", "--root", str(tmp_path / "data"), "--shots", "2",
+            "--cache-dir", str(tmp_path / "c"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["train"] == [
+        ["101_ObjectCategories/" + p, y] for p, y, _ in picks["train"]
+    ]
+    assert main([*argv, "--no-official-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"] == [
+        ["101_ObjectCategories/" + s.path, s.label] for s in ours.train
+    ]
 
 
 def test_official_imagenet_pickle_has_train_only(tmp_path: Path, monkeypatch) -> None:

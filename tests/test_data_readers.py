@@ -164,6 +164,12 @@ def test_names_and_aliases() -> None:
         assert get_dataset_info(alias).key == key
     with pytest.raises(KeyError, match="known datasets"):
         get_dataset_info("mnist")
+    assert [DATASETS[k].label for k in ("dtd", "oxford_flowers", "imagenet_a", "oxford_pets")] == [
+        "DTD",
+        "Flowers102",
+        "ImageNet-A",
+        "OxfordPets",
+    ]
 
 
 def test_templates_follow_the_spec() -> None:

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", default=None, help="cache root (default $MMPROMPT_CACHE or ~/.cache/mmprompt)"
     )
     inspect.add_argument("--json", action="store_true", help="print classnames and splits as JSON")
+    inspect.add_argument(
+        "--no-official-cache",
+        action="store_true",
+        help="ignore <dataset>/split_fewshot/shot_K-seed_S.pkl and sample with the official algorithm",
+    )
 
     check = sub.add_parser("check", help="check a dataset folder and explain what is missing or wrong")
     _dataset_arguments(check)
@@ -70,6 +75,7 @@ def _inspect(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         classnames_file=args.classnames,
         split_file=args.split_file,
+        use_official_cache=not args.no_official_cache,
     )
     prefix = _relative_prefix(splits)
     if args.json:

@@ -134,6 +134,7 @@ def build_dataset(
             seed=seed,
             subsample=subsample,
             cache_dir=cache_dir,
+            use_official_cache=use_official_cache,
         )
     if classnames_file is not None or split_file is not None:
         raise ValueError("classnames_file and split_file apply to custom datasets only")

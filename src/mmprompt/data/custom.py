@@ -194,6 +194,7 @@ def build_custom_dataset(
     subsample: str = "all",
     cache_dir: str | os.PathLike[str] | None = None,
     template: str = DEFAULT_TEMPLATE,
+    use_official_cache: bool = True,
 ) -> DatasetSplits:
     """Read a custom dataset (see the module docstring) and apply few-shot and base/novel subsampling.
 
@@ -237,4 +238,5 @@ def build_custom_dataset(
         subsample=subsample,
         cache_dir=cache_dir,
         split_source=origin,
+        use_official_cache=use_official_cache,
     )

@@ -56,6 +56,12 @@ class DatasetInfo:
     aliases: tuple[str, ...] = ()
     val_is_test: bool = False
     test_only: bool = False
+    display_name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name printed in the paper's tables ("DTD", "Flowers102", "ImageNet-A"...)."""
+        return self.display_name or self.coop_name
 
     def dataset_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder

@@ -26,6 +26,7 @@ def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
 
 
 INFO = DatasetInfo(
+    display_name="DTD",
     key="dtd",
     coop_name="DescribableTextures",
     folder="dtd",

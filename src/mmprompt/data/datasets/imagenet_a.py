@@ -16,6 +16,7 @@ DOWNLOAD = (
 )
 
 INFO = DatasetInfo(
+    display_name="ImageNet-A",
     key="imagenet_a",
     coop_name="ImageNetA",
     folder="imagenet-adversarial",

@@ -16,6 +16,7 @@ DOWNLOAD = (
 )
 
 INFO = DatasetInfo(
+    display_name="ImageNet-R",
     key="imagenet_r",
     coop_name="ImageNetR",
     folder="imagenet-rendition",

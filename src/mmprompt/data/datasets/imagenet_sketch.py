@@ -16,6 +16,7 @@ DOWNLOAD = (
 )
 
 INFO = DatasetInfo(
+    display_name="ImageNet-Sketch",
     key="imagenet_sketch",
     coop_name="ImageNetSketch",
     folder="imagenet-sketch",

@@ -54,6 +54,7 @@ def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
 
 
 INFO = DatasetInfo(
+    display_name="Flowers102",
     key="oxford_flowers",
     coop_name="OxfordFlowers",
     folder="oxford_flowers",
