@@ -1,0 +1,87 @@
+"""``mmprompt eval``: evaluate saved prompts (or zero-shot CLIP) on a dataset's test split.
+
+    mmprompt eval --checkpoint runs/maple/eurosat --dataset eurosat --data-root /data --subsample new
+    mmprompt eval --method zeroshot --clip ViT-B/16 --dataset dtd --data-root /data
+
+The CLIP is the one recorded in the checkpoint unless ``--clip`` is given. The prompts are pointed at the
+evaluated classes (``--subsample base|new|all``), so base-trained prompts can be tested on novel classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="a prompt checkpoint folder (prompts.json + prompts.safetensors)")
+    parser.add_argument("--method", help="'zeroshot' to evaluate CLIP without prompts (needs --clip)")
+    parser.add_argument("--template", action="append", metavar="TEXT",
+                        help="zero-shot template(s) with {} for the class (default: the dataset's own)")
+    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--data-root", required=True, help="folder holding the datasets")
+    parser.add_argument("--subsample", choices=("all", "base", "new"), default="all",
+                        help="which classes to evaluate on (default all)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the dataset's few-shot selection (default 1)")
+    parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
+    parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    parser.add_argument("--batch-size", type=int, default=100, help="test batch size (default 100)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--skip-corrupt", action="store_true", help="leave unreadable images out")
+    parser.add_argument("--output", metavar="FILE", help="also write the metrics to this JSON file")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import atomic_write_json, load_prompts, read_prompt_meta
+    from ..config import RunConfig
+    from ..data import build_dataset
+    from ..engine.clip_source import load_clip_from_info, resolve_clip
+    from ..engine.distributed import init_distributed
+    from ..engine.run import evaluate_split
+    from ..methods import canonical_method, create_learner
+
+    zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
+    if zero_shot == (args.checkpoint is not None):
+        logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
+        return 2
+    if zero_shot and not args.clip:
+        logger.error("--method zeroshot needs --clip WEIGHTS")
+        return 2
+    ctx = init_distributed(args.device)
+    if args.clip:
+        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device)
+    else:
+        info = read_prompt_meta(args.checkpoint).get("clip") or {}
+        clip = load_clip_from_info(info, device=ctx.device)
+    splits = build_dataset(args.dataset, args.data_root, shots=0, seed=args.seed, subsample=args.subsample)
+    if zero_shot:
+        templates = args.template or [splits.template]
+        learner = create_learner("zeroshot", clip, splits.classnames, {"templates": templates})
+        method = "zeroshot"
+    else:
+        learner = load_prompts(args.checkpoint, clip, classnames=splits.classnames)
+        method = learner.method
+    learner = learner.to(ctx.device)
+    cfg = RunConfig.from_dict({
+        "precision": args.precision, "eval_batch_size": args.batch_size,
+        "data": {"num_workers": args.num_workers, "skip_corrupt": args.skip_corrupt},
+        "method": {"name": method},
+    })
+    result = evaluate_split(learner, splits, cfg, ctx, progress=not args.no_progress,
+                            desc=f"{splits.name} {args.subsample}")
+    metrics = {"method": method, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+               "dataset": splits.name, "subsample": args.subsample, "clip": info, **result.to_dict()}
+    if ctx.is_main:
+        print(f"{splits.name} ({args.subsample}, {learner.num_classes} classes): top-1 {result.accuracy:.2f}% "
+              f"({result.correct}/{result.total}), mean per-class {result.mean_per_class_accuracy:.2f}%")
+        if args.output:
+            atomic_write_json(Path(args.output), json.loads(json.dumps(metrics, default=str)))
+    return 0

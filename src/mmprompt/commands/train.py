@@ -1,0 +1,144 @@
+"""``mmprompt train``: train prompts on one dataset, then evaluate them.
+
+    mmprompt train --config maple_b2n --dataset eurosat --data-root /data --clip ViT-B/16 --output runs/x
+    mmprompt train --config maple_b2n ... --set optim.lr=0.001 method.n_ctx=4 --resume
+
+The output folder receives config.yaml, log.jsonl, tb/, checkpoint/state.pt (resume), the prompts
+(prompts.safetensors + prompts.json, usable by ``mmprompt eval`` / ``mmprompt predict``) and metrics.json.
+Under ``torchrun`` the run is data-parallel (global batch = optim.batch_size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------- shared by commands
+def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
+    """``--config``, ``--set`` and the usual shortcuts (also used by ``benchmark``)."""
+    g = parser.add_argument_group("configuration")
+    g.add_argument("--config", metavar="PRESET", help="preset name (see --list-presets) or a YAML file")
+    if with_method:
+        g.add_argument("--method", help="method (default: the preset's); picks its default preset without --config")
+    g.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted config overrides, values as YAML scalars (e.g. optim.lr=0.001 method.n_ctx=4)")
+    g.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    g.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights: a registry name (ViT-B/16) or a path")
+    g.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
+                   help="MLP activation for weight files that do not say it (OpenAI: quick_gelu)")
+    g.add_argument("--data-root", help="folder holding the datasets in their official layout")
+    g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1...")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training / evaluation precision")
+    g.add_argument("--num-workers", type=int, help="data-loader workers")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--clip``, ``--data-root``... flags as dotted overrides (applied after ``--set``)."""
+    out: dict[str, Any] = {}
+    pairs: list[tuple[str, Any]] = [
+        ("clip.weights", getattr(args, "clip", None)), ("clip.activation", getattr(args, "clip_activation", None)),
+        ("data.root", getattr(args, "data_root", None)), ("data.shots", getattr(args, "shots", None)),
+        ("device", getattr(args, "device", None)), ("precision", getattr(args, "precision", None)),
+        ("data.num_workers", getattr(args, "num_workers", None)), ("data.seed", getattr(args, "seed", None)),
+        ("data.subsample", getattr(args, "subsample", None)), ("output", getattr(args, "output", None)),
+    ]
+    for key, value in pairs:
+        if value is not None:
+            out[key] = value
+    if getattr(args, "no_progress", False):
+        out["log.progress"] = False
+    return out
+
+
+def list_presets_text() -> str:
+    import yaml
+
+    from ..config import list_presets, preset_path
+
+    lines = []
+    for name in list_presets():
+        desc = (yaml.safe_load(preset_path(name).read_text()) or {}).get("description", "")
+        lines.append(f"{name:<16} {desc}")
+    return "\n".join(lines)
+
+
+def resolve_config(args: argparse.Namespace, dataset: str | None, protocol: str = "base2novel") -> Any:
+    """The run config from ``--config`` (or the method's default preset), ``--set`` and the shortcuts."""
+    from ..config import load_config
+    from ..protocols.common import default_preset
+
+    preset = args.config
+    method = getattr(args, "method", None)
+    if preset is None:
+        preset = default_preset(method or "maple", protocol)
+    cfg = load_config(preset, list(args.overrides), dataset=dataset)
+    if method:
+        from ..methods import canonical_method
+
+        if canonical_method(method) != cfg.method.name:
+            raise ValueError(f"--method {method} does not match the config's method {cfg.method.name!r} ({preset})")
+    return cfg.with_overrides(shortcut_overrides(args))
+
+
+# ------------------------------------------------------------------------------------------------ train
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--dataset", help="dataset name (eurosat, imagenet...; 'custom' with --data-root a folder)")
+    parser.add_argument("--output", help="run folder")
+    parser.add_argument("--seed", type=int, help="few-shot and run seed (default 1)")
+    parser.add_argument("--subsample", choices=("all", "base", "new"), help="classes to train on")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --output (or skip it when finished)")
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+                        help="end this session after N epochs (continue later with --resume)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.list_presets:
+        print(list_presets_text())
+        return 0
+    from ..engine.clip_source import resolve_clip
+    from ..engine.distributed import init_distributed
+    from ..engine.run import is_done, load_splits, run_experiment
+    from ..engine.train import NonFiniteLossError
+
+    cfg = resolve_config(args, args.dataset)
+    if not cfg.data.dataset or not cfg.data.root or not cfg.output:
+        logger.error("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in the config)")
+        return 2
+    output = Path(cfg.output)
+    started = output.exists() and any((output / f).exists() for f in ("checkpoint", "metrics.json", "prompts.json"))
+    if started and not args.resume:
+        state = "a finished run" if is_done(output) else "an unfinished run"
+        logger.error("%s holds %s; pass --resume to continue it, or choose another --output", output, state)
+        return 2
+    ctx = init_distributed(cfg.device)
+    clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device)
+    splits = load_splits(cfg)
+    evals: dict[str, Any] = {"test": splits}
+    if cfg.data.subsample == "base":
+        evals = {"base": splits, "novel": load_splits(cfg, subsample="new")}
+    try:
+        metrics = run_experiment(cfg, clip, info, output, train_splits=splits, evals=evals, ctx=ctx,
+                                 resume=True, stop_after_epochs=args.stop_after_epochs,
+                                 progress=cfg.log.progress)
+    except NonFiniteLossError as exc:
+        logger.error("%s", exc)
+        return 1
+    if metrics is None:
+        logger.info("stopped early; continue with: mmprompt train ... --output %s --resume", output)
+        return 0
+    if ctx.is_main:
+        for name, res in metrics["eval"].items():
+            print(f"{name}: top-1 {res['accuracy']:.2f}% ({res['correct']}/{res['total']}), "
+                  f"mean per-class {res['mean_per_class_accuracy']:.2f}%")
+        print(f"prompts and metrics in {output}")
+    return 0

@@ -1,0 +1,156 @@
+"""Classify images with trained prompts (or zero-shot CLIP) and class names chosen at prediction time.
+
+>>> from mmprompt import Predictor
+>>> p = Predictor.from_checkpoint("runs/maple/eurosat")                  # doctest: +SKIP
+>>> p.set_classes(["forest", "river", "highway or road"])               # doctest: +SKIP
+>>> p.predict(["image.jpg"], top_k=2)                                    # doctest: +SKIP
+[[('forest', 0.91), ('river', 0.06)]]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .clip.model import CLIP
+from .methods import PromptLearner
+
+__all__ = ["Predictor"]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Image.Image | str | Path
+
+
+class Predictor:
+    """A prompt learner ready to classify images: eval transform, cached class text features, top-k.
+
+    Build it with :meth:`from_checkpoint` (a folder written by ``mmprompt train``) or :meth:`zero_shot`.
+    """
+
+    def __init__(self, learner: PromptLearner, precision: str = "fp32", batch_size: int = 64) -> None:
+        from .clip.transforms import build_transform
+
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.learner = learner.eval()
+        self.precision = precision
+        self.batch_size = batch_size
+        c = learner.clip.config
+        self.transform = build_transform(c.vision.image_size, train=False, mean=c.mean, std=c.std)
+        self._text: Tensor | None = None
+
+    # --------------------------------------------------------------------------------------------- builders
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: str | Path,
+        clip: CLIP | str | Path | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        clip_activation: str | None = None,
+        verify: bool = True,
+        precision: str = "fp32",
+    ) -> Predictor:
+        """Load prompts saved by :func:`mmprompt.checkpoint.save_prompts`.
+
+        The CLIP is the one recorded in the checkpoint (``clip_info``: registry name or path, checked
+        against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path.
+        The classes are the trained ones until :meth:`set_classes` is called.
+        """
+        from .checkpoint import load_prompts, read_prompt_meta
+        from .engine.clip_source import load_clip_from_info, resolve_clip
+
+        meta = read_prompt_meta(directory)
+        if clip is None:
+            model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
+        else:
+            model, _ = resolve_clip(clip, clip_activation, "cpu")
+        learner = load_prompts(directory, model)
+        return cls(learner.to(device), precision=precision)
+
+    @classmethod
+    def zero_shot(
+        cls,
+        clip: CLIP | str | Path,
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] = ("a photo of a {}.",),
+        device: str | torch.device = "cpu",
+        *,
+        clip_activation: str | None = None,
+        precision: str = "fp32",
+    ) -> Predictor:
+        """Zero-shot CLIP with hand-written ``templates`` (their normalised features are averaged)."""
+        from .engine.clip_source import resolve_clip
+        from .methods import create_learner
+
+        model, _ = resolve_clip(clip, clip_activation, "cpu")
+        names = list(classnames) if classnames else ["object"]
+        learner = create_learner("zeroshot", model, names, {"templates": list(templates)})
+        return cls(learner.to(device), precision=precision)
+
+    # --------------------------------------------------------------------------------------------- classes
+    @property
+    def classes(self) -> list[str]:
+        return list(self.learner.classnames)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.learner.parameters()).device
+
+    def set_classes(self, names: Sequence[str]) -> None:
+        """Classify among ``names`` from now on (the prompts are reused as they are)."""
+        names = [str(n).strip() for n in names]
+        if not names or any(not n for n in names):
+            raise ValueError("class names must be non-empty")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be distinct: {names}")
+        if getattr(self.learner, "class_specific", False) and names != list(self.learner.classnames):
+            raise ValueError("these prompts are class-specific (CoOp with class_specific=true): their class names "
+                             "are fixed at training time")
+        self.learner.set_classnames(names)
+        self._text = None
+
+    # --------------------------------------------------------------------------------------------- predict
+    def _autocast(self) -> Any:
+        from .engine.train import autocast_context
+
+        return autocast_context(self.precision, self.device)
+
+    def _load(self, image: ImageInput) -> Tensor:
+        if isinstance(image, Image.Image):
+            return self.transform(image.convert("RGB"))
+        from .data.images import load_image
+
+        return self.transform(load_image(image))
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[ImageInput]) -> Tensor:
+        """Logits [N, C] of ``images`` against the current classes."""
+        out = []
+        with self._autocast():
+            if self._text is None and not self.learner.image_conditioned_text:
+                self._text = self.learner.class_text_features()
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([self._load(im) for im in images[start : start + self.batch_size]])
+                out.append(self.learner.predict_logits(batch.to(self.device), self._text).float())
+        return torch.cat(out) if out else torch.empty(0, self.learner.num_classes)
+
+    def predict(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, the ``top_k`` most probable classes as ``(name, probability)``, best first."""
+        if isinstance(images, (Image.Image, str, Path)):
+            images = [images]
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        probs = self.logits(list(images)).softmax(dim=-1)
+        k = min(top_k, probs.shape[-1])
+        values, indices = probs.topk(k, dim=-1)
+        names = self.classes
+        return [[(names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)]
+                for vs, ix in zip(values, indices, strict=True)]
