@@ -1,0 +1,54 @@
+"""Shared helpers for the engine, protocol, CLI and DDP tests (no tests here).
+
+A tiny random CLIP saved as an OpenAI-layout state dict (loaded with ``activation="quick_gelu"``), and
+fake datasets in the official layouts from ``fake_datasets``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fake_datasets import make_fake_dataset
+from mmprompt.clip import CLIP, get_config
+from mmprompt.config import RunConfig, load_config
+
+# Small but real: 4 classes x 8 images (4 train / 1 val / 3 test per class with the fake split).
+N_CLASSES = 4
+PER_CLASS = 8
+FAST = ["optim.epochs=3", "method.depth=2", "data.num_workers=0", "log.progress=false", "log.every=1",
+        "data.shots=2", "device=cpu"]
+
+
+def save_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A random tiny CLIP's state dict (OpenAI key layout) at ``path``."""
+    torch.manual_seed(seed)
+    torch.save(CLIP(get_config("tiny")).state_dict(), path)
+    return path
+
+
+def make_data_root(root: Path, datasets: tuple[str, ...] = ("eurosat",)) -> Path:
+    for name in datasets:
+        make_fake_dataset(name, root, n_classes=N_CLASSES, per_class=PER_CLASS)
+    return root
+
+
+def fast_config(root: Path, clip_path: Path, preset: str = "maple_b2n", extra: list[str] | None = None,
+                dataset: str = "eurosat") -> RunConfig:
+    """A preset shrunk for tests: 3 epochs, depth 2, 2 shots, no workers, no progress bar."""
+    overrides = [*FAST, f"data.root={root}", f"clip.weights={clip_path}", "clip.activation=quick_gelu"]
+    if preset not in ("maple_b2n", "maple_xd"):
+        overrides = [o for o in overrides if not o.startswith("method.depth")]
+    return load_config(preset, [*overrides, *(extra or [])], dataset=dataset)
+
+
+def prompts_of(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def assert_same_prompts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs (max abs diff {(a[k] - b[k]).abs().max().item():.3e})"
