@@ -19,7 +19,9 @@ from mmprompt.engine.loader import EpochBatchSampler, epoch_order
 from mmprompt.engine.optim import WarmupCosineLR, build_optimizer, lr_at
 from mmprompt.engine.run import build_learner, load_splits, run_experiment
 from mmprompt.engine.train import NonFiniteLossError, train
-from test_engine_support import assert_same_prompts, fast_config, make_data_root, save_tiny_clip
+from test_engine_support import assert_same_prompts, fast_config, make_data_root, one_thread, save_tiny_clip
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(autouse=True)

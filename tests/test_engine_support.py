@@ -22,6 +22,15 @@ FAST = ["optim.epochs=3", "method.depth=2", "data.num_workers=0", "log.progress=
         "data.shots=2", "device=cpu"]
 
 
+def one_thread():
+    """Generator for a module fixture: one intra-op thread. The test machines share 2 cores between many
+    processes, where OpenMP's spinning threads make tiny models 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def save_tiny_clip(path: Path, seed: int = 0) -> Path:
     """A random tiny CLIP's state dict (OpenAI key layout) at ``path``."""
     torch.manual_seed(seed)
