@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, port: int, root: str, weights: str, out: str,
         clip, info = resolve_clip(Path(weights), "quick_gelu", ctx.device)
         for name, extra in CASES.items():
             cfg = fast_config(Path(root), Path(weights), extra=extra)
-            splits = load_splits(cfg)
+            splits = load_splits(cfg, ctx=ctx)
             run_experiment(cfg, clip, info, Path(out) / name, train_splits=splits, ctx=ctx, progress=False)
     finally:
         dist.destroy_process_group()

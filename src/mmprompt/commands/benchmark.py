@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..methods import canonical_method
     from ..protocols import format_table, run_base2novel, run_few_shot, run_transfer
     from ..protocols.transfer import CROSS_DATASET_TARGETS, DG_TARGETS
-    from .train import shortcut_overrides
+    from .train import quiet_other_ranks, shortcut_overrides
 
     presets: dict[str, str] = {}
     methods = [canonical_method(m) for m in args.methods]
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         extra.pop(key, None)  # passed as the protocol's own arguments
     overrides = {**dict(parse_override(o) for o in args.overrides), **extra}
     ctx = init_distributed(args.device or "auto")
+    quiet_other_ranks(ctx)
     common = dict(
         presets=presets, overrides=overrides, progress=not args.no_progress, shots=args.shots or 16,
         clip_activation=args.clip_activation, device=args.device or "auto", ctx=ctx,

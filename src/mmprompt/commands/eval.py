@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed
     from ..engine.run import evaluate_split
     from ..methods import canonical_method, create_learner
+    from .train import quiet_other_ranks
 
     zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
     if zero_shot == (args.checkpoint is not None):
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("--method zeroshot needs --clip WEIGHTS")
         return 2
     ctx = init_distributed(args.device)
+    quiet_other_ranks(ctx)
     if args.clip:
         clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device)
     else:

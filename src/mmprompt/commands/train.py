@@ -56,6 +56,12 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def quiet_other_ranks(ctx: Any) -> None:
+    """Under torchrun, only rank 0 logs at INFO (the others would repeat every line)."""
+    if not ctx.is_main:
+        logging.getLogger("mmprompt").setLevel(logging.WARNING)
+
+
 def list_presets_text() -> str:
     import yaml
 
@@ -121,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s holds %s; pass --resume to continue it, or choose another --output", output, state)
         return 2
     ctx = init_distributed(cfg.device)
+    quiet_other_ranks(ctx)
     clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device)
-    splits = load_splits(cfg)
+    splits = load_splits(cfg, ctx=ctx)
     evals: dict[str, Any] = {"test": splits}
     if cfg.data.subsample == "base":
-        evals = {"base": splits, "novel": load_splits(cfg, subsample="new")}
+        evals = {"base": splits, "novel": load_splits(cfg, subsample="new", ctx=ctx)}
     try:
         metrics = run_experiment(cfg, clip, info, output, train_splits=splits, evals=evals, ctx=ctx,
                                  resume=True, stop_after_epochs=args.stop_after_epochs,

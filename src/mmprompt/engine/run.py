@@ -66,8 +66,17 @@ def write_config(cfg: RunConfig, run_dir: str | Path) -> Path:
     return path
 
 
-def load_splits(cfg: RunConfig, subsample: str | None = None, shots: int | None = None, dataset: str | None = None):
-    """The dataset of ``cfg.data`` (or ``dataset``) after few-shot sampling and class subsampling."""
+def load_splits(
+    cfg: RunConfig,
+    subsample: str | None = None,
+    shots: int | None = None,
+    dataset: str | None = None,
+    ctx: DistContext | None = None,
+) -> Any:
+    """The dataset of ``cfg.data`` (or ``dataset``) after few-shot sampling and class subsampling.
+
+    With several processes, rank 0 reads first (it may write the few-shot cache), then the others.
+    """
     from ..data import build_dataset
 
     name = dataset or cfg.data.dataset
@@ -75,12 +84,20 @@ def load_splits(cfg: RunConfig, subsample: str | None = None, shots: int | None 
         raise ValueError("no dataset given (data.dataset / --dataset)")
     if not cfg.data.root:
         raise ValueError("no data root given (data.root / --data-root)")
-    return build_dataset(
-        name, cfg.data.root,
-        shots=cfg.data.shots if shots is None else shots,
-        seed=cfg.data.seed,
-        subsample=cfg.data.subsample if subsample is None else subsample,
-    )
+
+    def build() -> Any:
+        return build_dataset(
+            name, cfg.data.root,
+            shots=cfg.data.shots if shots is None else shots,
+            seed=cfg.data.seed,
+            subsample=cfg.data.subsample if subsample is None else subsample,
+        )
+
+    if ctx is None or not ctx.enabled:
+        return build()
+    splits = build() if ctx.is_main else None
+    barrier(ctx)
+    return splits if splits is not None else build()
 
 
 def build_learner(

@@ -7,6 +7,7 @@ data parallelism, logging, a training state after every epoch, exact resumption,
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -189,8 +190,12 @@ def train(
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Buffers (class-name embeddings) are the same on every process: no need to sync them per forward.
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
         model = DistributedDataParallel(
-            learner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            learner, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
         )
 
     result = TrainResult(epochs_done=start, epochs_total=opt_cfg.epochs, completed=start >= opt_cfg.epochs,

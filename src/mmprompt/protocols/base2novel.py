@@ -74,8 +74,8 @@ def run_base2novel(
                 metrics = finished_metrics(folder)
                 if metrics is None and (stop_after_runs is None or new < stop_after_runs):
                     logger.info("run %d/%d: %s on %s, seed %d -> %s", k, total, method, dataset, seed, folder)
-                    base = load_splits(cfg, subsample="base")
-                    novel = load_splits(cfg, subsample="new")
+                    base = load_splits(cfg, subsample="base", ctx=opts.ctx)
+                    novel = load_splits(cfg, subsample="new", ctx=opts.ctx)
                     model, info = clip.get()
                     metrics = run_experiment(
                         cfg, model, info, folder, train_splits=base, evals={"base": base, "novel": novel},

@@ -50,7 +50,7 @@ def run_few_shot(
                 metrics = finished_metrics(folder)
                 if metrics is None:
                     logger.info("few-shot: %s on %s, seed %d -> %s", method, dataset, seed, folder)
-                    splits = load_splits(cfg, subsample="all")
+                    splits = load_splits(cfg, subsample="all", ctx=opts.ctx)
                     model, info = clip.get()
                     metrics = run_experiment(cfg, model, info, folder, train_splits=splits, evals={"test": splits},
                                              ctx=opts.ctx, progress=progress, extra={"protocol": PROTOCOL})

@@ -73,7 +73,7 @@ def run_transfer(
             metrics = finished_metrics(folder)
             if metrics is None:
                 logger.info("%s: training %s on %s, seed %d -> %s", protocol, method, source, seed, folder)
-                splits = load_splits(cfg, subsample="all")
+                splits = load_splits(cfg, subsample="all", ctx=opts.ctx)
                 model, info = clip.get()
                 metrics = run_experiment(cfg, model, info, folder, train_splits=splits, evals={"test": splits},
                                          ctx=opts.ctx, progress=progress, extra={"protocol": "transfer"})
@@ -100,7 +100,7 @@ def _evaluate_target(cfg: RunConfig, folder: Path, target: str, clip: ClipProvid
     cached = read_metrics(folder, name)
     if cached is not None:
         return cached
-    splits = load_splits(cfg, subsample="all", shots=0, dataset=target)
+    splits = load_splits(cfg, subsample="all", shots=0, dataset=target, ctx=opts.ctx)
     model, _ = clip.get()
     learner = learner_for_eval(folder, cfg, model, splits)
     result = evaluate_split(learner, splits, cfg, opts.ctx, opts.progress, desc=f"{target} test").to_dict()
