@@ -75,13 +75,15 @@ def test_scheduler_state_round_trip() -> None:
     opt = build_optimizer([p], 0.002)
     sched = WarmupCosineLR(opt, 10)
     for _ in range(3):
+        opt.step()
         sched.step()
     opt2 = build_optimizer([nn.Parameter(torch.zeros(1))], 0.002)
     sched2 = WarmupCosineLR(opt2, 10)
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(sched.state_dict())
-    sched.step()
-    sched2.step()
+    for o, sc in ((opt, sched), (opt2, sched2)):
+        o.step()
+        sc.step()
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == lr_at(4, 0.002, 10)
 
 
@@ -141,6 +143,14 @@ def test_overrides_are_yaml_scalars() -> None:
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config("maple_b2n", [override])
+
+
+def test_dataset_overrides_resolve_once() -> None:
+    cfg = load_config("coop", ["data.dataset=imagenet"])  # the dataset may come from an override too
+    assert cfg.optim.epochs == 50 and cfg.dataset_overrides == {}
+    explicit = load_config("coop", ["data.dataset=imagenet", "optim.epochs=7"])
+    reloaded = RunConfig.from_dict(json.loads(json.dumps(explicit.to_dict()))).for_dataset("imagenet")
+    assert explicit.optim.epochs == reloaded.optim.epochs == 7  # a run's config.yaml reloads as it ran
 
 
 def test_unknown_preset_and_yaml_keys(tmp_path: Path) -> None:
@@ -207,6 +217,14 @@ def test_resume_after_interruption_is_exact(env, clip, tmp_path: Path) -> None:
     full = _saved_prompts(tmp_path / "full")
     assert_same_prompts(full, _saved_prompts(tmp_path / "limited"))
     assert_same_prompts(full, _saved_prompts(tmp_path / "crashed"))
+
+
+def test_loader_workers_do_not_change_the_result(env, clip, tmp_path: Path) -> None:
+    root, weights = env
+    cfg = fast_config(root, weights, extra=["optim.epochs=2"])
+    _run(cfg, clip, tmp_path / "w0")
+    _run(cfg.with_overrides(["data.num_workers=2"]), clip, tmp_path / "w2")
+    assert_same_prompts(_saved_prompts(tmp_path / "w0"), _saved_prompts(tmp_path / "w2"))
 
 
 def test_nan_loss_stops_and_keeps_last_good_state(env, clip, tmp_path: Path) -> None:

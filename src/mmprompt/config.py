@@ -263,10 +263,15 @@ class RunConfig:
         return RunConfig.from_dict(apply_overrides(self.to_dict(), overrides))
 
     def for_dataset(self, dataset: str) -> RunConfig:
-        """This config with ``data.dataset`` set and that dataset's ``dataset_overrides`` applied."""
+        """This config with ``data.dataset`` set and that dataset's ``dataset_overrides`` applied.
+
+        The result is resolved: its ``dataset_overrides`` is empty, so writing and reloading it (as a
+        run's ``config.yaml``) gives the same values.
+        """
         values = self.to_dict()
         values["data"]["dataset"] = dataset
         extra = _flatten(_lookup_dataset(self.dataset_overrides, dataset) or {})
+        values["dataset_overrides"] = {}
         return RunConfig.from_dict(apply_overrides(values, extra))
 
     def method_config(self) -> Any:
@@ -413,8 +418,8 @@ def load_config(
 ) -> RunConfig:
     """A validated :class:`RunConfig` from a preset name or YAML path (defaults when None).
 
-    With ``dataset``, ``data.dataset`` is set and the preset's ``dataset_overrides`` for it are applied
-    first; ``overrides`` come last, so the command line always wins.
+    The preset's ``dataset_overrides`` for ``dataset`` (or for the ``data.dataset`` the config ends up
+    with) are applied first and ``overrides`` last, so the command line always wins.
     """
     values: dict[str, Any] = {}
     if name_or_path is not None:
@@ -427,6 +432,9 @@ def load_config(
             raise ConfigError(f"{path}: a run config must be a mapping at the top level")
         values = loaded or {}
     config = RunConfig.from_dict(values)
-    if dataset is not None:
-        config = config.for_dataset(dataset)
-    return RunConfig.from_dict(apply_overrides(config.to_dict(), overrides))
+    overrides = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    final = RunConfig.from_dict(apply_overrides(config.to_dict(), overrides))
+    dataset = dataset or final.data.dataset
+    if dataset is None or not config.dataset_overrides:
+        return final if dataset is None else final.for_dataset(dataset)
+    return RunConfig.from_dict(apply_overrides(config.for_dataset(dataset).to_dict(), overrides))
