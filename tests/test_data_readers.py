@@ -15,7 +15,6 @@ from mmprompt.data import (
     SplitFileError,
     build_dataset,
     get_dataset_info,
-    get_ensemble_templates,
     get_template,
     list_datasets,
     read_split_file,
@@ -182,8 +181,6 @@ def test_templates_follow_the_spec() -> None:
     assert get_template("oxford_flowers") == "a photo of a {}, a type of flower."
     assert get_template("imagenet_r") == "a photo of a {}."
     assert get_template("custom") == "a photo of a {}."
-    assert len(get_ensemble_templates("imagenet")) == 7
-    assert get_ensemble_templates("dtd")[-1] == "{} texture." and len(get_ensemble_templates("dtd")) == 8
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,14 @@ def test_any_clip_width(tiny: CLIP) -> None:
         loss = torch.nn.functional.cross_entropy(learner(images), torch.tensor([0, 2]))
         loss.backward()
         assert all(p.grad is not None for p in learner.trainable_parameters()), method
+
+
+def test_zeroshot_ensemble_is_coops_seven_plus_the_dataset_template(tiny: CLIP) -> None:
+    from mmprompt.methods.zeroshot import IMAGENET_TEMPLATES_SELECT
+
+    dtd = create_learner("zeroshot", tiny, ["dog"], {"templates": ["{} texture."], "ensemble": True})
+    assert dtd.templates() == [*IMAGENET_TEMPLATES_SELECT, "{} texture."]
+    imagenet = create_learner("zeroshot", tiny, ["dog"], {"templates": [], "ensemble": True})
+    assert imagenet.templates() == list(IMAGENET_TEMPLATES_SELECT) and len(imagenet.templates()) == 7
+    with pytest.raises(ValueError, match="at least one template"):
+        create_learner("zeroshot", tiny, ["dog"], {"templates": []})

@@ -33,13 +33,12 @@ from mmprompt.data.samples import (
     subsample_classes,
     write_split_file,
 )
-from mmprompt.data.templates import ENSEMBLE_TEMPLATES, TEMPLATES, get_ensemble_templates, get_template
+from mmprompt.data.templates import TEMPLATES, get_template
 
 _LAZY = {"make_loader": "loading", "ImageDataset": "loading", "seed_worker": "loading"}
 
 __all__ = [
     "DATASETS",
-    "ENSEMBLE_TEMPLATES",
     "TEMPLATES",
     "CheckReport",
     "CorruptImageError",
@@ -60,7 +59,6 @@ __all__ = [
     "diagnose_root",
     "fewshot_cache_path",
     "get_dataset_info",
-    "get_ensemble_templates",
     "get_template",
     "list_datasets",
     "load_image",

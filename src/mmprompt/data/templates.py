@@ -1,4 +1,4 @@
-"""Each dataset's hand-written zero-shot template (CoOp's ``CUSTOM_TEMPLATES``) and the 7-template ensemble."""
+"""Each dataset's hand-written zero-shot template (CoOp's ``CUSTOM_TEMPLATES``)."""
 
 from __future__ import annotations
 
@@ -23,28 +23,8 @@ TEMPLATES: dict[str, str] = {
 }
 DEFAULT_TEMPLATE = "a photo of a {}."
 
-# CoOp's IMAGENET_TEMPLATES_SELECT (zero-shot CLIP with a prompt ensemble)
-ENSEMBLE_TEMPLATES: tuple[str, ...] = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-
-
 def get_template(name: str) -> str:
     """The zero-shot template of a dataset ("a photo of a {}." for custom datasets)."""
     if name.lower().startswith("custom"):
         return DEFAULT_TEMPLATE
     return TEMPLATES[resolve_name(name)]
-
-
-def get_ensemble_templates(name: str) -> list[str]:
-    """The 7 ImageNet ensemble templates, plus the dataset's own template for datasets other than ImageNet."""
-    own = get_template(name)
-    if not name.lower().startswith("custom") and resolve_name(name) == "imagenet":
-        return list(ENSEMBLE_TEMPLATES)
-    return [*ENSEMBLE_TEMPLATES, own]

@@ -106,7 +106,9 @@ def build_learner(
     """The learner of ``cfg.method`` on ``clip``; zero-shot uses the dataset's template unless configured."""
     options = dict(cfg.method.options)
     if cfg.method.name == "zeroshot" and "templates" not in options and template:
-        options["templates"] = [template]
+        # CoOp's ensemble adds the dataset's own template, except for ImageNet
+        imagenet = str(cfg.data.dataset).lower() == "imagenet"
+        options["templates"] = [] if options.get("ensemble") and imagenet else [template]
     learner = create_learner(cfg.method.name, clip, classnames, options)
     return learner.to(next(clip.parameters()).device)
 
