@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..checkpoint import atomic_write_json, load_prompts, read_prompt_meta
+    from ..checkpoint import load_prompts, read_prompt_meta
     from ..config import RunConfig
     from ..data import build_dataset
     from ..engine.clip_source import load_clip_from_info, resolve_clip
     from ..engine.distributed import init_distributed
     from ..engine.run import evaluate_split
+    from ..fileio import atomic_write_json
     from ..methods import canonical_method, create_learner
     from .train import quiet_other_ranks
 

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from mmprompt.data.errors import SplitFileError
+from mmprompt.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +169,7 @@ def split_to_json(samples: Iterable[Sample]) -> list[list[Any]]:
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON (indented like Dassl's ``write_json``) through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=4, separators=(",", ": "))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data, indent=4, separators=(",", ": "))
 
 
 def write_split_file(

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json, load_prompts, save_prompts
+from ..checkpoint import load_prompts, save_prompts
 from ..clip.model import CLIP
 from ..config import RunConfig
+from ..fileio import atomic_write_bytes, atomic_write_json
 from ..methods import PromptLearner, create_learner
 from .checkpoint import seed_everything
 from .distributed import DistContext, barrier

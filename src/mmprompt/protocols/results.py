@@ -227,7 +227,7 @@ def plot_results(results: Mapping[str, Any], path: str | Path) -> Path:
 
 def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "results") -> dict[str, Path]:
     """``results.json``, ``results.md``, ``results.csv`` and ``results.png`` in ``output`` (atomic writes)."""
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..fileio import atomic_write_bytes, atomic_write_json
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_json
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext, barrier
 from ..engine.run import evaluate_split, learner_for_eval, load_splits, read_metrics, run_experiment
+from ..fileio import atomic_write_json
 from .common import ClipProvider, SweepOptions, canonical_dataset, finished_metrics, run_config, run_folder
 from .results import ACC_METRICS, aggregate, write_results
 
