@@ -36,7 +36,11 @@ class MethodConfig:
 
     text_chunk_size: int = 0
     """Encode class prompts in chunks of this many classes with activation checkpointing when
-    gradients are needed (0: all at once). Same loss and gradients, bounded memory."""
+    gradients are needed (0: automatic, see ``text_chunk_tokens``). Same loss and gradients, bounded memory."""
+    text_chunk_tokens: int = 4096
+    """With ``text_chunk_size`` 0: once the prompts hold more than this many tokens (classes x encoded
+    length, e.g. ImageNet's 1000 classes), encode them in chunks of at most this many tokens
+    (0: always all at once). 4096 tokens of ViT-B/16 text keep about 2 GB of activations."""
     truncate_text: bool = True
     """Run the text encoder only up to the last EOT among the prompts (exact under the causal mask)."""
 
@@ -49,6 +53,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.text_chunk_size < 0:
             raise ValueError(f"text_chunk_size must be >= 0, got {self.text_chunk_size}")
+        if self.text_chunk_tokens < 0:
+            raise ValueError(f"text_chunk_tokens must be >= 0, got {self.text_chunk_tokens}")
 
 
 def check_depth(what: str, depth: int, layers: int) -> None:
@@ -170,8 +176,11 @@ class PromptLearner(nn.Module):
     def encode_text(
         self, embeddings: Tensor, eot: Tensor, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
     ) -> Tensor:
-        """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked."""
-        chunk = self.config.text_chunk_size
+        """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked.
+
+        Chunks group prompts of similar length (each chunk is cut after its own last EOT when
+        ``truncate_text``); the features come back in the input order.
+        """
         truncate = self.config.truncate_text
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
@@ -180,16 +189,49 @@ class PromptLearner(nn.Module):
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
-        if chunk <= 0 or embeddings.shape[0] <= chunk:
+        chunks = self.text_chunks(eot, embeddings.shape[1])
+        if chunks is None:
             return run(embeddings, eot, *deep)
         outputs = []
-        for start in range(0, embeddings.shape[0], chunk):
-            x, e = embeddings[start : start + chunk], eot[start : start + chunk]
+        for idx in chunks:
+            x, e = embeddings.index_select(0, idx), eot.index_select(0, idx)
             if torch.is_grad_enabled():
                 outputs.append(checkpoint(run, x, e, *deep, use_reentrant=False))
             else:
                 outputs.append(run(x, e, *deep))
-        return torch.cat(outputs)
+        order = torch.cat(chunks)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(outputs).index_select(0, inverse)
+
+    def text_chunks(self, eot: Tensor, length: int) -> list[Tensor] | None:
+        """Row indices of each text chunk (None: encode all at once).
+
+        ``text_chunk_size`` > 0 gives chunks of that many prompts; otherwise prompts are chunked
+        only when they hold more than ``text_chunk_tokens`` tokens, into chunks of at most that many.
+        With ``truncate_text``, prompts are taken in order of length so that chunks are cut short.
+        """
+        n = eot.shape[0]
+        truncate = self.config.truncate_text
+        lengths = eot.detach().cpu() + 1 if truncate else torch.full((n,), length)
+        size, budget = self.config.text_chunk_size, self.config.text_chunk_tokens
+        if size > 0:
+            if n <= size:
+                return None
+        elif budget <= 0 or n * int(lengths.max()) <= budget:
+            return None
+        order = torch.argsort(lengths, stable=True) if truncate else torch.arange(n)
+        bounds: list[tuple[int, int]] = []
+        start = 0
+        for i, row in enumerate(order.tolist()):
+            count = i - start + 1  # rows are sorted by length: this row is the chunk's longest
+            full = count > size if size > 0 else count * int(lengths[row]) > budget and count > 1
+            if full:
+                bounds.append((start, i))
+                start = i
+        bounds.append((start, n))
+        order = order.to(eot.device)
+        return [order[a:b] for a, b in bounds]
 
     def image_features(self, images: Tensor) -> Tensor:
         """Image features [B, E], not normalised, with this method's vision prompts."""

@@ -1,0 +1,587 @@
+"""Speed and memory of a prompt learner: training step, evaluation and the image encoder alone.
+
+For each class count, two paths are measured with the same weights, prompts, images and labels:
+
+* ``default``: what mmprompt runs by default: text truncated after the last EOT, class prompts
+  encoded in (length-sorted) chunks with activation checkpointing when they are many, class text
+  features computed once per evaluation (``class_text_features``) and evaluation in inference mode.
+* ``reference``: what the official code computes: 77-token prompts (``truncate_text=False``), no
+  chunking, and the class text re-encoded for every evaluation batch (``predict_logits(x, None)``).
+
+Each (class count, path) runs in a fresh child process (``python -m mmprompt.bench --child``), so
+peak memories do not mix: on CPU the peak resident set size above the size just before the first
+training step (``VmHWM`` reset through ``/proc/self/clear_refs``), on CUDA
+``torch.cuda.max_memory_allocated`` after a reset. The parent kills a child whose resident set
+exceeds ``memory_limit_gb`` (a machine may be shared) and reports it as out of memory.
+
+Class names are synthetic but realistic: 1-4 words (probabilities 0.45 / 0.35 / 0.15 / 0.05) drawn
+from a fixed list of words found in real class names, some of which the BPE splits into several
+tokens; with the MaPLe prompt ``"a photo of a {name}."`` prompts are then 8-20 tokens long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .clip.config import CLIPConfig, get_config
+from .clip.model import CLIP, build_model
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "mmprompt.bench/1"
+PATHS: tuple[str, ...] = ("default", "reference")
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_RESULT_MARKER = "@@mmprompt-bench-result@@"
+
+# Words that occur in real class names (ImageNet, Caltech101, Pets, Cars, Aircraft, Food, ...).
+CLASSNAME_WORDS: tuple[str, ...] = (
+    "red", "fox", "great", "white", "shark", "golden", "retriever", "spotted", "salamander", "horned",
+    "lizard", "axolotl", "chickadee", "hammerhead", "tabby", "cat", "sports", "car", "electric", "guitar",
+    "crossword", "puzzle", "space", "shuttle", "yellow", "lady", "slipper", "coral", "reef", "espresso",
+    "maker", "pomegranate", "toilet", "tissue", "basset", "hound", "bernese", "mountain", "dog", "tree",
+    "frog", "airliner", "banjo", "monastery", "trolleybus", "wok", "cheeseburger", "carbonara", "boeing",
+    "convertible", "sedan", "annual", "crop", "land", "pasture", "sea", "lake", "herbaceous", "vegetation",
+    "playing", "cello", "knitting", "chihuahua", "leonberger", "abyssinian", "sphynx", "bolete", "hen",
+    "wood", "rabbit", "cliff", "dwelling", "steel", "arch", "bridge", "paper", "towel", "water", "ouzel",
+)
+WORDS_PER_NAME: tuple[tuple[int, float], ...] = ((1, 0.45), (2, 0.35), (3, 0.15), (4, 0.05))
+
+
+def synthetic_classnames(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct class names of 1-4 words (see the module docstring), reproducible from ``seed``."""
+    if n < 1:
+        raise ValueError(f"the number of classes must be >= 1, got {n}")
+    rng = random.Random(seed)
+    counts, weights = zip(*WORDS_PER_NAME)
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < n:
+        k = rng.choices(counts, weights)[0]
+        name = " ".join(rng.choice(CLASSNAME_WORDS) for _ in range(k))
+        if name in seen and len(seen) < n * 50:
+            continue
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+@dataclass
+class BenchSettings:
+    """What to measure (one run measures every class count on both paths)."""
+
+    method: str = "maple"
+    arch: str = "ViT-B/16"
+    classes: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    batch: int = 4
+    """Training batch size."""
+    precision: str = "fp32"
+    """fp32, or bf16 / fp16 autocast around the forward pass."""
+    random_weights: bool = False
+    """Randomly initialised CLIP of ``arch`` instead of pretrained weights (same speed)."""
+    weights: str = ""
+    """Name or path given to ``mmprompt.clip.load`` (default: ``arch``); ignored with random weights."""
+    steps: int = 3
+    """Timed training steps (the median is reported)."""
+    warmup: int = 1
+    """Untimed training steps before the timed ones."""
+    eval_images: int = 200
+    eval_batch: int = 100
+    """Evaluation batch size (the official test batch is 100)."""
+    text_chunk_size: int = 0
+    """Default path: classes per text chunk (0: the learner's automatic choice)."""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """Other method config fields, for both paths."""
+    device: str = ""
+    """cpu or cuda (empty: cuda when available)."""
+    seed: int = 0
+    isolate: bool = True
+    """Run each (class count, path) in a fresh child process."""
+    memory_limit_gb: float = 0.0
+    """Kill a CPU child whose resident set exceeds this (0: 80% of the memory available at start)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not self.classes or any(c < 1 for c in self.classes):
+            raise ValueError(f"classes must be positive counts, got {self.classes}")
+        for name in ("batch", "steps", "eval_images", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.text_chunk_size < 0:
+            raise ValueError("warmup and text_chunk_size must be >= 0")
+        if not self.device:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PathResult:
+    """The figures of one path at one class count."""
+
+    path: str
+    classes: int
+    config: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: dict[str, float] = field(default_factory=dict)
+    """Prompt lengths in tokens (SOT..EOT): min, mean, max; and ``run``, the length the encoder runs."""
+    train_step_s: float | None = None
+    """Median training step: forward, loss, backward, SGD step."""
+    train_step_times_s: list[float] = field(default_factory=list)
+    first_loss: float | None = None
+    """Loss of the first training step (equal on both paths: same weights, prompts and inputs)."""
+    eval_images_per_s: float | None = None
+    """Evaluation throughput, including the one-off class text features (default path)."""
+    eval_text_features_s: float | None = None
+    """Time of ``class_text_features()`` (default path; the reference re-encodes per batch)."""
+    image_encoder_images_per_s: float | None = None
+    """Plain ``clip.encode_image`` in the same process, batches interleaved with evaluation's."""
+    train_peak_memory_bytes: int | None = None
+    eval_peak_memory_bytes: int | None = None
+    memory_measure: str = ""
+    load_average: list[float] = field(default_factory=list)
+    """1-minute load average at the start and at the end (other jobs on the machine skew timings)."""
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----- machine description --------------------------------------------------------------------------
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU model name and its flags, from ``/proc/cpuinfo`` (Linux; elsewhere ``platform``)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or "unknown", flags
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model and flags that matter, cores, threads, torch version and the device's name."""
+    model, flags = _cpuinfo()
+    info: dict[str, Any] = {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "cpu_fp16_native": bool({"avx512_fp16", "amx_fp16"} & flags),
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+        "device": device,
+        "device_name": model,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+# ----- memory -----------------------------------------------------------------------------------------
+def _status_kb(key: str, pid: int | str = "self") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a phase: CUDA max allocated, or on CPU the resident-set high-water mark delta."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.base = 0
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_delta"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = 0
+            return
+        try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.kind = "cpu_peak_rss_delta_upper_bound"
+        self.base = (_status_kb("VmRSS") or 0) * 1024
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        hwm = _status_kb("VmHWM")
+        if hwm is None:
+            import resource
+
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, hwm * 1024 - self.base)
+
+
+# ----- one path, in this process ------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[Any]]:
+    """A factory of the forward-pass context for ``precision`` (autocast for bf16 / fp16)."""
+    if precision == "fp32":
+        return nullcontext
+    dtype = PRECISIONS[precision]
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            a = torch.ones(2, 2, device=device)
+            (a @ a).sum().item()
+    except Exception as exc:  # the torch build does not autocast to this dtype on this device
+        raise RuntimeError(
+            f"{precision} autocast is not supported on {device.type} by torch {torch.__version__}: {exc}"
+        ) from exc
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
+    """A frozen CLIP: random weights of ``arch``, or ``mmprompt.clip.load`` (imported only then)."""
+    if settings.random_weights:
+        torch.manual_seed(settings.seed)
+        model = build_model(get_config(settings.arch))
+    else:
+        try:
+            from .clip.weights import load
+        except ImportError as exc:
+            raise RuntimeError(
+                f"pretrained weights need mmprompt.clip.weights.load, which cannot be imported ({exc}); "
+                "use --random-weights to benchmark with random weights (the speed is the same)"
+            ) from exc
+        model = load(settings.weights or settings.arch)
+    return model.to(device).eval().requires_grad_(False)
+
+
+DEPTH_FIELDS: dict[str, str] = {"depth": "both", "depth_text": "text", "depth_vision": "vision"}
+
+
+def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | None = None) -> dict[str, Any]:
+    """The method config values of a path (fields the method's config lacks are left out).
+
+    Prompt depths the user did not set are cut to the model's layers when its default is deeper
+    (MaPLe's J = 9 on the 4-layer ``tiny`` test model), with a warning; the JSON records the config.
+    """
+    from .methods import get_method
+
+    values = dict(settings.method_options)
+    if path == "reference":
+        values.update(truncate_text=False, text_chunk_size=0, text_chunk_tokens=0)
+    elif path == "default":
+        values.update(truncate_text=True, text_chunk_size=settings.text_chunk_size)
+    else:
+        raise ValueError(f"unknown path {path!r}; known: {PATHS}")
+    fields = {f.name: f for f in dataclasses.fields(get_method(settings.method).config)}
+    values = {k: v for k, v in values.items() if k in fields or k in settings.method_options}
+    if clip_config is not None:
+        t, v = clip_config.text.layers, clip_config.vision.layers
+        limits = {"both": min(t, v), "text": t, "vision": v}
+        for name, tower in DEPTH_FIELDS.items():
+            default = fields[name].default if name in fields else None
+            if isinstance(default, int) and name not in settings.method_options and default > limits[tower]:
+                log = logger.warning if path == "default" else logger.debug
+                log("%s: %s %d is deeper than the model; using %d", settings.method, name, default,
+                               limits[tower])
+                values[name] = limits[tower]
+    return values
+
+
+def check_settings(settings: BenchSettings) -> None:
+    """Fail early (in the parent) on an unknown method or architecture or an invalid method config."""
+    from .methods import make_config
+
+    clip_config = get_config(settings.arch)
+    with torch.device("meta"):
+        clip = CLIP(clip_config)
+    for path in PATHS:
+        make_config(settings.method, path_config(settings, path, clip_config)).check_model(clip)
+
+
+def _prompt_tokens(learner: torch.nn.Module, truncate: bool, context: int) -> dict[str, float]:
+    eot = getattr(learner, "eot", None)
+    if not isinstance(eot, torch.Tensor):
+        return {}
+    lengths = (eot.float() + 1).cpu()
+    run = float(lengths.max()) if truncate else float(context)
+    return {"min": float(lengths.min()), "mean": round(float(lengths.mean()), 2), "max": float(lengths.max()),
+            "run": run}
+
+
+def measure_path(settings: BenchSettings, classes: int, path: str) -> PathResult:
+    """Measure one path at one class count in this process (see :func:`run_benchmark` for isolation)."""
+    from .methods import create_learner, make_config
+
+    device = torch.device(settings.device)
+    result = PathResult(path=path, classes=classes, load_average=[_load_average()])
+    autocast = autocast_context(device, settings.precision)
+    clip = build_clip(settings, device)
+    config = make_config(settings.method, path_config(settings, path, clip.config))
+    result.config = config.to_dict()
+    torch.manual_seed(settings.seed + 1)
+    learner = create_learner(settings.method, clip, synthetic_classnames(classes, settings.seed), config).to(device)
+    result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length)
+    size = clip.config.vision.image_size
+    gen = torch.Generator().manual_seed(settings.seed + 2)
+    images = torch.randn(settings.batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, classes, (settings.batch,), generator=gen).to(device)
+    memory = PeakMemory(device)
+    result.memory_measure = memory.kind
+
+    # training step: forward + loss under autocast, backward, SGD (momentum 0.9, wd 5e-4)
+    params = learner.trainable_parameters()
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4) if params else None
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16" and bool(params))
+    learner.train()
+    memory.reset()
+    times: list[float] = []
+    for i in range(settings.warmup + settings.steps):
+        _sync(device)
+        start = time.perf_counter()
+        with autocast():
+            loss = F.cross_entropy(learner(images).float(), labels)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if i == 0:
+            result.first_loss = float(loss.detach())
+        if i >= settings.warmup:
+            times.append(elapsed)
+        logger.debug("%s %d classes: step %d %.3f s", path, classes, i, elapsed)
+    result.train_peak_memory_bytes = memory.peak()
+    result.train_step_times_s = [round(t, 4) for t in times]
+    result.train_step_s = statistics.median(times)
+    del optimizer, loss
+    learner.zero_grad(set_to_none=True)
+
+    # evaluation, with plain image-encoder batches interleaved (same conditions for both)
+    learner.eval()
+    gen = torch.Generator().manual_seed(settings.seed + 3)
+    n_batches = -(-settings.eval_images // settings.eval_batch)
+    sizes = [min(settings.eval_batch, settings.eval_images - i * settings.eval_batch) for i in range(n_batches)]
+    eval_inputs = [torch.randn(b, 3, size, size, generator=gen).to(device) for b in sizes]
+    grad_mode = torch.inference_mode if path == "default" else torch.no_grad
+    memory.reset()
+    eval_time = encoder_time = 0.0
+    with grad_mode(), autocast():
+        _sync(device)
+        start = time.perf_counter()
+        text = learner.class_text_features() if path == "default" else None
+        _sync(device)
+        result.eval_text_features_s = time.perf_counter() - start if path == "default" else None
+        eval_time += time.perf_counter() - start
+        for x in eval_inputs:
+            start = time.perf_counter()
+            learner.predict_logits(x, text)
+            _sync(device)
+            eval_time += time.perf_counter() - start
+            start = time.perf_counter()
+            clip.encode_image(x)
+            _sync(device)
+            encoder_time += time.perf_counter() - start
+    result.eval_peak_memory_bytes = memory.peak()
+    result.eval_images_per_s = settings.eval_images / eval_time
+    result.image_encoder_images_per_s = settings.eval_images / encoder_time
+    result.load_average.append(_load_average())
+    return result
+
+
+def _load_average() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return -1.0
+
+
+# ----- isolation in child processes ------------------------------------------------------------------------
+def _memory_limit_bytes(settings: BenchSettings) -> int:
+    if settings.memory_limit_gb > 0:
+        return int(settings.memory_limit_gb * 2**30)
+    available = _status_kb_meminfo("MemAvailable")
+    return int(0.8 * available * 1024) if available else 0
+
+
+def _status_kb_meminfo(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _watch_memory(proc: subprocess.Popen[str], limit: int, flag: dict[str, int]) -> None:
+    """Kill ``proc`` if its resident set exceeds ``limit`` bytes (polled every 20 ms)."""
+    while proc.poll() is None:
+        rss = _status_kb("VmRSS", proc.pid)
+        if rss is not None:
+            flag["peak"] = max(flag.get("peak", 0), rss * 1024)
+            if limit and rss * 1024 > limit:
+                flag["killed"] = 1
+                proc.kill()
+                return
+        time.sleep(0.02)
+
+
+def run_isolated(settings: BenchSettings, classes: int, path: str) -> PathResult:
+    """:func:`measure_path` in a fresh ``python -m mmprompt.bench --child`` process."""
+    job = json.dumps({"settings": settings.to_dict(), "classes": classes, "path": path})
+    limit = _memory_limit_bytes(settings) if settings.device == "cpu" else 0
+    cmd = [sys.executable, "-m", "mmprompt.bench", "--child"]
+    if logger.isEnabledFor(logging.DEBUG):
+        cmd.append("--verbose")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flag: dict[str, int] = {}
+    watcher = threading.Thread(target=_watch_memory, args=(proc, limit, flag), daemon=True)
+    watcher.start()
+    out, err = proc.communicate(job)
+    watcher.join()
+    for line in err.splitlines():
+        logger.debug("child %s/%d: %s", path, classes, line)
+    marked = [line for line in out.splitlines() if line.startswith(_RESULT_MARKER)]
+    if marked:
+        return PathResult(**json.loads(marked[-1][len(_RESULT_MARKER):]))
+    result = PathResult(path=path, classes=classes, config=path_config(settings, path))
+    if flag.get("killed"):
+        result.error = f"out of memory: resident set exceeded the limit of {limit / 2**30:.1f} GiB"
+        result.train_peak_memory_bytes = flag.get("peak")
+        result.memory_measure = "lower_bound_peak_rss"
+    else:
+        tail = "\n".join(err.strip().splitlines()[-5:])
+        result.error = f"child process failed (exit {proc.returncode}): {tail}"
+    return result
+
+
+def _child_main() -> int:
+    job = json.loads(sys.stdin.read())
+    settings = BenchSettings(**job["settings"])
+    try:
+        result = measure_path(settings, job["classes"], job["path"])
+    except (RuntimeError, MemoryError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        oom = "out of memory" in message.lower() or "can't allocate" in message.lower()
+        result = PathResult(path=job["path"], classes=job["classes"], config=path_config(settings, job["path"]),
+                            error=("out of memory: " if oom else "") + message)
+    sys.stdout.write(_RESULT_MARKER + json.dumps(result.to_dict()) + "\n")
+    return 0
+
+
+# ----- the whole run ----------------------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def compare_paths(default: PathResult, reference: PathResult) -> dict[str, Any]:
+    """Speed-ups and memory fraction of the default path over the reference path."""
+    ref_mem = reference.train_peak_memory_bytes
+    fraction = _ratio(default.train_peak_memory_bytes, ref_mem)
+    loss_diff = None
+    if default.first_loss is not None and reference.first_loss is not None:
+        loss_diff = abs(default.first_loss - reference.first_loss)
+    return {
+        "train_speedup": _ratio(reference.train_step_s, default.train_step_s),
+        "eval_speedup": _ratio(default.eval_images_per_s, reference.eval_images_per_s),
+        "train_memory_fraction": fraction,
+        "train_memory_fraction_is_upper_bound": bool(reference.error and fraction is not None),
+        "eval_vs_image_encoder": _ratio(default.eval_images_per_s, default.image_encoder_images_per_s),
+        "first_loss_abs_diff": loss_diff,
+    }
+
+
+def iter_benchmark(settings: BenchSettings) -> Iterator[dict[str, Any]]:
+    """Measure every class count (default path, then reference path); yields one entry per count."""
+    measure = run_isolated if settings.isolate else measure_path
+    for classes in settings.classes:
+        entry: dict[str, Any] = {"classes": classes}
+        for path in PATHS:
+            logger.info("measuring %s, %d classes, %s path", settings.method, classes, path)
+            res = measure(settings, classes, path)
+            if res.error:
+                logger.warning("%s path, %d classes: %s", path, classes, res.error)
+            entry[path] = res.to_dict()
+        entry["comparison"] = compare_paths(PathResult(**entry["default"]), PathResult(**entry["reference"]))
+        yield entry
+
+
+def run_benchmark(settings: BenchSettings, results_sink: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
+    """The whole benchmark as one JSON-able document (``schema``, ``settings``, ``machine``, ``results``)."""
+    from .methods import canonical_method
+
+    settings.method = canonical_method(settings.method)
+    check_settings(settings)
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "settings": settings.to_dict(),
+        "classnames": "synthetic, 1-4 words (mmprompt.bench.synthetic_classnames)",
+        "machine": machine_info(settings.device),
+        "results": [],
+    }
+    for entry in iter_benchmark(settings):
+        doc["results"].append(entry)
+        if results_sink is not None:
+            results_sink(entry)
+    return doc
+
+
+@contextmanager
+def _quiet_child_logging(verbose: bool) -> Iterator[None]:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child-process entry point: ``python -m mmprompt.bench --child`` reads one job on stdin."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--child" not in args:
+        sys.stderr.write("use `mmprompt bench`; this module's entry point is for its child processes\n")
+        return 2
+    with _quiet_child_logging("--verbose" in args):
+        return _child_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``mmprompt bench``: the command runs on a tiny model and prints the documented JSON (structure only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmprompt.bench import PATHS, BenchSettings, synthetic_classnames
+from mmprompt.cli import main
+
+PATH_FIELDS = {
+    "path", "classes", "config", "prompt_tokens", "train_step_s", "train_step_times_s", "first_loss",
+    "eval_images_per_s", "eval_text_features_s", "image_encoder_images_per_s", "train_peak_memory_bytes",
+    "eval_peak_memory_bytes", "memory_measure", "load_average", "error",
+}
+COMPARISON_FIELDS = {
+    "train_speedup", "eval_speedup", "train_memory_fraction", "train_memory_fraction_is_upper_bound",
+    "eval_vs_image_encoder", "first_loss_abs_diff",
+}
+MACHINE_FIELDS = {"cpu_model", "cpu_count", "torch_threads", "torch_version", "device", "device_name", "date",
+                  "cpu_bf16_native"}
+
+
+def test_bench_command_prints_the_documented_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--steps", "2", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["schema"] == "mmprompt.bench/1"
+    assert doc["settings"]["method"] == "maple" and doc["settings"]["classes"] == [3]
+    assert MACHINE_FIELDS <= set(doc["machine"])
+    assert doc["machine"]["torch_threads"] >= 1
+    [entry] = doc["results"]
+    assert entry["classes"] == 3
+    assert COMPARISON_FIELDS == set(entry["comparison"])
+    for path in PATHS:
+        r = entry[path]
+        assert set(r) == PATH_FIELDS
+        assert r["path"] == path and r["error"] == ""
+        assert len(r["train_step_times_s"]) == 2 and r["train_step_s"] > 0
+        assert r["eval_images_per_s"] > 0 and r["image_encoder_images_per_s"] > 0
+        assert r["train_peak_memory_bytes"] is not None
+        assert r["config"]["depth"] == 4  # MaPLe's J = 9 cut to the tiny model's 4 layers
+    assert entry["default"]["config"]["truncate_text"] is True
+    assert entry["reference"]["config"]["truncate_text"] is False
+    assert entry["reference"]["prompt_tokens"]["run"] == 77
+    assert entry["default"]["prompt_tokens"]["run"] < 77
+    # same weights, prompts and inputs on both paths: the same first loss
+    assert entry["comparison"]["first_loss_abs_diff"] < 1e-4
+
+
+def test_bench_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--random-weights", "--arch", "tiny", "--method", "nope", "--classes", "3"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--option", "depth=9"]) == 2
+    with pytest.raises(ValueError):
+        BenchSettings(precision="fp8")
+    with pytest.raises(SystemExit):
+        main(["bench", "--classes", "0"])
+
+
+def test_synthetic_classnames_are_realistic_and_reproducible() -> None:
+    names = synthetic_classnames(300, seed=0)
+    assert names == synthetic_classnames(300, seed=0)
+    assert len(set(names)) == 300
+    words = [len(n.split()) for n in names]
+    assert min(words) == 1 and max(words) <= 4
+    assert 1.5 < sum(words) / len(words) < 2.2
