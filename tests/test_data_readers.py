@@ -141,7 +141,7 @@ def test_base_new_subsampling_on_a_reader(tmp_path: Path) -> None:
 
 def test_names_and_aliases() -> None:
     assert list_datasets() == list(DATASETS)
-    assert len(DATASETS) == 15
+    assert len(DATASETS) == 16 and list(DATASETS)[-1] == "mmprompt_demo"  # 15 benchmarks + the demo world
     for key in DATASETS:
         assert key == key.lower()
         assert get_dataset_info(key).key == key

@@ -20,6 +20,7 @@ TEMPLATES: dict[str, str] = {
     "imagenet_sketch": "a photo of a {}.",
     "imagenet_a": "a photo of a {}.",
     "imagenet_r": "a photo of a {}.",
+    "mmprompt_demo": "a photo of a {}.",
 }
 DEFAULT_TEMPLATE = "a photo of a {}."
 
