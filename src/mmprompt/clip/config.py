@@ -139,7 +139,7 @@ ARCHITECTURES: dict[str, CLIPConfig] = {
 
 
 def _canonical(name: str) -> str:
-    return re.sub(r"[^a-z0-9@]", "", name.lower())
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def list_architectures() -> list[str]:
