@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP, build_model
-from mmprompt.methods import create_learner
+from mmprompt.methods import base, create_learner
 from mmprompt.methods.base import PromptLearner
 from mmprompt.parity import run_parity
 
@@ -140,6 +141,43 @@ def test_truncated_text_equals_full_context(clip: CLIP, batch: tuple[torch.Tenso
     short = make(clip, case, source=full, truncate_text=True, **UNCHUNKED)
     torch.testing.assert_close(eval_logits(short, images), eval_logits(full, images), **TIGHT)
     assert_same_training(short, full, images, labels)
+
+
+@pytest.mark.parametrize("case", TEXT_PROMPT_CASES)
+def test_length_groups_equal_full_context(
+    clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts encoded in groups of similar length (each cut short) == one 77-token batch."""
+    monkeypatch.setattr(base, "LENGTH_GROUP_OVERHEAD_TOKENS", 0)  # a group per distinct length
+    images, labels = batch
+    full = make(clip, case, truncate_text=False, **UNCHUNKED)
+    grouped = make(clip, case, source=full, truncate_text=True, **UNCHUNKED)
+    lengths = grouped.eot.sort().values + 1
+    assert len(base.length_groups(lengths, 0)) == len(set(lengths.tolist())) > 1
+    torch.testing.assert_close(eval_logits(grouped, images), eval_logits(full, images), **TIGHT)
+    assert_same_training(grouped, full, images, labels)
+
+
+def test_length_groups_are_optimal_runs() -> None:
+    lengths = torch.tensor([8] * 30 + [9] * 35 + [10] * 21 + [11] * 6 + [12] * 4 + [13] * 3 + [14])
+    groups = base.length_groups(lengths, 64)
+    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(a < b for a, b in groups) and all(b == c for (_, b), (c, _) in zip(groups, groups[1:]))
+
+    def cost(g: list[tuple[int, int]], overhead: int) -> int:
+        return sum((b - a) * int(lengths[b - 1]) + overhead for a, b in g)
+
+    assert cost(groups, 64) < cost([(0, len(lengths))], 64)
+    # brute force over every split at a change of length
+    cuts = [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]]
+    best = min(
+        cost(list(zip([0, *chosen], [*chosen, len(lengths)])), 64)
+        for k in range(len(cuts) + 1)
+        for chosen in itertools.combinations(cuts, k)
+    )
+    assert cost(groups, 64) == best
+    assert base.length_groups(torch.tensor([5]), 64) == [(0, 1)]
+    assert base.length_groups(torch.tensor([7, 7, 7]), 0) == [(0, 3)]
 
 
 @pytest.mark.parametrize("case", ["zeroshot", "zeroshot_ensemble", "vpt"])

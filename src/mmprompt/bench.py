@@ -22,11 +22,8 @@ tokens; with the MaPLe prompt ``"a photo of a {name}."`` prompts are then 8-20 t
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import logging
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -34,15 +31,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .bench_system import PeakMemory, load_average, machine_info, memory_limit_bytes, watch_memory
 from .clip.config import CLIPConfig, get_config
 from .clip.model import CLIP, build_model
+from .methods.base import PromptLearner
 
 logger = logging.getLogger(__name__)
 
@@ -165,92 +164,6 @@ class PathResult:
         return dataclasses.asdict(self)
 
 
-# ----- machine description --------------------------------------------------------------------------
-def _cpuinfo() -> tuple[str, set[str]]:
-    """The CPU model name and its flags, from ``/proc/cpuinfo`` (Linux; elsewhere ``platform``)."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model or platform.processor() or "unknown", flags
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    """CPU model and flags that matter, cores, threads, torch version and the device's name."""
-    model, flags = _cpuinfo()
-    info: dict[str, Any] = {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags),
-        "cpu_fp16_native": bool({"avx512_fp16", "amx_fp16"} & flags),
-        "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
-        "device": device,
-        "device_name": model,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda_version"] = torch.version.cuda
-    return info
-
-
-# ----- memory -----------------------------------------------------------------------------------------
-def _status_kb(key: str, pid: int | str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak memory of a phase: CUDA max allocated, or on CPU the resident-set high-water mark delta."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.base = 0
-        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_delta"
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = 0
-            return
-        try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            self.kind = "cpu_peak_rss_delta_upper_bound"
-        self.base = (_status_kb("VmRSS") or 0) * 1024
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return int(torch.cuda.max_memory_allocated(self.device))
-        hwm = _status_kb("VmHWM")
-        if hwm is None:
-            import resource
-
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return max(0, hwm * 1024 - self.base)
-
-
 # ----- one path, in this process ------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -344,12 +257,15 @@ def _prompt_tokens(learner: torch.nn.Module, truncate: bool, context: int) -> di
             "run": run}
 
 
-def measure_path(settings: BenchSettings, classes: int, path: str) -> PathResult:
-    """Measure one path at one class count in this process (see :func:`run_benchmark` for isolation)."""
+PHASES: tuple[str, ...] = ("train", "eval")
+
+
+def measure_path(settings: BenchSettings, classes: int, path: str, phases: Sequence[str] = PHASES) -> PathResult:
+    """Measure one path at one class count in this process (see :func:`run_isolated` for isolation)."""
     from .methods import create_learner, make_config
 
     device = torch.device(settings.device)
-    result = PathResult(path=path, classes=classes, load_average=[_load_average()])
+    result = PathResult(path=path, classes=classes, load_average=[load_average()])
     autocast = autocast_context(device, settings.precision)
     clip = build_clip(settings, device)
     config = make_config(settings.method, path_config(settings, path, clip.config))
@@ -357,14 +273,24 @@ def measure_path(settings: BenchSettings, classes: int, path: str) -> PathResult
     torch.manual_seed(settings.seed + 1)
     learner = create_learner(settings.method, clip, synthetic_classnames(classes, settings.seed), config).to(device)
     result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length)
-    size = clip.config.vision.image_size
-    gen = torch.Generator().manual_seed(settings.seed + 2)
-    images = torch.randn(settings.batch, 3, size, size, generator=gen).to(device)
-    labels = torch.randint(0, classes, (settings.batch,), generator=gen).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
+    if "train" in phases:
+        _measure_train(settings, learner, autocast, memory, result)
+    if "eval" in phases:
+        _measure_eval(settings, learner, autocast, memory, result)
+    result.load_average.append(load_average())
+    return result
 
-    # training step: forward + loss under autocast, backward, SGD (momentum 0.9, wd 5e-4)
+
+def _measure_train(settings: BenchSettings, learner: PromptLearner, autocast: Callable[[], Any],
+                   memory: PeakMemory, result: PathResult) -> None:
+    """Training steps: forward + loss under autocast, backward, SGD (momentum 0.9, weight decay 5e-4)."""
+    device = torch.device(settings.device)
+    size = learner.clip.config.vision.image_size
+    gen = torch.Generator().manual_seed(settings.seed + 2)
+    images = torch.randn(settings.batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, result.classes, (settings.batch,), generator=gen).to(device)
     params = learner.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4) if params else None
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16" and bool(params))
@@ -387,123 +313,105 @@ def measure_path(settings: BenchSettings, classes: int, path: str) -> PathResult
             result.first_loss = float(loss.detach())
         if i >= settings.warmup:
             times.append(elapsed)
-        logger.debug("%s %d classes: step %d %.3f s", path, classes, i, elapsed)
+        logger.debug("%s %d classes: step %d %.3f s", result.path, result.classes, i, elapsed)
     result.train_peak_memory_bytes = memory.peak()
     result.train_step_times_s = [round(t, 4) for t in times]
     result.train_step_s = statistics.median(times)
-    del optimizer, loss
     learner.zero_grad(set_to_none=True)
 
-    # evaluation, with plain image-encoder batches interleaved (same conditions for both)
+
+def _measure_eval(settings: BenchSettings, learner: PromptLearner, autocast: Callable[[], Any],
+                  memory: PeakMemory, result: PathResult) -> None:
+    """Evaluation (text once, or per batch on the reference path), interleaved with the plain image encoder."""
+    device = torch.device(settings.device)
+    size = learner.clip.config.vision.image_size
+    default = result.path == "default"
     learner.eval()
     gen = torch.Generator().manual_seed(settings.seed + 3)
-    n_batches = -(-settings.eval_images // settings.eval_batch)
-    sizes = [min(settings.eval_batch, settings.eval_images - i * settings.eval_batch) for i in range(n_batches)]
-    eval_inputs = [torch.randn(b, 3, size, size, generator=gen).to(device) for b in sizes]
-    grad_mode = torch.inference_mode if path == "default" else torch.no_grad
+    sizes = [min(settings.eval_batch, settings.eval_images - i) for i in range(0, settings.eval_images,
+                                                                             settings.eval_batch)]
+    inputs = [torch.randn(b, 3, size, size, generator=gen).to(device) for b in sizes]
     memory.reset()
     eval_time = encoder_time = 0.0
-    with grad_mode(), autocast():
+    with (torch.inference_mode() if default else torch.no_grad()), autocast():
         _sync(device)
         start = time.perf_counter()
-        text = learner.class_text_features() if path == "default" else None
+        text = learner.class_text_features() if default else None
         _sync(device)
-        result.eval_text_features_s = time.perf_counter() - start if path == "default" else None
-        eval_time += time.perf_counter() - start
-        for x in eval_inputs:
+        eval_time = time.perf_counter() - start
+        result.eval_text_features_s = eval_time if default else None
+        for x in inputs:
             start = time.perf_counter()
             learner.predict_logits(x, text)
             _sync(device)
-            eval_time += time.perf_counter() - start
-            start = time.perf_counter()
-            clip.encode_image(x)
+            middle = time.perf_counter()
+            learner.clip.encode_image(x)
             _sync(device)
-            encoder_time += time.perf_counter() - start
+            eval_time += middle - start
+            encoder_time += time.perf_counter() - middle
     result.eval_peak_memory_bytes = memory.peak()
     result.eval_images_per_s = settings.eval_images / eval_time
     result.image_encoder_images_per_s = settings.eval_images / encoder_time
-    result.load_average.append(_load_average())
-    return result
-
-
-def _load_average() -> float:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return -1.0
 
 
 # ----- isolation in child processes ------------------------------------------------------------------------
-def _memory_limit_bytes(settings: BenchSettings) -> int:
-    if settings.memory_limit_gb > 0:
-        return int(settings.memory_limit_gb * 2**30)
-    available = _status_kb_meminfo("MemAvailable")
-    return int(0.8 * available * 1024) if available else 0
-
-
-def _status_kb_meminfo(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _watch_memory(proc: subprocess.Popen[str], limit: int, flag: dict[str, int]) -> None:
-    """Kill ``proc`` if its resident set exceeds ``limit`` bytes (polled every 20 ms)."""
-    while proc.poll() is None:
-        rss = _status_kb("VmRSS", proc.pid)
-        if rss is not None:
-            flag["peak"] = max(flag.get("peak", 0), rss * 1024)
-            if limit and rss * 1024 > limit:
-                flag["killed"] = 1
-                proc.kill()
-                return
-        time.sleep(0.02)
-
-
-def run_isolated(settings: BenchSettings, classes: int, path: str) -> PathResult:
-    """:func:`measure_path` in a fresh ``python -m mmprompt.bench --child`` process."""
-    job = json.dumps({"settings": settings.to_dict(), "classes": classes, "path": path})
-    limit = _memory_limit_bytes(settings) if settings.device == "cpu" else 0
-    cmd = [sys.executable, "-m", "mmprompt.bench", "--child"]
-    if logger.isEnabledFor(logging.DEBUG):
-        cmd.append("--verbose")
+def _run_child(settings: BenchSettings, classes: int, path: str, phase: str) -> PathResult:
+    job = json.dumps({"settings": settings.to_dict(), "classes": classes, "path": path, "phase": phase})
+    limit = memory_limit_bytes(settings.memory_limit_gb) if settings.device == "cpu" else 0
+    cmd = [sys.executable, "-m", "mmprompt.bench", "--child"] + (["--verbose"] if logger.isEnabledFor(
+        logging.DEBUG) else [])
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     flag: dict[str, int] = {}
-    watcher = threading.Thread(target=_watch_memory, args=(proc, limit, flag), daemon=True)
+    watcher = threading.Thread(target=watch_memory, args=(proc, limit, flag), daemon=True)
     watcher.start()
     out, err = proc.communicate(job)
     watcher.join()
     for line in err.splitlines():
-        logger.debug("child %s/%d: %s", path, classes, line)
+        logger.debug("child %s/%d/%s: %s", path, classes, phase, line)
     marked = [line for line in out.splitlines() if line.startswith(_RESULT_MARKER)]
     if marked:
         return PathResult(**json.loads(marked[-1][len(_RESULT_MARKER):]))
     result = PathResult(path=path, classes=classes, config=path_config(settings, path))
     if flag.get("killed"):
-        result.error = f"out of memory: resident set exceeded the limit of {limit / 2**30:.1f} GiB"
-        result.train_peak_memory_bytes = flag.get("peak")
+        result.error = f"{phase}: out of memory: resident set exceeded the limit of {limit / 2**30:.1f} GiB"
         result.memory_measure = "lower_bound_peak_rss"
+        if phase == "train":
+            result.train_peak_memory_bytes = flag.get("peak")
+        else:
+            result.eval_peak_memory_bytes = flag.get("peak")
     else:
         tail = "\n".join(err.strip().splitlines()[-5:])
-        result.error = f"child process failed (exit {proc.returncode}): {tail}"
+        result.error = f"{phase}: child process failed (exit {proc.returncode}): {tail}"
+    return result
+
+
+EVAL_FIELDS = ("eval_images_per_s", "eval_text_features_s", "image_encoder_images_per_s", "eval_peak_memory_bytes")
+
+
+def run_isolated(settings: BenchSettings, classes: int, path: str) -> PathResult:
+    """:func:`measure_path` with training and evaluation each in a fresh ``python -m mmprompt.bench --child``."""
+    result = _run_child(settings, classes, path, "train")
+    evaluation = _run_child(settings, classes, path, "eval")
+    for name in EVAL_FIELDS:
+        setattr(result, name, getattr(evaluation, name))
+    result.config = result.config or evaluation.config
+    result.prompt_tokens = result.prompt_tokens or evaluation.prompt_tokens
+    result.load_average = result.load_average + evaluation.load_average
+    result.error = "; ".join(e for e in (result.error, evaluation.error) if e)
     return result
 
 
 def _child_main() -> int:
     job = json.loads(sys.stdin.read())
     settings = BenchSettings(**job["settings"])
+    phases = [job["phase"]] if job.get("phase") else list(PHASES)
     try:
-        result = measure_path(settings, job["classes"], job["path"])
+        result = measure_path(settings, job["classes"], job["path"], phases)
     except (RuntimeError, MemoryError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         oom = "out of memory" in message.lower() or "can't allocate" in message.lower()
         result = PathResult(path=job["path"], classes=job["classes"], config=path_config(settings, job["path"]),
-                            error=("out of memory: " if oom else "") + message)
+                            error="/".join(phases) + ": " + ("out of memory: " if oom else "") + message)
     sys.stdout.write(_RESULT_MARKER + json.dumps(result.to_dict()) + "\n")
     return 0
 
@@ -545,8 +453,7 @@ def iter_benchmark(settings: BenchSettings) -> Iterator[dict[str, Any]]:
         yield entry
 
 
-def run_benchmark(settings: BenchSettings, results_sink: Callable[[dict[str, Any]], None] | None = None
-                  ) -> dict[str, Any]:
+def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     """The whole benchmark as one JSON-able document (``schema``, ``settings``, ``machine``, ``results``)."""
     from .methods import canonical_method
 
@@ -559,18 +466,8 @@ def run_benchmark(settings: BenchSettings, results_sink: Callable[[dict[str, Any
         "machine": machine_info(settings.device),
         "results": [],
     }
-    for entry in iter_benchmark(settings):
-        doc["results"].append(entry)
-        if results_sink is not None:
-            results_sink(entry)
+    doc["results"].extend(iter_benchmark(settings))
     return doc
-
-
-@contextmanager
-def _quiet_child_logging(verbose: bool) -> Iterator[None]:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -579,8 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--child" not in args:
         sys.stderr.write("use `mmprompt bench`; this module's entry point is for its child processes\n")
         return 2
-    with _quiet_child_logging("--verbose" in args):
-        return _child_main()
+    logging.basicConfig(level=logging.DEBUG if "--verbose" in args else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _child_main()
 
 
 if __name__ == "__main__":

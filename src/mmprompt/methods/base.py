@@ -72,6 +72,32 @@ def clean_classnames(classnames: Sequence[str]) -> list[str]:
     return names
 
 
+LENGTH_GROUP_OVERHEAD_TOKENS = 64
+"""What running one more group of prompts costs, counted in prompt tokens (for :func:`length_groups`)."""
+
+
+def length_groups(lengths: Tensor, overhead: int = LENGTH_GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Split prompts sorted by length (``lengths`` [N], ascending) into runs ``[a, b)`` that minimise
+    the tokens encoded (each run is padded to its longest prompt) plus ``overhead`` per run."""
+    values = lengths.tolist()
+    n = len(values)
+    ends = [i + 1 for i in range(n) if i + 1 == n or values[i + 1] != values[i]]  # run ends at a length change
+    best = [0.0] * (len(ends) + 1)  # best[j]: cost of the first ends[j-1] prompts
+    cut = [0] * (len(ends) + 1)
+    for j in range(1, len(ends) + 1):
+        end = ends[j - 1]
+        best[j], cut[j] = min(
+            (best[i] + (end - (ends[i - 1] if i else 0)) * values[end - 1] + overhead, i) for i in range(j)
+        )
+    bounds: list[tuple[int, int]] = []
+    j = len(ends)
+    while j > 0:
+        i = cut[j]
+        bounds.append((ends[i - 1] if i else 0, ends[j - 1]))
+        j = i
+    return bounds[::-1]
+
+
 def normal_init(*shape: int, std: float = 0.02) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * std)
 
@@ -178,8 +204,8 @@ class PromptLearner(nn.Module):
     ) -> Tensor:
         """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked.
 
-        Chunks group prompts of similar length (each chunk is cut after its own last EOT when
-        ``truncate_text``); the features come back in the input order.
+        With ``truncate_text``, prompts of similar length are encoded together, each group cut after
+        its own last EOT (exact: rows do not interact); the features come back in the input order.
         """
         truncate = self.config.truncate_text
 
@@ -190,12 +216,17 @@ class PromptLearner(nn.Module):
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
         chunks = self.text_chunks(eot, embeddings.shape[1])
-        if chunks is None:
+        checkpointed = chunks is not None and torch.is_grad_enabled()
+        if chunks is None and truncate and eot.shape[0] > 1:
+            order = torch.argsort(eot.detach(), stable=True)
+            groups = length_groups(eot.detach().cpu()[order.cpu()] + 1, LENGTH_GROUP_OVERHEAD_TOKENS)
+            chunks = [order[a:b] for a, b in groups]
+        if chunks is None or len(chunks) == 1:
             return run(embeddings, eot, *deep)
         outputs = []
         for idx in chunks:
             x, e = embeddings.index_select(0, idx), eot.index_select(0, idx)
-            if torch.is_grad_enabled():
+            if checkpointed:
                 outputs.append(checkpoint(run, x, e, *deep, use_reentrant=False))
             else:
                 outputs.append(run(x, e, *deep))
@@ -205,11 +236,12 @@ class PromptLearner(nn.Module):
         return torch.cat(outputs).index_select(0, inverse)
 
     def text_chunks(self, eot: Tensor, length: int) -> list[Tensor] | None:
-        """Row indices of each text chunk (None: encode all at once).
+        """Row indices of each checkpointed text chunk (None: no chunking for memory).
 
         ``text_chunk_size`` > 0 gives chunks of that many prompts; otherwise prompts are chunked
         only when they hold more than ``text_chunk_tokens`` tokens, into chunks of at most that many.
-        With ``truncate_text``, prompts are taken in order of length so that chunks are cut short.
+        With ``truncate_text``, prompts are taken in order of length, and each chunk is split further
+        into groups of similar length (:func:`length_groups`).
         """
         n = eot.shape[0]
         truncate = self.config.truncate_text
@@ -230,6 +262,10 @@ class PromptLearner(nn.Module):
                 bounds.append((start, i))
                 start = i
         bounds.append((start, n))
+        if truncate:
+            sorted_lengths = lengths[order]
+            bounds = [(a + c, a + d) for a, b in bounds for c, d in
+                      length_groups(sorted_lengths[a:b], LENGTH_GROUP_OVERHEAD_TOKENS)]
         order = order.to(eot.device)
         return [order[a:b] for a, b in bounds]
 
