@@ -99,8 +99,12 @@ class DataSection:
     """DataLoader worker processes (0: load in the main process)."""
     skip_corrupt: bool = False
     """Skip unreadable images (logged) instead of stopping with an error naming the file."""
+    crop_scale_min: float = 0.08
+    """Smallest area fraction of the training RandomResizedCrop (the recipe's 0.08; the scale's upper end is 1)."""
 
     def __post_init__(self) -> None:
+        if not _is_number(self.crop_scale_min) or not 0 < self.crop_scale_min <= 1:
+            raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {self.crop_scale_min!r}")
         if self.subsample not in SUBSAMPLES:
             raise ConfigError(f"data.subsample must be one of {SUBSAMPLES}, got {self.subsample!r}")
         if self.num_workers < 0:

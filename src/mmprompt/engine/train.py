@@ -159,7 +159,7 @@ def train(
     writer = _Logger(run_path if ctx.is_main else None, cfg.log.tensorboard)
     show = (cfg.log.progress if progress is None else progress) and ctx.is_main
 
-    transform = _train_transform(learner)
+    transform = _train_transform(learner, cfg.data.crop_scale_min)
     dataset = ImageDataset(samples, transform, image_dir, skip_corrupt=cfg.data.skip_corrupt)
     loader, sampler = train_loader(
         dataset, opt_cfg.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank, ctx.world_size,
@@ -238,11 +238,11 @@ def train(
     return result
 
 
-def _train_transform(learner: PromptLearner) -> Callable[..., torch.Tensor]:
-    from ..clip.transforms import build_transform
+def _train_transform(learner: PromptLearner, crop_scale_min: float = 0.08) -> Callable[..., torch.Tensor]:
+    from ..clip.transforms import TrainTransform
 
     c = learner.clip.config
-    return build_transform(c.vision.image_size, train=True, mean=c.mean, std=c.std)
+    return TrainTransform(size=c.vision.image_size, mean=tuple(c.mean), std=tuple(c.std), scale=(crop_scale_min, 1.0))
 
 
 def _run_epoch(
