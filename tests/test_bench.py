@@ -10,16 +10,40 @@ from mmprompt.bench import PATHS, BenchSettings, synthetic_classnames
 from mmprompt.cli import main
 
 PATH_FIELDS = {
-    "path", "classes", "config", "prompt_tokens", "train_step_s", "train_step_times_s", "first_loss",
-    "eval_images_per_s", "eval_text_features_s", "image_encoder_images_per_s", "train_peak_memory_bytes",
-    "eval_peak_memory_bytes", "memory_measure", "load_average", "error",
+    "path",
+    "classes",
+    "config",
+    "prompt_tokens",
+    "train_step_s",
+    "train_step_times_s",
+    "first_loss",
+    "eval_images_per_s",
+    "eval_text_features_s",
+    "image_encoder_images_per_s",
+    "train_peak_memory_bytes",
+    "eval_peak_memory_bytes",
+    "memory_measure",
+    "load_average",
+    "error",
 }
 COMPARISON_FIELDS = {
-    "train_speedup", "eval_speedup", "train_memory_fraction", "train_memory_fraction_is_upper_bound",
-    "eval_vs_image_encoder", "first_loss_abs_diff",
+    "train_speedup",
+    "eval_speedup",
+    "train_memory_fraction",
+    "train_memory_fraction_is_upper_bound",
+    "eval_vs_image_encoder",
+    "first_loss_abs_diff",
 }
-MACHINE_FIELDS = {"cpu_model", "cpu_count", "torch_threads", "torch_version", "device", "device_name", "date",
-                  "cpu_bf16_native"}
+MACHINE_FIELDS = {
+    "cpu_model",
+    "cpu_count",
+    "torch_threads",
+    "torch_version",
+    "device",
+    "device_name",
+    "date",
+    "cpu_bf16_native",
+}
 
 
 def test_bench_command_prints_the_documented_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -97,18 +97,23 @@ def make(clip: CLIP, case: str, source: PromptLearner | None = None, **overrides
     return learner
 
 
-def loss_and_grads(learner: PromptLearner, images: torch.Tensor, labels: torch.Tensor
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    learner: PromptLearner, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     learner.train()
     learner.zero_grad(set_to_none=True)
     loss = F.cross_entropy(learner(images), labels)
     if loss.requires_grad:
         loss.backward()
-    grads = {n: p.grad.clone() for n, p in learner.named_parameters() if p.requires_grad and p.grad is not None}
+    grads = {
+        n: p.grad.clone() for n, p in learner.named_parameters() if p.requires_grad and p.grad is not None
+    }
     return loss.detach(), grads
 
 
-def assert_same_training(a: PromptLearner, b: PromptLearner, images: torch.Tensor, labels: torch.Tensor) -> None:
+def assert_same_training(
+    a: PromptLearner, b: PromptLearner, images: torch.Tensor, labels: torch.Tensor
+) -> None:
     loss_a, grads_a = loss_and_grads(a, images, labels)
     loss_b, grads_b = loss_and_grads(b, images, labels)
     torch.testing.assert_close(loss_a, loss_b, **TIGHT)
@@ -124,18 +129,21 @@ def eval_logits(learner: PromptLearner, images: torch.Tensor) -> torch.Tensor:
         return learner(images)
 
 
-# ----- truncated text == full context ---------------------------------------------------------------------
+# ----- truncated text == full context -------------------------------------------------------------
 def test_clip_encode_text_truncation_is_exact(clip: CLIP) -> None:
     from mmprompt.clip.tokenizer import get_tokenizer
 
     tokens = get_tokenizer()([f"a photo of a {c}." for c in CLASSNAMES], context_length=77)
     with torch.no_grad():
-        torch.testing.assert_close(clip.encode_text(tokens, truncate=True), clip.encode_text(tokens, truncate=False),
-                                   **TIGHT)
+        torch.testing.assert_close(
+            clip.encode_text(tokens, truncate=True), clip.encode_text(tokens, truncate=False), **TIGHT
+        )
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_truncated_text_equals_full_context(clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str) -> None:
+def test_truncated_text_equals_full_context(
+    clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str
+) -> None:
     images, labels = batch
     full = make(clip, case, truncate_text=False, **UNCHUNKED)
     short = make(clip, case, source=full, truncate_text=True, **UNCHUNKED)
@@ -162,7 +170,9 @@ def test_length_groups_are_optimal_runs() -> None:
     lengths = torch.tensor([8] * 30 + [9] * 35 + [10] * 21 + [11] * 6 + [12] * 4 + [13] * 3 + [14])
     groups = base.length_groups(lengths, 64)
     assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
-    assert all(a < b for a, b in groups) and all(b == c for (_, b), (c, _) in zip(groups, groups[1:]))
+    assert all(a < b for a, b in groups) and all(
+        b == c for (_, b), (c, _) in zip(groups, groups[1:], strict=False)
+    )
 
     def cost(g: list[tuple[int, int]], overhead: int) -> int:
         return sum((b - a) * int(lengths[b - 1]) + overhead for a, b in g)
@@ -171,7 +181,7 @@ def test_length_groups_are_optimal_runs() -> None:
     # brute force over every split at a change of length
     cuts = [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]]
     best = min(
-        cost(list(zip([0, *chosen], [*chosen, len(lengths)])), 64)
+        cost(list(zip([0, *chosen], [*chosen, len(lengths)], strict=True)), 64)
         for k in range(len(cuts) + 1)
         for chosen in itertools.combinations(cuts, k)
     )
@@ -190,8 +200,10 @@ def test_fixed_text_features_equal_full_context(clip: CLIP, case: str) -> None:
     templates = options.get("templates", ["a photo of a {}."])
     names = [c.replace("_", " ") for c in CLASSNAMES]
     with torch.no_grad():
-        feats = [clip.encode_text(learner.tokenize([t.format(n) for n in names]), truncate=False).float()
-                 for t in templates]
+        feats = [
+            clip.encode_text(learner.tokenize([t.format(n) for n in names]), truncate=False).float()
+            for t in templates
+        ]
     if method == "zeroshot":
         mean = torch.stack([nnf.normalize(f, dim=-1) for f in feats]).mean(0)
         expected = nnf.normalize(mean, dim=-1)
@@ -200,7 +212,7 @@ def test_fixed_text_features_equal_full_context(clip: CLIP, case: str) -> None:
     torch.testing.assert_close(learner.text_features(), expected, **TIGHT)
 
 
-# ----- cached class text features == per-batch recomputation -------------------------------------------------
+# ----- cached class text features == per-batch recomputation --------------------------------------
 @pytest.mark.parametrize("case", list(CASES))
 def test_cached_text_features_equal_recomputation(
     clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str
@@ -221,7 +233,7 @@ def test_cached_text_features_equal_recomputation(
     torch.testing.assert_close(fast, slow, **TIGHT)
 
 
-# ----- chunked + checkpointed == all at once -----------------------------------------------------------------
+# ----- chunked + checkpointed == all at once ------------------------------------------------------
 CHUNKINGS = {
     "size2": ({"text_chunk_size": 2}, True),
     "size2_full_context": ({"text_chunk_size": 2}, False),
@@ -271,11 +283,16 @@ def test_default_config_chunks_large_class_sets_only(clip: CLIP) -> None:
     assert learner.text_chunks(many, 77) is not None
 
 
-# ----- the official reference still holds on every path --------------------------------------------------------
+# ----- the official reference still holds on every path -------------------------------------------
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"text_chunk_size": 2}, {"truncate_text": False}, {"truncate_text": False, "text_chunk_size": 2},
-     {"text_chunk_tokens": 16}],
+    [
+        {},
+        {"text_chunk_size": 2},
+        {"truncate_text": False},
+        {"truncate_text": False, "text_chunk_size": 2},
+        {"text_chunk_tokens": 16},
+    ],
 )
 def test_parity_holds_on_every_path(overrides: dict[str, Any]) -> None:
     results = run_parity(REFERENCE, **overrides)

@@ -52,14 +52,85 @@ _RESULT_MARKER = "@@mmprompt-bench-result@@"
 
 # Words that occur in real class names (ImageNet, Caltech101, Pets, Cars, Aircraft, Food, ...).
 CLASSNAME_WORDS: tuple[str, ...] = (
-    "red", "fox", "great", "white", "shark", "golden", "retriever", "spotted", "salamander", "horned",
-    "lizard", "axolotl", "chickadee", "hammerhead", "tabby", "cat", "sports", "car", "electric", "guitar",
-    "crossword", "puzzle", "space", "shuttle", "yellow", "lady", "slipper", "coral", "reef", "espresso",
-    "maker", "pomegranate", "toilet", "tissue", "basset", "hound", "bernese", "mountain", "dog", "tree",
-    "frog", "airliner", "banjo", "monastery", "trolleybus", "wok", "cheeseburger", "carbonara", "boeing",
-    "convertible", "sedan", "annual", "crop", "land", "pasture", "sea", "lake", "herbaceous", "vegetation",
-    "playing", "cello", "knitting", "chihuahua", "leonberger", "abyssinian", "sphynx", "bolete", "hen",
-    "wood", "rabbit", "cliff", "dwelling", "steel", "arch", "bridge", "paper", "towel", "water", "ouzel",
+    "red",
+    "fox",
+    "great",
+    "white",
+    "shark",
+    "golden",
+    "retriever",
+    "spotted",
+    "salamander",
+    "horned",
+    "lizard",
+    "axolotl",
+    "chickadee",
+    "hammerhead",
+    "tabby",
+    "cat",
+    "sports",
+    "car",
+    "electric",
+    "guitar",
+    "crossword",
+    "puzzle",
+    "space",
+    "shuttle",
+    "yellow",
+    "lady",
+    "slipper",
+    "coral",
+    "reef",
+    "espresso",
+    "maker",
+    "pomegranate",
+    "toilet",
+    "tissue",
+    "basset",
+    "hound",
+    "bernese",
+    "mountain",
+    "dog",
+    "tree",
+    "frog",
+    "airliner",
+    "banjo",
+    "monastery",
+    "trolleybus",
+    "wok",
+    "cheeseburger",
+    "carbonara",
+    "boeing",
+    "convertible",
+    "sedan",
+    "annual",
+    "crop",
+    "land",
+    "pasture",
+    "sea",
+    "lake",
+    "herbaceous",
+    "vegetation",
+    "playing",
+    "cello",
+    "knitting",
+    "chihuahua",
+    "leonberger",
+    "abyssinian",
+    "sphynx",
+    "bolete",
+    "hen",
+    "wood",
+    "rabbit",
+    "cliff",
+    "dwelling",
+    "steel",
+    "arch",
+    "bridge",
+    "paper",
+    "towel",
+    "water",
+    "ouzel",
 )
 WORDS_PER_NAME: tuple[tuple[int, float], ...] = ((1, 0.45), (2, 0.35), (3, 0.15), (4, 0.05))
 
@@ -69,7 +140,8 @@ def synthetic_classnames(n: int, seed: int = 0) -> list[str]:
     if n < 1:
         raise ValueError(f"the number of classes must be >= 1, got {n}")
     rng = random.Random(seed)
-    counts, weights = zip(*WORDS_PER_NAME)
+    counts = [k for k, _ in WORDS_PER_NAME]
+    weights = [w for _, w in WORDS_PER_NAME]
     names: list[str] = []
     seen: set[str] = set()
     while len(names) < n:
@@ -111,6 +183,8 @@ class BenchSettings:
     device: str = ""
     """cpu or cuda (empty: cuda when available)."""
     seed: int = 0
+    threads: int = 0
+    """CPU threads (``torch.set_num_threads``) in the measuring processes (0: torch's default)."""
     isolate: bool = True
     """Run each (class count, path) in a fresh child process."""
     memory_limit_gb: float = 0.0
@@ -124,8 +198,8 @@ class BenchSettings:
         for name in ("batch", "steps", "eval_images", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.text_chunk_size < 0:
-            raise ValueError("warmup and text_chunk_size must be >= 0")
+        if self.warmup < 0 or self.text_chunk_size < 0 or self.threads < 0:
+            raise ValueError("warmup, text_chunk_size and threads must be >= 0")
         if not self.device:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -164,7 +238,7 @@ class PathResult:
         return dataclasses.asdict(self)
 
 
-# ----- one path, in this process ------------------------------------------------------------------------
+# ----- one path, in this process ------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -230,8 +304,13 @@ def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | No
             default = fields[name].default if name in fields else None
             if isinstance(default, int) and name not in settings.method_options and default > limits[tower]:
                 log = logger.warning if path == "default" else logger.debug
-                log("%s: %s %d is deeper than the model; using %d", settings.method, name, default,
-                               limits[tower])
+                log(
+                    "%s: %s %d is deeper than the model; using %d",
+                    settings.method,
+                    name,
+                    default,
+                    limits[tower],
+                )
                 values[name] = limits[tower]
     return values
 
@@ -247,23 +326,44 @@ def check_settings(settings: BenchSettings) -> None:
         make_config(settings.method, path_config(settings, path, clip_config)).check_model(clip)
 
 
-def _prompt_tokens(learner: torch.nn.Module, truncate: bool, context: int) -> dict[str, float]:
+def _prompt_tokens(learner: PromptLearner, truncate: bool, context: int) -> dict[str, float]:
+    """Prompt lengths (SOT..EOT) min / mean / max, the longest run (``run``), and the tokens the text
+    encoder runs per class (``encoded_per_class``) and in how many groups, with the learner's chunking."""
+    from .methods.base import LENGTH_GROUP_OVERHEAD_TOKENS, length_groups
+
     eot = getattr(learner, "eot", None)
     if not isinstance(eot, torch.Tensor):
         return {}
-    lengths = (eot.float() + 1).cpu()
-    run = float(lengths.max()) if truncate else float(context)
-    return {"min": float(lengths.min()), "mean": round(float(lengths.mean()), 2), "max": float(lengths.max()),
-            "run": run}
+    lengths = eot.cpu() + 1
+    chunks = learner.text_chunks(eot, context)
+    if chunks is None:
+        if truncate:
+            order = torch.argsort(lengths, stable=True)
+            chunks = [order[a:b] for a, b in length_groups(lengths[order], LENGTH_GROUP_OVERHEAD_TOKENS)]
+        else:
+            chunks = [torch.arange(len(lengths))]
+    encoded = sum(len(idx) * (int(lengths[idx.cpu()].max()) if truncate else context) for idx in chunks)
+    return {
+        "min": float(lengths.min()),
+        "mean": round(float(lengths.float().mean()), 2),
+        "max": float(lengths.max()),
+        "run": float(lengths.max()) if truncate else float(context),
+        "encoded_per_class": round(encoded / len(lengths), 2),
+        "groups": float(len(chunks)),
+    }
 
 
 PHASES: tuple[str, ...] = ("train", "eval")
 
 
-def measure_path(settings: BenchSettings, classes: int, path: str, phases: Sequence[str] = PHASES) -> PathResult:
+def measure_path(
+    settings: BenchSettings, classes: int, path: str, phases: Sequence[str] = PHASES
+) -> PathResult:
     """Measure one path at one class count in this process (see :func:`run_isolated` for isolation)."""
     from .methods import create_learner, make_config
 
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     result = PathResult(path=path, classes=classes, load_average=[load_average()])
     autocast = autocast_context(device, settings.precision)
@@ -271,7 +371,8 @@ def measure_path(settings: BenchSettings, classes: int, path: str, phases: Seque
     config = make_config(settings.method, path_config(settings, path, clip.config))
     result.config = config.to_dict()
     torch.manual_seed(settings.seed + 1)
-    learner = create_learner(settings.method, clip, synthetic_classnames(classes, settings.seed), config).to(device)
+    names = synthetic_classnames(classes, settings.seed)
+    learner = create_learner(settings.method, clip, names, config).to(device)
     result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
@@ -283,8 +384,13 @@ def measure_path(settings: BenchSettings, classes: int, path: str, phases: Seque
     return result
 
 
-def _measure_train(settings: BenchSettings, learner: PromptLearner, autocast: Callable[[], Any],
-                   memory: PeakMemory, result: PathResult) -> None:
+def _measure_train(
+    settings: BenchSettings,
+    learner: PromptLearner,
+    autocast: Callable[[], Any],
+    memory: PeakMemory,
+    result: PathResult,
+) -> None:
     """Training steps: forward + loss under autocast, backward, SGD (momentum 0.9, weight decay 5e-4)."""
     device = torch.device(settings.device)
     size = learner.clip.config.vision.image_size
@@ -320,20 +426,27 @@ def _measure_train(settings: BenchSettings, learner: PromptLearner, autocast: Ca
     learner.zero_grad(set_to_none=True)
 
 
-def _measure_eval(settings: BenchSettings, learner: PromptLearner, autocast: Callable[[], Any],
-                  memory: PeakMemory, result: PathResult) -> None:
-    """Evaluation (text once, or per batch on the reference path), interleaved with the plain image encoder."""
+def _measure_eval(
+    settings: BenchSettings,
+    learner: PromptLearner,
+    autocast: Callable[[], Any],
+    memory: PeakMemory,
+    result: PathResult,
+) -> None:
+    """Evaluation (text once; per batch on the reference path), interleaved with the plain image encoder."""
     device = torch.device(settings.device)
     size = learner.clip.config.vision.image_size
     default = result.path == "default"
     learner.eval()
     gen = torch.Generator().manual_seed(settings.seed + 3)
-    sizes = [min(settings.eval_batch, settings.eval_images - i) for i in range(0, settings.eval_images,
-                                                                             settings.eval_batch)]
+    sizes = [
+        min(settings.eval_batch, settings.eval_images - i)
+        for i in range(0, settings.eval_images, settings.eval_batch)
+    ]
     inputs = [torch.randn(b, 3, size, size, generator=gen).to(device) for b in sizes]
     memory.reset()
     eval_time = encoder_time = 0.0
-    with (torch.inference_mode() if default else torch.no_grad()), autocast():
+    with torch.inference_mode() if default else torch.no_grad(), autocast():
         _sync(device)
         start = time.perf_counter()
         text = learner.class_text_features() if default else None
@@ -354,13 +467,15 @@ def _measure_eval(settings: BenchSettings, learner: PromptLearner, autocast: Cal
     result.image_encoder_images_per_s = settings.eval_images / encoder_time
 
 
-# ----- isolation in child processes ------------------------------------------------------------------------
+# ----- isolation in child processes ---------------------------------------------------------------
 def _run_child(settings: BenchSettings, classes: int, path: str, phase: str) -> PathResult:
     job = json.dumps({"settings": settings.to_dict(), "classes": classes, "path": path, "phase": phase})
     limit = memory_limit_bytes(settings.memory_limit_gb) if settings.device == "cpu" else 0
-    cmd = [sys.executable, "-m", "mmprompt.bench", "--child"] + (["--verbose"] if logger.isEnabledFor(
-        logging.DEBUG) else [])
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "mmprompt.bench", "--child"]
+    if logger.isEnabledFor(logging.DEBUG):
+        cmd.append("--verbose")
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
     flag: dict[str, int] = {}
     watcher = threading.Thread(target=watch_memory, args=(proc, limit, flag), daemon=True)
     watcher.start()
@@ -370,7 +485,7 @@ def _run_child(settings: BenchSettings, classes: int, path: str, phase: str) -> 
         logger.debug("child %s/%d/%s: %s", path, classes, phase, line)
     marked = [line for line in out.splitlines() if line.startswith(_RESULT_MARKER)]
     if marked:
-        return PathResult(**json.loads(marked[-1][len(_RESULT_MARKER):]))
+        return PathResult(**json.loads(marked[-1][len(_RESULT_MARKER) :]))
     result = PathResult(path=path, classes=classes, config=path_config(settings, path))
     if flag.get("killed"):
         result.error = f"{phase}: out of memory: resident set exceeded the limit of {limit / 2**30:.1f} GiB"
@@ -385,11 +500,16 @@ def _run_child(settings: BenchSettings, classes: int, path: str, phase: str) -> 
     return result
 
 
-EVAL_FIELDS = ("eval_images_per_s", "eval_text_features_s", "image_encoder_images_per_s", "eval_peak_memory_bytes")
+EVAL_FIELDS = (
+    "eval_images_per_s",
+    "eval_text_features_s",
+    "image_encoder_images_per_s",
+    "eval_peak_memory_bytes",
+)
 
 
 def run_isolated(settings: BenchSettings, classes: int, path: str) -> PathResult:
-    """:func:`measure_path` with training and evaluation each in a fresh ``python -m mmprompt.bench --child``."""
+    """:func:`measure_path`, training and evaluation each in a fresh ``python -m mmprompt.bench --child``."""
     result = _run_child(settings, classes, path, "train")
     evaluation = _run_child(settings, classes, path, "eval")
     for name in EVAL_FIELDS:
@@ -410,13 +530,15 @@ def _child_main() -> int:
     except (RuntimeError, MemoryError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         oom = "out of memory" in message.lower() or "can't allocate" in message.lower()
-        result = PathResult(path=job["path"], classes=job["classes"], config=path_config(settings, job["path"]),
-                            error="/".join(phases) + ": " + ("out of memory: " if oom else "") + message)
+        error = "/".join(phases) + ": " + ("out of memory: " if oom else "") + message
+        result = PathResult(
+            path=job["path"], classes=job["classes"], config=path_config(settings, job["path"]), error=error
+        )
     sys.stdout.write(_RESULT_MARKER + json.dumps(result.to_dict()) + "\n")
     return 0
 
 
-# ----- the whole run ----------------------------------------------------------------------------------------------
+# ----- the whole run ------------------------------------------------------------------------------
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
@@ -463,7 +585,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         "schema": SCHEMA,
         "settings": settings.to_dict(),
         "classnames": "synthetic, 1-4 words (mmprompt.bench.synthetic_classnames)",
-        "machine": machine_info(settings.device),
+        "machine": machine_info(settings.device, settings.threads),
         "results": [],
     }
     doc["results"].extend(iter_benchmark(settings))
@@ -476,8 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--child" not in args:
         sys.stderr.write("use `mmprompt bench`; this module's entry point is for its child processes\n")
         return 2
-    logging.basicConfig(level=logging.DEBUG if "--verbose" in args else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if "--verbose" in args else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return _child_main()
 
 

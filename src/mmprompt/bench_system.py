@@ -30,13 +30,14 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model or platform.processor() or "unknown", flags
 
 
-def machine_info(device: str) -> dict[str, Any]:
+def machine_info(device: str, threads: int = 0) -> dict[str, Any]:
     """CPU model and flags that matter, cores, threads, torch version and the device's name."""
     model, flags = _cpuinfo()
     info: dict[str, Any] = {
         "cpu_model": model,
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "torch_default_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -1,4 +1,4 @@
-"""``mmprompt bench``: training-step time, evaluation throughput and memory, default vs reference semantics."""
+"""``mmprompt bench``: training-step time, evaluation throughput and memory, default vs reference paths."""
 
 from __future__ import annotations
 
@@ -36,28 +36,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="maple", help="prompt learner (default: maple)")
     parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture (default: ViT-B/16)")
     parser.add_argument("--weights", default="", help="pretrained weights name or path (default: --arch)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="randomly initialised CLIP of --arch (same speed, nothing to download)")
-    parser.add_argument("--classes", type=_counts, default=[10, 100, 1000],
-                        help="comma-separated class counts (default: 10,100,1000)")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="randomly initialised CLIP of --arch (same speed, nothing to download)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=_counts,
+        default=[10, 100, 1000],
+        help="comma-separated class counts (default: 10,100,1000)",
+    )
     parser.add_argument("--batch", type=int, default=4, help="training batch size (default: 4)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="fp32, or bf16/fp16 autocast around the forward pass")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32, or bf16/fp16 autocast around the forward pass",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
     parser.add_argument("--eval-images", type=int, default=200, help="images evaluated (default: 200)")
     parser.add_argument("--eval-batch", type=int, default=100, help="evaluation batch size (default: 100)")
-    parser.add_argument("--text-chunk-size", type=int, default=0,
-                        help="default path: classes per text chunk (0: the learner's automatic chunking)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="method config field for both paths, e.g. depth=3 (repeatable; JSON values)")
+    parser.add_argument(
+        "--text-chunk-size",
+        type=int,
+        default=0,
+        help="default path: classes per text chunk (0: the learner's automatic chunking)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method config field for both paths, e.g. depth=3 (repeatable; JSON values)",
+    )
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-limit-gb", type=float, default=0.0,
-                        help="CPU: stop a measurement whose resident set exceeds this "
-                             "(default: 80%% of the memory available at start)")
-    parser.add_argument("--no-isolate", action="store_true",
-                        help="measure in this process (peak memories then mix; for debugging)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads in the measuring processes (default 0: torch's default)",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=0.0,
+        help="CPU: stop a measurement whose resident set exceeds this "
+        "(default: 80%% of the memory available at start)",
+    )
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="measure in this process (peak memories then mix; for debugging)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--output", default="", help="also write the JSON document to this file")
 
@@ -73,25 +106,49 @@ def _mib(value: int | None) -> str:
 def print_table(doc: dict[str, Any]) -> None:
     """A human-readable summary of a benchmark document."""
     s, m = doc["settings"], doc["machine"]
-    print(f"{s['method']} {s['arch']} batch {s['batch']} {s['precision']} on {m['device']} ({m['device_name']}, "
-          f"{m['torch_threads']} threads, torch {m['torch_version']}); "
-          f"{s['steps']} timed steps after {s['warmup']} warm-up, {s['eval_images']} eval images")
-    head = (f"{'classes':>8} {'path':<10} {'tokens':>6} {'step s':>8} {'eval img/s':>11} {'encoder img/s':>14} "
-            f"{'train MiB':>10} {'eval MiB':>9}  note")
-    print(head)
+    print(
+        f"{s['method']} {s['arch']} batch {s['batch']} {s['precision']} on {m['device']} "
+        f"({m['device_name']}, {m['torch_threads']} threads, torch {m['torch_version']}); "
+        f"{s['steps']} timed steps after {s['warmup']} warm-up, {s['eval_images']} eval images"
+    )
+    columns = [
+        ("classes", 8),
+        ("path", -10),
+        ("tokens", 7),
+        ("step s", 8),
+        ("eval img/s", 11),
+        ("encoder img/s", 14),
+        ("train MiB", 10),
+        ("eval MiB", 9),
+    ]
+    print(" ".join(f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in columns) + "  note")
     for entry in doc["results"]:
         for path in ("default", "reference"):
             r = entry[path]
-            tokens = r["prompt_tokens"].get("run")
-            print(f"{entry['classes']:>8} {path:<10} {_fmt(tokens, '.0f'):>6} {_fmt(r['train_step_s'], '.3f'):>8} "
-                  f"{_fmt(r['eval_images_per_s'], '.2f'):>11} {_fmt(r['image_encoder_images_per_s'], '.2f'):>14} "
-                  f"{_mib(r['train_peak_memory_bytes']):>10} {_mib(r['eval_peak_memory_bytes']):>9}  {r['error']}")
+            cells = [
+                str(entry["classes"]),
+                path,
+                _fmt(r["prompt_tokens"].get("encoded_per_class"), ".1f"),
+                _fmt(r["train_step_s"], ".3f"),
+                _fmt(r["eval_images_per_s"], ".2f"),
+                _fmt(r["image_encoder_images_per_s"], ".2f"),
+                _mib(r["train_peak_memory_bytes"]),
+                _mib(r["eval_peak_memory_bytes"]),
+            ]
+            row = " ".join(
+                f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w) in zip(cells, columns, strict=True)
+            )
+            print(f"{row}  {r['error']}")
         c = entry["comparison"]
-        bound = " (at most: the reference ran out of memory)" if c["train_memory_fraction_is_upper_bound"] else ""
-        print(f"{'':>8} train speed-up {_fmt(c['train_speedup'], '.2f')}x, eval speed-up "
-              f"{_fmt(c['eval_speedup'], '.2f')}x, eval / image encoder {_fmt(c['eval_vs_image_encoder'], '.3f')}, "
-              f"train memory fraction {_fmt(c['train_memory_fraction'], '.3f')}{bound}, "
-              f"first-loss difference {_fmt(c['first_loss_abs_diff'], '.2e')}")
+        upper = c["train_memory_fraction_is_upper_bound"]
+        print(
+            f"{'':>8} train speed-up {_fmt(c['train_speedup'], '.2f')}x, "
+            f"eval speed-up {_fmt(c['eval_speedup'], '.2f')}x, "
+            f"eval / image encoder {_fmt(c['eval_vs_image_encoder'], '.3f')}, "
+            f"train memory fraction {_fmt(c['train_memory_fraction'], '.3f')}"
+            f"{' (at most: the reference ran out of memory)' if upper else ''}, "
+            f"first-loss difference {_fmt(c['first_loss_abs_diff'], '.2e')}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,10 +156,24 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = BenchSettings(
-            method=args.method, arch=args.arch, classes=args.classes, batch=args.batch, precision=args.precision,
-            random_weights=args.random_weights, weights=args.weights, steps=args.steps, warmup=args.warmup,
-            eval_images=args.eval_images, eval_batch=args.eval_batch, text_chunk_size=args.text_chunk_size,
-            method_options=_options(args.option), device=args.device, seed=args.seed, isolate=not args.no_isolate, memory_limit_gb=args.memory_limit_gb,
+            method=args.method,
+            arch=args.arch,
+            classes=args.classes,
+            batch=args.batch,
+            precision=args.precision,
+            random_weights=args.random_weights,
+            weights=args.weights,
+            steps=args.steps,
+            warmup=args.warmup,
+            eval_images=args.eval_images,
+            eval_batch=args.eval_batch,
+            text_chunk_size=args.text_chunk_size,
+            method_options=_options(args.option),
+            device=args.device,
+            seed=args.seed,
+            threads=args.threads,
+            isolate=not args.no_isolate,
+            memory_limit_gb=args.memory_limit_gb,
         )
         doc = run_benchmark(settings)
     except (ValueError, KeyError, RuntimeError) as exc:

@@ -36,7 +36,8 @@ class MethodConfig:
 
     text_chunk_size: int = 0
     """Encode class prompts in chunks of this many classes with activation checkpointing when
-    gradients are needed (0: automatic, see ``text_chunk_tokens``). Same loss and gradients, bounded memory."""
+    gradients are needed (0: automatic, see ``text_chunk_tokens``). Same loss and gradients, bounded
+    memory."""
     text_chunk_tokens: int = 4096
     """With ``text_chunk_size`` 0: once the prompts hold more than this many tokens (classes x encoded
     length, e.g. ImageNet's 1000 classes), encode them in chunks of at most this many tokens
@@ -81,7 +82,8 @@ def length_groups(lengths: Tensor, overhead: int = LENGTH_GROUP_OVERHEAD_TOKENS)
     the tokens encoded (each run is padded to its longest prompt) plus ``overhead`` per run."""
     values = lengths.tolist()
     n = len(values)
-    ends = [i + 1 for i in range(n) if i + 1 == n or values[i + 1] != values[i]]  # run ends at a length change
+    # a run can only end where the length changes
+    ends = [i + 1 for i in range(n) if i + 1 == n or values[i + 1] != values[i]]
     best = [0.0] * (len(ends) + 1)  # best[j]: cost of the first ends[j-1] prompts
     cut = [0] * (len(ends) + 1)
     for j in range(1, len(ends) + 1):
