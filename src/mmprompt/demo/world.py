@@ -1,10 +1,13 @@
 """The demo benchmark: coloured outline shapes on cluttered backgrounds, in CoOp's dataset layout.
 
-Classes are colour x shape combinations ("red circle", ...). The images are drawn in
-:data:`~mmprompt.demo.render.DEMO_STYLE` (hollow outlines, textured and cluttered backgrounds, strong
-noise, a colour cast), while the shipped demo CLIP was pretrained on filled shapes on clean backgrounds
-(:data:`~mmprompt.demo.render.PRETRAIN_STYLE`): zero-shot CLIP works but is far from perfect, and
-prompt learning has a domain shift to adapt to.
+Classes are colour x shape combinations ("red circle", ...). Every image is a hollow outline shape drawn
+in :data:`~mmprompt.demo.render.DEMO_STYLE`: a strong blue colour cast, noisy textured and cluttered
+backgrounds, shapes off-centre. The shipped demo CLIP was pretrained on clean, centred images
+(:data:`~mmprompt.demo.render.PRETRAIN_STYLE`) of filled shapes ("a photo of a red circle.") and outlines
+("an outline of a red circle."), never under a colour cast. Zero-shot CLIP with the plain template works
+but is far from perfect, mostly because the cast makes colours read wrong (red looks purple) while the
+image features still tell the classes apart: a few-shot classifier on the frozen features does much
+better than zero-shot, so prompt learning has room to show gains.
 
 Class order: labels ``0 .. ceil(n/2) - 1`` (the base half of the base-to-novel protocol) are the
 combinations with an even ``colour_index + shape_index``, the others are the novel half. Every colour and
@@ -89,7 +92,7 @@ def render_demo_image(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     colour, shape = demo_classes()[label]
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], label, index])
-    scene = sample_scene(rng, shape=shape, colour=colour, pattern_p=0.0)
+    scene = sample_scene(rng, shape=shape, colour=colour, pattern_p=0.0, outline_p=1.0)
     return render_scene(scene, style, rng, size)
 
 
