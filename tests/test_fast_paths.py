@@ -140,6 +140,37 @@ def test_clip_encode_text_truncation_is_exact(clip: CLIP) -> None:
         )
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_last_block_at_output_rows_equals_full_block(clip: CLIP, causal: bool) -> None:
+    """``output_rows``: the last block computes only the rows read (EOT / class token), same numbers."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 11, 64, generator=gen, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([10, 3, 0, 7, 10])
+    deep = [None, torch.randn(2, 64, dtype=torch.float64, generator=gen, requires_grad=True)]
+    full = clip.transformer(x, causal=causal, deep_prompts=deep)[torch.arange(5), rows]
+    part = clip.transformer(x, causal=causal, deep_prompts=deep, output_rows=rows)
+    assert part.shape == (5, 1, 64)
+    torch.testing.assert_close(part[:, 0], full, **TIGHT)
+    g_full = torch.autograd.grad(full.square().sum(), [x, deep[1]])
+    g_part = torch.autograd.grad(part.square().sum(), [x, deep[1]])
+    for a, b in zip(g_part, g_full, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_reduced_precision_training_runs_on_cpu(clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """bf16 autocast (causal attention on the math kernel) trains and stays close to fp32."""
+    images, labels = batch
+    learner = make(clip, "maple")
+    clip32 = build_model(get_config("tiny"))
+    clip32.load_state_dict(clip.state_dict())
+    fp32 = make(clip32.eval().requires_grad_(False), "maple", source=learner)
+    loss32, grads32 = loss_and_grads(fp32, images.float(), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, grads16 = loss_and_grads(fp32, images.float(), labels)
+    torch.testing.assert_close(loss16, loss32, rtol=0.05, atol=0.05)
+    assert grads16.keys() == grads32.keys() and all(g.isfinite().all() for g in grads16.values())
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_truncated_text_equals_full_context(
     clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,19 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def _attention_kernel(q: Tensor, causal: bool) -> AbstractContextManager[object]:
+    """The SDPA kernel choice: PyTorch's default, except for causal (text) attention in bf16 / fp16 on
+    CPU with gradients, where the flash kernel's backward is several times slower than the math one
+    on short sequences (torch 2.x); the math kernel computes the same attention."""
+    if causal and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.requires_grad:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
+        except ImportError:
+            return nullcontext()
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with OpenAI's parameter names, computed by SDPA."""
 
@@ -52,12 +66,30 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False, rows: Tensor | None = None) -> Tensor:
+        """Self-attention of ``x`` [B, L, D] -> [B, L, D].
+
+        With ``rows`` [B] only one query position per sequence is computed (its keys and values are
+        all positions, or those up to it when ``causal``): output [B, 1, D].
+        """
         b, n, d = x.shape  # [B, L, D]
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, Dh]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, L, Dh]
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        h, dh = self.heads, d // self.heads
+        if rows is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
+            q, k, v = qkv.view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, Dh]
+            with _attention_kernel(q, causal):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, L, Dh]
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
+        q = F.linear(x_rows, self.in_proj_weight[:d], self.in_proj_bias[:d]).view(b, 1, h, dh).transpose(1, 2)
+        kv = F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])  # [B, L, 2D]
+        k, v = kv.view(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)  # 2 x [B, H, L, Dh]
+        mask = None
+        if causal:
+            mask = (torch.arange(n, device=x.device) <= rows.unsqueeze(1)).view(b, 1, 1, n)
+        with _attention_kernel(q, causal):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, 1, Dh]
+        return self.out_proj(out.transpose(1, 2).reshape(b, 1, d))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -74,8 +106,14 @@ class ResidualAttentionBlock(nn.Module):
             OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
         )
 
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(self, x: Tensor, causal: bool = False, rows: Tensor | None = None) -> Tensor:
+        """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D]."""
+        if rows is None:
+            x = x + self.attn(self.ln_1(x), causal=causal)
+        else:
+            x = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1) + self.attn(
+                self.ln_1(x), causal=causal, rows=rows
+            )
         return x + self.mlp(self.ln_2(x))
 
 
@@ -104,19 +142,27 @@ class Transformer(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, causal: bool = False, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
+        self,
+        x: Tensor,
+        causal: bool = False,
+        deep_prompts: DeepPrompts | None = None,
+        prompt_start: int = 1,
+        output_rows: Tensor | None = None,
     ) -> Tensor:
-        """Run the blocks on ``x`` [B, L, D].
+        """Run the blocks on ``x`` [B, L, D] -> [B, L, D].
 
         ``deep_prompts[i]`` (block ``i``), when given and not ``None``, replaces the prompt positions
-        starting at ``prompt_start`` (negative: counted from the end) before that block runs.
+        starting at ``prompt_start`` (negative: counted from the end) before that block runs. With
+        ``output_rows`` [B], the last block computes only that position of each sequence: [B, 1, D]
+        (the same numbers, without the work for outputs nobody reads).
         """
         if deep_prompts is not None and len(deep_prompts) > self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for a transformer of {self.layers} layers")
         for i, block in enumerate(self.resblocks):
             if deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
                 x = replace_tokens(x, deep_prompts[i], prompt_start)
-            x = block(x, causal=causal)
+            last = output_rows if i == self.layers - 1 else None
+            x = block(x, causal=causal, rows=last)
         return x
 
 
@@ -158,8 +204,11 @@ class VisionTransformer(nn.Module):
                 raise ValueError("deep vision prompts need input prompts (their positions are the last tokens)")
             deep_prompts = [None, *deep_prompts[1:]]
         x = self.ln_pre(x)
-        x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1))
-        return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)
+        cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = self.transformer(
+            x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=cls_rows
+        )
+        return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)  # the class token
 
 
 class CLIP(nn.Module):
@@ -233,9 +282,11 @@ class CLIP(nn.Module):
             length = int(eot.max()) + 1
             x = x[:, :length]
         x = x.to(self.dtype) + self.positional_embedding[: x.shape[1]].to(self.dtype)
-        x = self.transformer(x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start)
-        x = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device)]  # [N, Dt]
-        return self.ln_final(x) @ self.text_projection.to(x.dtype)
+        eot = eot.to(x.device)
+        x = self.transformer(
+            x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot
+        )
+        return self.ln_final(x[:, 0]) @ self.text_projection.to(x.dtype)  # the EOT token [N, E]
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Zero-shot logits [B, N] of images against texts."""
