@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the demo model is tiny, and one thread repeats exactly)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.protocol import ALL_METHODS, DEFAULT_METHODS, DEFAULT_SEEDS, QUICK_SEEDS, run_demo
     from ..protocols import format_table
 
+    torch.set_num_threads(max(1, args.threads))
     methods = args.methods or (ALL_METHODS if args.all_methods else DEFAULT_METHODS)
     seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     start = time.perf_counter()
