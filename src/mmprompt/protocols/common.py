@@ -167,11 +167,11 @@ class ClipProvider:
 
 
 def dataset_label(key: str) -> str:
-    """The dataset's name as printed in the paper's tables (CoOp's class name), else the key."""
+    """The dataset's name as printed in the paper's tables ("DTD", "Flowers102"), else the key."""
     try:
         from ..data import get_dataset_info
 
-        return get_dataset_info(key).coop_name
+        return get_dataset_info(key).label
     except (KeyError, ImportError):
         return key
 
