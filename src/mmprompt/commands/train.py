@@ -27,7 +27,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides, values as YAML scalars (e.g. optim.lr=0.001 method.n_ctx=4)")
     g.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    g.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights: a registry name (ViT-B/16) or a path")
+    g.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights: a registry name (ViT-B/16), a path, or \"demo\" (the built-in demo CLIP)")
     g.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
                    help="MLP activation for weight files that do not say it (OpenAI: quick_gelu)")
     g.add_argument("--data-root", help="folder holding the datasets in their official layout")

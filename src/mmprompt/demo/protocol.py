@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .weights import demo_clip_info, load_demo_clip
 from .world import generate_demo_dataset
 
 logger = logging.getLogger(__name__)
@@ -38,12 +37,6 @@ QUICK_OVERRIDES: tuple[str, ...] = ("coop:optim.epochs=50", "cocoop:optim.epochs
 COMMON_OVERRIDES: tuple[str, ...] = ("data.num_workers=0", "data.crop_scale_min=0.5")
 
 
-def demo_clip_spec() -> tuple[Any, dict[str, Any]]:
-    """The demo CLIP and what a prompt checkpoint records about it."""
-    info = demo_clip_info()
-    return load_demo_clip(), {"weights": "demo", "source": "package:mmprompt/assets", "sha256": info["sha256"]}
-
-
 def run_demo(
     output: str | Path,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -65,6 +58,6 @@ def run_demo(
     per_method = [o for o in (*DEMO_OVERRIDES, *(QUICK_OVERRIDES if quick else ())) if o.split(":")[0] in chosen]
     overrides = [*COMMON_OVERRIDES, *per_method, *extra_overrides]
     return run_base2novel(
-        list(methods), ["mmprompt_demo"], list(seeds), data_root, demo_clip_spec, output / "runs",
+        list(methods), ["mmprompt_demo"], list(seeds), data_root, "demo", output / "runs",
         overrides=overrides, progress=progress, device="cpu",
     )

@@ -21,8 +21,15 @@ __all__ = ["ClipSpec", "load_clip_from_info", "resolve_clip"]
 logger = logging.getLogger(__name__)
 
 ClipSpec = str | Path | CLIP | Callable[[], Any]
-"""A registry name or path for :func:`mmprompt.clip.load`, a CLIP, or a callable returning a CLIP or
-``(CLIP, clip_info)``."""
+"""A registry name or path for :func:`mmprompt.clip.load`, ``"demo"`` (the built-in demo CLIP), a CLIP,
+or a callable returning a CLIP or ``(CLIP, clip_info)``."""
+DEMO = "demo"
+
+
+def _demo_clip() -> tuple[CLIP, dict[str, Any]]:
+    from ..demo import demo_clip_info, load_demo_clip
+
+    return load_demo_clip(), {"weights": DEMO, "source": "package", "sha256": demo_clip_info()["sha256"]}
 
 
 def _file_digest(path: Path) -> str | None:
@@ -42,6 +49,8 @@ def resolve_clip(
     info: dict[str, Any]
     if isinstance(spec, CLIP):
         clip, info = spec, {"weights": None, "source": "model"}
+    elif isinstance(spec, str) and spec.lower() == DEMO:
+        clip, info = _demo_clip()
     elif callable(spec) and not isinstance(spec, (str, Path)):
         out = spec()
         clip, extra = (out if isinstance(out, tuple) else (out, {}))
@@ -81,6 +90,9 @@ def load_clip_from_info(
             "the checkpoint does not record loadable CLIP weights (it was trained on a model passed in "
             "directly); pass the CLIP yourself (clip=... / --clip)"
         )
+    if weights == DEMO and info.get("source") == "package":
+        clip, _ = _demo_clip()  # its checksum is verified on load
+        return clip.to(device)
     if info.get("source") == "path":
         path = Path(weights)
         if not path.exists():
