@@ -1,6 +1,8 @@
 """The fast paths compute the same numbers as the reference semantics, for every method.
 
-* truncated text (cut after the last EOT) == the full 77-token context;
+* truncated text (each prompt up to its EOT, packed, the shared prefix once) == the full 77-token
+  context;
+* frozen weights cast once under autocast == autocast's own casts;
 * class text features cached once for evaluation == re-encoding them for every batch;
 * class prompts encoded in (length-sorted) chunks with activation checkpointing == all at once,
   for the loss and every gradient.
@@ -8,7 +10,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,54 +172,133 @@ def test_reduced_precision_training_runs_on_cpu(clip: CLIP, batch: tuple[torch.T
     assert grads16.keys() == grads32.keys() and all(g.isfinite().all() for g in grads16.values())
 
 
+@pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("case", list(CASES))
 def test_truncated_text_equals_full_context(
-    clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str
+    clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str, share: bool
 ) -> None:
     images, labels = batch
     full = make(clip, case, truncate_text=False, **UNCHUNKED)
-    short = make(clip, case, source=full, truncate_text=True, **UNCHUNKED)
+    short = make(clip, case, source=full, truncate_text=True, share_text_prefix=share, **UNCHUNKED)
     torch.testing.assert_close(eval_logits(short, images), eval_logits(full, images), **TIGHT)
     assert_same_training(short, full, images, labels)
+    if case in TEXT_PROMPT_CASES:
+        assert (short.last_text_shared_prefix > 0) == share
 
 
-@pytest.mark.parametrize("case", TEXT_PROMPT_CASES)
-def test_length_groups_equal_full_context(
-    clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor], case: str, monkeypatch: pytest.MonkeyPatch
+def _padded_reference(
+    transformer: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor, deep: list[torch.Tensor | None], start: int
+) -> torch.Tensor:
+    """The plain computation: every position of every sequence, read at ``lengths - 1``."""
+    out = transformer(x, causal=True, deep_prompts=deep, prompt_start=start)
+    return out[torch.arange(x.shape[0]), lengths - 1]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "start", "per_sequence"),
+    [(0, 1, False), (0, 2, True), (4, 1, False), (4, 4, False), (3, 0, False)],
+)
+def test_packed_forward_equals_padded(clip: CLIP, prefix: int, start: int, per_sequence: bool) -> None:
+    """``forward_last``: packed positions, a shared prefix computed once, deep prompts inside the prefix
+    or after it (one set or one per sequence): the padded full computation's outputs and gradients."""
+    gen = torch.Generator().manual_seed(4)
+    n, length, width = 6, 13, 64
+    head = torch.randn(1, prefix, width, generator=gen, dtype=torch.float64, requires_grad=True)
+    tail = torch.randn(n, length - prefix, width, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.cat([head.expand(n, -1, -1), tail], dim=1)  # the promise made by shared_prefix
+    lengths = torch.tensor([13, 5, 9, 6, 13, 7])
+    shape = (n, 2, width) if per_sequence else (2, width)
+    deep = [None, *(torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))]
+    packed = clip.transformer.forward_last(x, lengths, deep_prompts=deep, prompt_start=start, shared_prefix=prefix)
+    padded = _padded_reference(clip.transformer, x, lengths, deep, start)
+    assert packed.shape == (n, width)
+    torch.testing.assert_close(packed, padded, **TIGHT)
+    leaves = [head, tail, *deep[1:]] if prefix else [tail, *deep[1:]]
+    weights = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad((packed * weights).sum(), leaves),
+        torch.autograd.grad((padded * weights).sum(), leaves),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_packed_forward_rejects_what_it_cannot_share(clip: CLIP) -> None:
+    x = torch.randn(3, 8, 64, dtype=torch.float64)
+    lengths = torch.tensor([8, 4, 6])
+    with pytest.raises(ValueError, match="shared prefix 4"):
+        clip.transformer.forward_last(x, lengths, shared_prefix=4)  # a sequence of 4 has no own position
+    deep = [None, torch.randn(3, 64, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="straddle"):
+        clip.transformer.forward_last(x, lengths, deep_prompts=deep, prompt_start=1, shared_prefix=2)
+    per_sequence = [None, torch.randn(3, 1, 64, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="differ per sequence"):
+        clip.transformer.forward_last(x, lengths, deep_prompts=per_sequence, prompt_start=1, shared_prefix=3)
+    with pytest.raises(ValueError, match="needs truncate"):
+        clip.encode_text_embeddings(x, lengths - 1, truncate=False, shared_prefix=2)
+
+
+def test_shared_prefix_lengths_of_the_methods(clip: CLIP, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The shared prefix is what all prompts really share: SOT, the context, common words."""
+    images, _ = batch
+    n_word = len(make(clip, "maple").tokenize(["of a"])[0].nonzero()) - 2  # without SOT / EOT
+    expected = {
+        "maple": 1 + 2 + n_word,  # SOT, n_ctx = 2 context vectors ("a photo"), then "of a"
+        "maple_random_init": 1 + 5,
+        "coop_end": 1 + 4,
+        "coop_middle": 1 + 2,  # the class name comes after half of the context
+        "coop_front": 1,  # SOT only
+        "coop_csc_end": 1,  # class-specific context differs from the first context token on
+        "cocoop": 1,  # the context depends on the image, and the rows hold 3 images
+        "language_only": 1 + 4,
+    }
+    for case, p in expected.items():
+        learner = make(clip, case, **({"image_chunk_size": 3} if case == "cocoop" else {}))
+        learner.eval()
+        with torch.no_grad():
+            learner(images) if case == "cocoop" else learner.text_features()
+        assert learner.last_text_shared_prefix == p, case
+    embeddings = torch.zeros(2, 6, 4)
+    deep = [None, torch.zeros(3, 4)]
+    assert base.shared_prefix_length(embeddings, torch.tensor([5, 5]), deep, prompt_start=1) == 5
+    assert base.shared_prefix_length(embeddings, torch.tensor([3, 5]), deep, prompt_start=1) == 0  # 1..4 > 3
+    assert base.shared_prefix_length(embeddings[:1], torch.tensor([5]), deep) == 0
+    embeddings[1, 2, 0] = 1.0
+    assert base.shared_prefix_length(embeddings, torch.tensor([5, 5])) == 2
+
+
+# ----- frozen weights cast once under autocast ----------------------------------------------------
+def test_frozen_casts_equal_autocast_and_follow_the_weights(
+    batch: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Prompts encoded in groups of similar length (each cut short) == one 77-token batch."""
-    monkeypatch.setattr(base, "LENGTH_GROUP_OVERHEAD_TOKENS", 0)  # a group per distinct length
+    from mmprompt.clip import model as model_module
+
     images, labels = batch
-    full = make(clip, case, truncate_text=False, **UNCHUNKED)
-    grouped = make(clip, case, source=full, truncate_text=True, **UNCHUNKED)
-    lengths = grouped.eot.sort().values + 1
-    assert len(base.length_groups(lengths, 0)) == len(set(lengths.tolist())) > 1
-    torch.testing.assert_close(eval_logits(grouped, images), eval_logits(full, images), **TIGHT)
-    assert_same_training(grouped, full, images, labels)
-
-
-def test_length_groups_are_optimal_runs() -> None:
-    lengths = torch.tensor([8] * 30 + [9] * 35 + [10] * 21 + [11] * 6 + [12] * 4 + [13] * 3 + [14])
-    groups = base.length_groups(lengths, 64)
-    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
-    assert all(a < b for a, b in groups) and all(
-        b == c for (_, b), (c, _) in zip(groups, groups[1:], strict=False)
-    )
-
-    def cost(g: list[tuple[int, int]], overhead: int) -> int:
-        return sum((b - a) * int(lengths[b - 1]) + overhead for a, b in g)
-
-    assert cost(groups, 64) < cost([(0, len(lengths))], 64)
-    # brute force over every split at a change of length
-    cuts = [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]]
-    best = min(
-        cost(list(zip([0, *chosen], [*chosen, len(lengths)], strict=True)), 64)
-        for k in range(len(cuts) + 1)
-        for chosen in itertools.combinations(cuts, k)
-    )
-    assert cost(groups, 64) == best
-    assert base.length_groups(torch.tensor([5]), 64) == [(0, 1)]
-    assert base.length_groups(torch.tensor([7, 7, 7]), 0) == [(0, 3)]
+    torch.manual_seed(0)
+    clip32 = build_model(get_config("tiny")).eval().requires_grad_(False)
+    learner = make(clip32, "maple")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():  # casts made in inference mode ...
+            first = learner(images.float())
+        loss, grads = loss_and_grads(learner, images.float(), labels)  # ... serve training
+        block = clip32.visual.transformer.resblocks[0]
+        cached = model_module.frozen_cast(block.attn, "in_proj_weight")
+        assert cached.dtype == torch.bfloat16
+        assert model_module.frozen_cast(block.attn, "in_proj_weight") is cached  # made once
+    assert model_module.frozen_cast(block.attn, "in_proj_weight") is block.attn.in_proj_weight  # autocast off
+    monkeypatch.setattr(model_module, "frozen_cast", lambda module, name: getattr(module, name))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():
+            plain = learner(images.float())
+        loss_plain, grads_plain = loss_and_grads(learner, images.float(), labels)
+    monkeypatch.undo()
+    assert torch.equal(first, plain)  # the very same casts
+    assert torch.equal(loss, loss_plain) and all(torch.equal(grads[k], grads_plain[k]) for k in grads)
+    with torch.no_grad():
+        block.attn.in_proj_weight.mul_(2.0)  # a changed weight is cast again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = model_module.frozen_cast(block.attn, "in_proj_weight")
+    assert again is not cached and torch.equal(again, block.attn.in_proj_weight.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("case", ["zeroshot", "zeroshot_ensemble", "vpt"])
@@ -296,13 +376,14 @@ def test_text_chunks_cover_rows_once_and_respect_the_budget(clip: CLIP) -> None:
     assert sorted(rows.tolist()) == list(range(len(CLASSNAMES)))
     lengths = eot + 1
     for idx in chunks:
-        assert len(idx) == 1 or len(idx) * int(lengths[idx].max()) <= 40
+        assert len(idx) == 1 or int(lengths[idx].sum()) <= 40
     runs = [int(lengths[idx].max()) for idx in chunks]
     assert runs == sorted(runs)  # length-sorted: short prompts are encoded together
     assert learner.text_chunks(eot, 77) is not None
     everything = make(clip, "maple", text_chunk_tokens=10_000)
     assert everything.text_chunks(eot, 77) is None
     sized = make(clip, "maple", text_chunk_size=3)
+    assert make(clip, "maple", truncate_text=False, text_chunk_tokens=160).text_chunks(eot, 77) is not None
     assert [len(c) for c in sized.text_chunks(eot, 77)] == [3, 3, 1]
 
 
@@ -323,6 +404,7 @@ def test_default_config_chunks_large_class_sets_only(clip: CLIP) -> None:
         {"truncate_text": False},
         {"truncate_text": False, "text_chunk_size": 2},
         {"text_chunk_tokens": 16},
+        {"share_text_prefix": False},
     ],
 )
 def test_parity_holds_on_every_path(overrides: dict[str, Any]) -> None:

@@ -29,7 +29,11 @@ def test_every_reference_case_matches(case: str) -> None:
         assert {"logits", "loss"} <= {c.name for c in result.checks}
 
 
-@pytest.mark.parametrize("flags", [[], ["--text-chunk-size", "2"], ["--no-truncate-text"]])
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--text-chunk-size", "2"], ["--no-truncate-text"], ["--no-shared-prefix"],
+     ["--no-truncate-text", "--no-shared-prefix"]],
+)
 def test_parity_command_passes_with_each_path(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["parity", "--reference", str(REFERENCE), *flags]) == 0
     out = capsys.readouterr().out

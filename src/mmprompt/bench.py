@@ -2,11 +2,12 @@
 
 For each class count, two paths are measured with the same weights, prompts, images and labels:
 
-* ``default``: what mmprompt runs by default: text truncated after the last EOT, class prompts
-  encoded in (length-sorted) chunks with activation checkpointing when they are many, class text
+* ``default``: what mmprompt runs by default: text truncated after the last EOT, the positions all
+  class prompts share (SOT, context, common words) computed once, class prompts encoded in
+  (length-sorted) chunks with activation checkpointing when they are many, class text
   features computed once per evaluation (``class_text_features``) and evaluation in inference mode.
-* ``reference``: what the official code computes: 77-token prompts (``truncate_text=False``), no
-  chunking, and the class text re-encoded for every evaluation batch (``predict_logits(x, None)``).
+* ``reference``: what the official code computes: 77-token prompts (``truncate_text=False``), every
+  position of every class prompt computed (``share_text_prefix=False``), no chunking, and the class text re-encoded for every evaluation batch (``predict_logits(x, None)``).
 
 Each (class count, path) runs in a fresh child process (``python -m mmprompt.bench --child``), so
 peak memories do not mix: on CPU the peak resident set size above the size just before the first
@@ -290,7 +291,7 @@ def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | No
 
     values = dict(settings.method_options)
     if path == "reference":
-        values.update(truncate_text=False, text_chunk_size=0, text_chunk_tokens=0)
+        values.update(truncate_text=False, share_text_prefix=False, text_chunk_size=0, text_chunk_tokens=0)
     elif path == "default":
         values.update(truncate_text=True, text_chunk_size=settings.text_chunk_size)
     else:
@@ -326,30 +327,27 @@ def check_settings(settings: BenchSettings) -> None:
         make_config(settings.method, path_config(settings, path, clip_config)).check_model(clip)
 
 
-def _prompt_tokens(learner: PromptLearner, truncate: bool, context: int) -> dict[str, float]:
-    """Prompt lengths (SOT..EOT) min / mean / max, the longest run (``run``), and the tokens the text
-    encoder runs per class (``encoded_per_class``) and in how many groups, with the learner's chunking."""
-    from .methods.base import LENGTH_GROUP_OVERHEAD_TOKENS, length_groups
-
+def _prompt_tokens(learner: PromptLearner, truncate: bool, context: int, shared: int = 0) -> dict[str, float]:
+    """Prompt lengths (SOT..EOT) min / mean / max, the longest run (``run``), the leading positions
+    computed once for all classes (``shared``), the tokens the text encoder runs per class
+    (``encoded_per_class``) and in how many checkpointed chunks, with the learner's settings."""
     eot = getattr(learner, "eot", None)
     if not isinstance(eot, torch.Tensor):
         return {}
     lengths = eot.cpu() + 1
-    chunks = learner.text_chunks(eot, context)
-    if chunks is None:
-        if truncate:
-            order = torch.argsort(lengths, stable=True)
-            chunks = [order[a:b] for a, b in length_groups(lengths[order], LENGTH_GROUP_OVERHEAD_TOKENS)]
-        else:
-            chunks = [torch.arange(len(lengths))]
-    encoded = sum(len(idx) * (int(lengths[idx.cpu()].max()) if truncate else context) for idx in chunks)
+    chunks = learner.text_chunks(eot, context) or [torch.arange(len(lengths))]
+    if truncate:  # packed: each prompt up to its EOT, the shared prefix once per chunk
+        encoded = sum(int((lengths[idx.cpu()] - shared).sum()) + shared for idx in chunks)
+    else:
+        encoded = len(lengths) * context
     return {
         "min": float(lengths.min()),
         "mean": round(float(lengths.float().mean()), 2),
         "max": float(lengths.max()),
         "run": float(lengths.max()) if truncate else float(context),
+        "shared": float(shared),
         "encoded_per_class": round(encoded / len(lengths), 2),
-        "groups": float(len(chunks)),
+        "chunks": float(len(chunks)),
     }
 
 
@@ -373,13 +371,14 @@ def measure_path(
     torch.manual_seed(settings.seed + 1)
     names = synthetic_classnames(classes, settings.seed)
     learner = create_learner(settings.method, clip, names, config).to(device)
-    result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
     if "train" in phases:
         _measure_train(settings, learner, autocast, memory, result)
     if "eval" in phases:
         _measure_eval(settings, learner, autocast, memory, result)
+    shared = learner.last_text_shared_prefix  # what the measured steps used
+    result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length, shared)
     result.load_average.append(load_average())
     return result
 

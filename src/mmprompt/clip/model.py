@@ -43,6 +43,43 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs matrix products in on this device type now, or None when it is off."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4: no per-device-type queries
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return None
+
+
+def frozen_cast(module: nn.Module, name: str) -> Tensor:
+    """``module.<name>`` as autocast would cast it for a matrix product, kept across calls when frozen.
+
+    Autocast casts a frozen fp32 weight to bf16 / fp16 again in every forward pass (its own cache
+    holds only tensors that require gradients); for a frozen CLIP that is the whole model, every
+    step. The cast here is the same one, made once while the weight stays unchanged (same storage,
+    same version); outside autocast, or for a weight that trains, the tensor itself is returned.
+    """
+    t: Tensor = getattr(module, name)
+    dtype = _autocast_dtype(t.device.type)
+    if dtype is None or t.requires_grad or t.dtype == dtype:
+        return t
+    casts: dict[str, tuple[tuple[object, ...], Tensor]] = module.__dict__.setdefault("_frozen_casts", {})
+    stamp = (t.data_ptr(), t._version, t.device, dtype)
+    hit = casts.get(name)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.inference_mode(False), torch.no_grad():  # a cast made in inference mode must serve training
+        cast = t.detach().to(dtype)
+    casts[name] = (stamp, cast)
+    return cast
+
+
 def _attention_kernel(q: Tensor, causal: bool) -> AbstractContextManager[object]:
     """The SDPA kernel choice: PyTorch's default, except for causal (text) attention in bf16 / fp16 on
     CPU with gradients, where the flash kernel's backward is several times slower than the math one
@@ -66,30 +103,84 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, causal: bool = False, rows: Tensor | None = None) -> Tensor:
+    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, L, Dh] of ``x`` [B, L, D]."""
+        b, n, d = x.shape
+        kv = F.linear(x, frozen_cast(self, "in_proj_weight")[d:], frozen_cast(self, "in_proj_bias")[d:])  # [B, L, 2D]
+        k, v = kv.view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        causal: bool = False,
+        rows: Tensor | None = None,
+        return_kv: bool = False,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Self-attention of ``x`` [B, L, D] -> [B, L, D].
 
         With ``rows`` [B] only one query position per sequence is computed (its keys and values are
-        all positions, or those up to it when ``causal``): output [B, 1, D].
+        all positions, or those up to it when ``causal``): output [B, 1, D]. With ``return_kv`` the
+        keys and values [B, H, L, Dh] come back too.
         """
         b, n, d = x.shape  # [B, L, D]
         h, dh = self.heads, d // self.heads
         if rows is None:
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
+            qkv = F.linear(x, frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias"))  # [B, L, 3D]
             q, k, v = qkv.view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, Dh]
-            with _attention_kernel(q, causal):
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, L, Dh]
-            return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-        x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
-        q = F.linear(x_rows, self.in_proj_weight[:d], self.in_proj_bias[:d]).view(b, 1, h, dh).transpose(1, 2)
-        kv = F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])  # [B, L, 2D]
-        k, v = kv.view(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)  # 2 x [B, H, L, Dh]
+        else:
+            x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
+            weight, bias = frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias")
+            q = F.linear(x_rows, weight[:d], bias[:d]).view(b, 1, h, dh).transpose(1, 2)
+            k, v = self.key_values(x)  # 2 x [B, H, L, Dh]
+            query_pos = rows.view(b, 1, 1, 1)
         mask = None
-        if causal:
-            mask = (torch.arange(n, device=x.device) <= rows.unsqueeze(1)).view(b, 1, 1, n)
+        if causal and rows is not None:
+            mask = torch.arange(n, device=x.device) <= query_pos  # key <= query: [B, 1, 1, L]
         with _attention_kernel(q, causal):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, 1, Dh]
-        return self.out_proj(out.transpose(1, 2).reshape(b, 1, d))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and rows is None)
+        out = self.project(out.transpose(1, 2).reshape(b, out.shape[2], d))  # [B, L | 1, D]
+        return (out, (k, v)) if return_kv else out
+
+
+    def forward_packed(
+        self,
+        x: Tensor,
+        layout: PackedLayout,
+        past: tuple[Tensor, Tensor] | None = None,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """Causal self-attention of packed tokens ``x`` [T, D] -> [T, D] (or, with ``rows`` [B] packed
+        rows, only those queries: [B, D]). ``past``: keys and values [1, H, P, Dh] of the shared
+        positions before every sequence (``layout.offset`` = P)."""
+        d = x.shape[-1]
+        b, h, dh = layout.num_sequences, self.heads, d // self.heads
+        weight, bias = frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias")
+        if rows is None:
+            qkv = layout.pad(F.linear(x, weight, bias))  # [B, S, 3D]
+            q, k, v = qkv.view(b, layout.longest, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, S, Dh]
+            query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
+        else:
+            kv = layout.pad(F.linear(x, weight[d:], bias[d:]))  # [B, S, 2D]
+            k, v = kv.view(b, layout.longest, 2, h, dh).permute(2, 0, 3, 1, 4)
+            q = F.linear(x.index_select(0, rows), weight[:d], bias[:d])
+            q = q.view(b, 1, h, dh).transpose(1, 2)  # [B, H, 1, Dh]
+            query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
+        offset = 0
+        if past is not None:
+            offset = past[0].shape[2]
+            k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)  # [B, H, P + S, Dh]
+            v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+        mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
+        with _attention_kernel(q, causal=True):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S | 1, Dh]
+        out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
+        out = layout.unpad(out) if rows is None else out.squeeze(1)
+        return self.project(out)
+
+    def project(self, x: Tensor) -> Tensor:
+        """The output projection (``out_proj``)."""
+        return F.linear(x, frozen_cast(self.out_proj, "weight"), frozen_cast(self.out_proj, "bias"))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -106,15 +197,45 @@ class ResidualAttentionBlock(nn.Module):
             OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
         )
 
-    def forward(self, x: Tensor, causal: bool = False, rows: Tensor | None = None) -> Tensor:
-        """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D]."""
-        if rows is None:
-            x = x + self.attn(self.ln_1(x), causal=causal)
-        else:
-            x = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1) + self.attn(
-                self.ln_1(x), causal=causal, rows=rows
-            )
-        return x + self.mlp(self.ln_2(x))
+    def forward(
+        self,
+        x: Tensor,
+        causal: bool = False,
+        rows: Tensor | None = None,
+        return_kv: bool = False,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D].
+        With ``return_kv``, also the attention's keys and values of ``x`` (:meth:`Attention.forward`)."""
+        h = self.attn(self.ln_1(x), causal=causal, rows=rows, return_kv=return_kv)
+        kv = None
+        if return_kv:
+            h, kv = h
+        if rows is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+        x = x + h
+        x = x + self.feed_forward(self.ln_2(x))
+        return (x, kv) if return_kv else x
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """``mlp`` (c_fc, activation, c_proj), with frozen weights cast once under autocast."""
+        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        x = F.linear(x, frozen_cast(fc, "weight"), frozen_cast(fc, "bias"))
+        return F.linear(self.mlp.gelu(x), frozen_cast(proj, "weight"), frozen_cast(proj, "bias"))
+
+    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention's keys and values [B, H, L, Dh] for the block input ``x``."""
+        return self.attn.key_values(self.ln_1(x))
+
+    def forward_packed(
+        self, x: Tensor, layout: PackedLayout, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False
+    ) -> Tensor:
+        """The block on packed causal tokens ``x`` [T, D] (see :class:`PackedLayout`) -> [T, D], or
+        with ``last_only`` only each sequence's last token: [B, D]. ``past``: keys and values of the
+        shared positions before every sequence."""
+        rows = layout.last if last_only else None
+        h = self.attn.forward_packed(self.ln_1(x), layout, past=past, rows=rows)
+        x = (x if rows is None else x.index_select(0, rows)) + h
+        return x + self.feed_forward(self.ln_2(x))
 
 
 def replace_tokens(x: Tensor, prompts: Tensor, start: int) -> Tensor:
@@ -164,6 +285,116 @@ class Transformer(nn.Module):
             last = output_rows if i == self.layers - 1 else None
             x = block(x, causal=causal, rows=last)
         return x
+
+    def forward_last(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        deep_prompts: DeepPrompts | None = None,
+        prompt_start: int = 1,
+        shared_prefix: int = 0,
+    ) -> Tensor:
+        """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
+
+        The same numbers as ``forward(x, causal=True, output_rows=lengths - 1)``, computed with less
+        work. Positions at or after a sequence's length are never computed (nothing before them reads
+        them), and the others are packed without padding for the position-wise layers (projections,
+        MLP, LayerNorm); only the attention sees them padded to the longest sequence.
+
+        ``shared_prefix`` = ``P`` promises that the first ``P`` positions are the same in every
+        sequence: under the causal mask their states are then the same in every sequence at every
+        block, so they are computed once (from sequence 0) and the other positions attend to their
+        keys and values. ``P`` must be below every length, and a deep prompt must lie either inside
+        the prefix (then it is one set, [n, D] or [1, n, D]) or after it.
+        """
+        n_seq, length, _ = x.shape
+        deep = list(deep_prompts) if deep_prompts is not None else []
+        if len(deep) > self.layers:
+            raise ValueError(f"{len(deep)} deep prompts for a transformer of {self.layers} layers")
+        p = int(shared_prefix)
+        lengths = lengths.to(x.device)
+        if int(lengths.max()) > length or not 0 <= p < int(lengths.min()):
+            raise ValueError(
+                f"lengths {int(lengths.min())}..{int(lengths.max())} and shared prefix {p} do not fit "
+                f"sequences of {length} positions (need shared prefix < every length <= {length})"
+            )
+        layout = PackedLayout.build(lengths - p, p)
+        pos = layout.positions + p  # [T] the position of each packed token
+        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
+        prefix = x[:1, :p] if p else None  # [1, P, D]
+        for i, block in enumerate(self.resblocks):
+            prompts = deep[i] if i < len(deep) else None
+            if prompts is not None:
+                n = prompts.shape[-2]
+                if prompt_start < 0:
+                    raise ValueError("deep prompts of causal sequences need a prompt_start >= 0")
+                if prefix is not None and prompt_start + n <= p:
+                    if prompts.dim() == 3 and prompts.shape[0] != 1:
+                        raise ValueError(f"deep prompts {tuple(prompts.shape)} differ per sequence inside the "
+                                         f"shared prefix of {p} positions")
+                    prefix = replace_tokens(prefix, prompts, prompt_start)
+                elif prompt_start >= p:
+                    tokens = replace_packed(tokens, prompts, prompt_start, pos, layout.sequence)
+                else:
+                    raise ValueError(f"deep prompts at positions {prompt_start}..{prompt_start + n} straddle "
+                                     f"the shared prefix of {p} positions")
+            last = i == self.layers - 1
+            kv = None
+            if prefix is not None:
+                if last:
+                    kv = block.key_values(prefix)  # the prefix's own outputs are not read
+                else:
+                    prefix, kv = block(prefix, causal=True, return_kv=True)
+            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last)
+        return tokens
+
+
+class PackedLayout:
+    """Where the packed tokens of ``B`` causal sequences go when padded for attention.
+
+    Sequence ``b`` has ``lengths[b]`` tokens (after ``offset`` shared positions); packed, the tokens
+    are in sequence order, ``T = lengths.sum()`` rows; padded, they sit in rows of
+    ``[B * longest]``.
+    """
+
+    def __init__(self, lengths: Tensor, offset: int, longest: int, padded_index: Tensor) -> None:
+        self.lengths = lengths  # [B]
+        self.offset = offset
+        self.longest = longest
+        self.padded_index = padded_index  # [T] row of each packed token in [B * longest]
+        self.sequence = padded_index // longest  # [T]
+        self.positions = padded_index % longest  # [T] (counted from the offset)
+        self.last = torch.cumsum(lengths, 0) - 1  # [B] the packed row of each sequence's last token
+
+    @classmethod
+    def build(cls, lengths: Tensor, offset: int = 0) -> PackedLayout:
+        longest = int(lengths.max())
+        valid = torch.arange(longest, device=lengths.device) < lengths.unsqueeze(1)  # [B, longest]
+        return cls(lengths, offset, longest, valid.flatten().nonzero().squeeze(1))
+
+    @property
+    def num_sequences(self) -> int:
+        return self.lengths.shape[0]
+
+    def pad(self, rows: Tensor) -> Tensor:
+        """Packed rows [T, F] -> [B, longest, F] (zeros after each sequence's end)."""
+        padded = rows.new_zeros(self.num_sequences * self.longest, rows.shape[-1])
+        return padded.index_copy(0, self.padded_index, rows).view(self.num_sequences, self.longest, -1)
+
+    def unpad(self, padded: Tensor) -> Tensor:
+        """[B, longest, F] -> packed rows [T, F]."""
+        return padded.reshape(self.num_sequences * self.longest, -1).index_select(0, self.padded_index)
+
+
+def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tensor, sequence: Tensor) -> Tensor:
+    """Packed ``tokens`` [T, D] with positions ``start .. start + n`` replaced by ``prompts`` ([n, D],
+    or [B, n, D] per sequence); ``positions`` / ``sequence`` [T] say where each token belongs."""
+    n = prompts.shape[-2]
+    inside = (positions >= start) & (positions < start + n)
+    index = (positions - start).clamp(0, n - 1)
+    prompts = prompts.to(tokens.dtype)
+    values = prompts[index] if prompts.dim() == 2 else prompts.expand(int(sequence.max()) + 1, -1, -1)[sequence, index]
+    return torch.where(inside.unsqueeze(1), values, tokens)
 
 
 class VisionTransformer(nn.Module):
@@ -272,21 +503,31 @@ class CLIP(nn.Module):
         deep_prompts: DeepPrompts | None = None,
         prompt_start: int = 1,
         truncate: bool = True,
+        shared_prefix: int = 0,
     ) -> Tensor:
         """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and EOT positions ``eot`` [N].
 
-        With ``truncate`` the sequence is cut after the last EOT among the prompts: under the causal
-        mask no position depends on later ones, so the features are the same as with the full context.
+        With ``truncate`` only the positions up to each prompt's EOT are computed, packed without
+        padding (:meth:`Transformer.forward_last`): under the causal mask no position depends on later
+        ones, so the features are the same as with the full context (``truncate=False``, the official
+        computation). ``shared_prefix`` (with ``truncate``): the number of leading positions the caller
+        guarantees equal in every prompt, computed once.
         """
-        if truncate:
-            length = int(eot.max()) + 1
-            x = x[:, :length]
-        x = x.to(self.dtype) + self.positional_embedding[: x.shape[1]].to(self.dtype)
         eot = eot.to(x.device)
-        x = self.transformer(
-            x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot
-        )
-        return self.ln_final(x[:, 0]) @ self.text_projection.to(x.dtype)  # the EOT token [N, E]
+        if truncate:
+            x = x[:, : int(eot.max()) + 1]
+        elif shared_prefix:
+            raise ValueError("shared_prefix needs truncate=True (the full context is the reference computation)")
+        x = x.to(self.dtype) + self.positional_embedding[: x.shape[1]].to(self.dtype)
+        if truncate:
+            x = self.transformer.forward_last(
+                x, eot + 1, deep_prompts=deep_prompts, prompt_start=prompt_start, shared_prefix=shared_prefix
+            )  # [N, Dt]
+        else:
+            x = self.transformer(
+                x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot
+            )[:, 0]
+        return self.ln_final(x) @ self.text_projection.to(x.dtype)  # the EOT token [N, E]
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Zero-shot logits [B, N] of images against texts."""

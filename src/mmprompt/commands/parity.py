@@ -12,12 +12,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encode classes in chunks of this size with activation checkpointing")
     parser.add_argument("--no-truncate-text", action="store_true",
                         help="run the text encoder over the full context (reference semantics)")
+    parser.add_argument("--no-shared-prefix", action="store_true",
+                        help="encode the positions all class prompts share once per class (reference semantics)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..parity import run_parity
 
-    overrides = {"text_chunk_size": args.text_chunk_size, "truncate_text": not args.no_truncate_text}
+    overrides = {
+        "text_chunk_size": args.text_chunk_size,
+        "truncate_text": not args.no_truncate_text,
+        "share_text_prefix": not args.no_shared_prefix,
+    }
     results = run_parity(args.reference, args.case, **overrides)
     failed = 0
     print(f"{'case':<16}{'tensor':<72}{'max abs err':>14}{'max rel err':>14}  result")

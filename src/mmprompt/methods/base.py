@@ -43,7 +43,12 @@ class MethodConfig:
     length, e.g. ImageNet's 1000 classes), encode them in chunks of at most this many tokens
     (0: always all at once). 4096 tokens of ViT-B/16 text keep about 2 GB of activations."""
     truncate_text: bool = True
-    """Run the text encoder only up to the last EOT among the prompts (exact under the causal mask)."""
+    """Run the text encoder on each prompt only up to its EOT, packed without padding (exact under the
+    causal mask); False: over the full 77-token context, as the official code."""
+    share_text_prefix: bool = True
+    """With ``truncate_text``: compute the leading positions that every class prompt shares (SOT, the
+    context, common words before the class name) once instead of once per class (exact under the
+    causal mask)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,31 +78,28 @@ def clean_classnames(classnames: Sequence[str]) -> list[str]:
     return names
 
 
-LENGTH_GROUP_OVERHEAD_TOKENS = 64
-"""What running one more group of prompts costs, counted in prompt tokens (for :func:`length_groups`)."""
+def shared_prefix_length(
+    embeddings: Tensor, eot: Tensor, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
+) -> int:
+    """The number of leading positions of ``embeddings`` [N, L, D] that are equal in every row and
+    precede every EOT (``eot`` [N]), or 0 when the deep prompts do not all lie inside them (or N < 2).
 
-
-def length_groups(lengths: Tensor, overhead: int = LENGTH_GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
-    """Split prompts sorted by length (``lengths`` [N], ascending) into runs ``[a, b)`` that minimise
-    the tokens encoded (each run is padded to its longest prompt) plus ``overhead`` per run."""
-    values = lengths.tolist()
-    n = len(values)
-    # a run can only end where the length changes
-    ends = [i + 1 for i in range(n) if i + 1 == n or values[i + 1] != values[i]]
-    best = [0.0] * (len(ends) + 1)  # best[j]: cost of the first ends[j-1] prompts
-    cut = [0] * (len(ends) + 1)
-    for j in range(1, len(ends) + 1):
-        end = ends[j - 1]
-        best[j], cut[j] = min(
-            (best[i] + (end - (ends[i - 1] if i else 0)) * values[end - 1] + overhead, i) for i in range(j)
-        )
-    bounds: list[tuple[int, int]] = []
-    j = len(ends)
-    while j > 0:
-        i = cut[j]
-        bounds.append((ends[i - 1] if i else 0, ends[j - 1]))
-        j = i
-    return bounds[::-1]
+    Under the causal mask those positions have the same states in every prompt at every block, so
+    the text encoder can compute them once (``shared_prefix`` of ``CLIP.encode_text_embeddings``).
+    """
+    if embeddings.shape[0] < 2:
+        return 0
+    with torch.no_grad():
+        limit = int(eot.min())
+        same = (embeddings[:, :limit] == embeddings[:1, :limit]).all(dim=2).all(dim=0)  # [limit]
+        p = limit if bool(same.all()) else int(same.to(torch.int8).argmin())
+    for prompts in deep_prompts or ():
+        if prompts is None:
+            continue
+        inside = prompt_start >= 0 and prompt_start + prompts.shape[-2] <= p
+        if not inside or (prompts.dim() == 3 and prompts.shape[0] != 1):
+            return 0
+    return p
 
 
 def normal_init(*shape: int, std: float = 0.02) -> nn.Parameter:
@@ -132,6 +134,8 @@ class PromptLearner(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(is_trainable(name))
         self.classnames: list[str] = []
+        self.last_text_shared_prefix = 0
+        """The shared prefix length the last :meth:`encode_text` used (for benchmarks and logs)."""
         self.set_classnames(classnames)
 
     # ----- what subclasses provide -------------------------------------------------------------------
@@ -206,25 +210,31 @@ class PromptLearner(nn.Module):
     ) -> Tensor:
         """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked.
 
-        With ``truncate_text``, prompts of similar length are encoded together, each group cut after
-        its own last EOT (exact: rows do not interact); the features come back in the input order.
+        With ``truncate_text`` each prompt is computed only up to its EOT, packed without padding,
+        and (``share_text_prefix``) the leading positions all prompts share are computed once
+        (exact under the causal mask, see :meth:`CLIP.encode_text_embeddings`).
         """
         truncate = self.config.truncate_text
+        shared = 0
+        if truncate and self.config.share_text_prefix:
+            shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start)
+        self.last_text_shared_prefix = shared
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
             return self.clip.encode_text_embeddings(
-                x, e, deep_prompts=list(deep) if deep else None, prompt_start=prompt_start, truncate=truncate
+                x,
+                e,
+                deep_prompts=list(deep) if deep else None,
+                prompt_start=prompt_start,
+                truncate=truncate,
+                shared_prefix=shared,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
         chunks = self.text_chunks(eot, embeddings.shape[1])
-        checkpointed = chunks is not None and torch.is_grad_enabled()
-        if chunks is None and truncate and eot.shape[0] > 1:
-            order = torch.argsort(eot.detach(), stable=True)
-            groups = length_groups(eot.detach().cpu()[order.cpu()] + 1, LENGTH_GROUP_OVERHEAD_TOKENS)
-            chunks = [order[a:b] for a, b in groups]
-        if chunks is None or len(chunks) == 1:
+        if chunks is None:
             return run(embeddings, eot, *deep)
+        checkpointed = torch.is_grad_enabled()
         outputs = []
         for idx in chunks:
             x, e = embeddings.index_select(0, idx), eot.index_select(0, idx)
@@ -238,36 +248,32 @@ class PromptLearner(nn.Module):
         return torch.cat(outputs).index_select(0, inverse)
 
     def text_chunks(self, eot: Tensor, length: int) -> list[Tensor] | None:
-        """Row indices of each checkpointed text chunk (None: no chunking for memory).
+        """Row indices of each checkpointed text chunk (None: all prompts at once).
 
         ``text_chunk_size`` > 0 gives chunks of that many prompts; otherwise prompts are chunked
-        only when they hold more than ``text_chunk_tokens`` tokens, into chunks of at most that many.
-        With ``truncate_text``, prompts are taken in order of length, and each chunk is split further
-        into groups of similar length (:func:`length_groups`).
+        only when they hold more than ``text_chunk_tokens`` tokens, into chunks of at most that many
+        (a prompt counts up to its EOT with ``truncate_text``, else the full ``length``). With
+        ``truncate_text`` prompts are taken in order of length, so each chunk's are alike.
         """
         n = eot.shape[0]
         truncate = self.config.truncate_text
-        lengths = eot.detach().cpu() + 1 if truncate else torch.full((n,), length)
+        lengths = (eot.detach().cpu() + 1) if truncate else torch.full((n,), length)
         size, budget = self.config.text_chunk_size, self.config.text_chunk_tokens
         if size > 0:
             if n <= size:
                 return None
-        elif budget <= 0 or n * int(lengths.max()) <= budget:
+        elif budget <= 0 or int(lengths.sum()) <= budget:
             return None
         order = torch.argsort(lengths, stable=True) if truncate else torch.arange(n)
         bounds: list[tuple[int, int]] = []
-        start = 0
+        start = tokens = 0
         for i, row in enumerate(order.tolist()):
-            count = i - start + 1  # rows are sorted by length: this row is the chunk's longest
-            full = count > size if size > 0 else count * int(lengths[row]) > budget and count > 1
+            tokens += int(lengths[row])
+            full = i - start + 1 > size if size > 0 else tokens > budget and i > start
             if full:
                 bounds.append((start, i))
-                start = i
+                start, tokens = i, int(lengths[row])
         bounds.append((start, n))
-        if truncate:
-            sorted_lengths = lengths[order]
-            bounds = [(a + c, a + d) for a, b in bounds for c, d in
-                      length_groups(sorted_lengths[a:b], LENGTH_GROUP_OVERHEAD_TOKENS)]
         order = order.to(eot.device)
         return [order[a:b] for a, b in bounds]
 
