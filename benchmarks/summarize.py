@@ -48,8 +48,8 @@ def table(doc: dict[str, Any], name: str) -> str:
     lines += [
         "",
         "| classes | train speed-up | eval speed-up | eval / image encoder | train memory fraction "
-        "| first-loss difference |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| first-loss difference | default train step in fp32 | speed-up over fp32 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in doc["results"]:
         c = e["comparison"]
@@ -57,7 +57,9 @@ def table(doc: dict[str, Any], name: str) -> str:
         lines.append(
             f"| {e['classes']} | {_f(c['train_speedup'], '.2f')}x | {_f(c['eval_speedup'], '.2f')}x "
             f"| {_f(c['eval_vs_image_encoder'], '.3f')} | {bound}{_f(c['train_memory_fraction'], '.3f')} "
-            f"| {_f(c['first_loss_abs_diff'], '.1e')} |"
+            f"| {_f(c['first_loss_abs_diff'], '.1e')} "
+            f"| {_f(e.get('fp32_default', {}).get('train_step_s'), '.2f')} "
+            f"| {_f(c.get('precision_speedup'), '.2f')}{'x' if c.get('precision_speedup') else ''} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ COMPARISON_FIELDS = {
     "train_memory_fraction_is_upper_bound",
     "eval_vs_image_encoder",
     "first_loss_abs_diff",
+    "precision_speedup",
 }
 MACHINE_FIELDS = {
     "cpu_model",
@@ -71,6 +72,20 @@ def test_bench_command_prints_the_documented_json(capsys: pytest.CaptureFixture[
     assert entry["default"]["prompt_tokens"]["run"] < 77
     # same weights, prompts and inputs on both paths: the same first loss
     assert entry["comparison"]["first_loss_abs_diff"] < 1e-4
+    assert entry["comparison"]["precision_speedup"] is None and "fp32_default" not in entry
+    assert entry["default"]["prompt_tokens"]["shared"] > 1  # SOT, context and "of a" computed once
+    assert entry["default"]["prompt_tokens"]["encoded_per_class"] < entry["default"]["prompt_tokens"]["mean"]
+
+
+def test_bench_in_bf16_also_times_fp32(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--steps", "1", "--warmup", "0"]
+    assert main([*args, "--precision", "bf16", "--eval-images", "2", "--no-isolate", "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["results"]
+    base = entry["fp32_default"]
+    assert base["path"] == "default" and base["error"] == "" and base["train_step_s"] > 0
+    assert base["eval_images_per_s"] is None  # the training step only
+    speedup = entry["comparison"]["precision_speedup"]
+    assert speedup == pytest.approx(base["train_step_s"] / entry["default"]["train_step_s"])
 
 
 def test_bench_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:

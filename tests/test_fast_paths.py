@@ -267,6 +267,35 @@ def test_shared_prefix_lengths_of_the_methods(clip: CLIP, batch: tuple[torch.Ten
     assert base.shared_prefix_length(embeddings, torch.tensor([5, 5])) == 2
 
 
+@pytest.mark.parametrize("kind", ["none", "causal", "mask"])
+def test_low_precision_cpu_attention_is_sdpa_within_rounding(kind: str) -> None:
+    """Training in bf16 on CPU, attention is computed explicitly (products in bf16, softmax in fp32)."""
+    from mmprompt.clip.model import attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=gen, requires_grad=True) for _ in range(3))
+    mask = None
+    if kind == "mask":
+        mask = torch.rand(2, 1, 7, 7, generator=gen) < 0.6
+        mask |= torch.eye(7, dtype=torch.bool)  # every query attends somewhere
+    causal = kind == "causal"
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    low = [t.detach().bfloat16().requires_grad_(True) for t in (q, k, v)]
+    out = attention(*low, mask=mask, causal=causal)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.03, atol=0.03)
+    weights = torch.randn(expected.shape, generator=gen)
+    grads = torch.autograd.grad((expected * weights).sum(), [q, k, v])
+    low_grads = torch.autograd.grad((out.float() * weights).sum(), low)
+    for a, b in zip(low_grads, grads, strict=True):
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05)
+    with torch.no_grad():  # inference keeps PyTorch's kernel
+        torch.testing.assert_close(
+            attention(*(t.detach() for t in low), mask=mask, causal=causal),
+            F.scaled_dot_product_attention(*(t.detach() for t in low), attn_mask=mask, is_causal=causal),
+        )
+
+
 # ----- frozen weights cast once under autocast ----------------------------------------------------
 def test_frozen_casts_equal_autocast_and_follow_the_weights(
     batch: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch

@@ -190,6 +190,9 @@ class BenchSettings:
     """Run each (class count, path) in a fresh child process."""
     memory_limit_gb: float = 0.0
     """Kill a CPU child whose resident set exceeds this (0: 80% of the memory available at start)."""
+    fp32_baseline: bool = True
+    """With bf16 / fp16: also time the default path's training step in fp32 (``fp32_default``) and
+    report the ratio (``precision_speedup``), measured in the same run."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -556,6 +559,7 @@ def compare_paths(default: PathResult, reference: PathResult) -> dict[str, Any]:
         "train_memory_fraction_is_upper_bound": bool(reference.error and fraction is not None),
         "eval_vs_image_encoder": _ratio(default.eval_images_per_s, default.image_encoder_images_per_s),
         "first_loss_abs_diff": loss_diff,
+        "precision_speedup": None,
     }
 
 
@@ -571,6 +575,15 @@ def iter_benchmark(settings: BenchSettings) -> Iterator[dict[str, Any]]:
                 logger.warning("%s path, %d classes: %s", path, classes, res.error)
             entry[path] = res.to_dict()
         entry["comparison"] = compare_paths(PathResult(**entry["default"]), PathResult(**entry["reference"]))
+        if settings.precision != "fp32" and settings.fp32_baseline:
+            logger.info("measuring %s, %d classes, default path in fp32 (training step)", settings.method, classes)
+            fp32 = dataclasses.replace(settings, precision="fp32")
+            if settings.isolate:
+                res = _run_child(fp32, classes, "default", "train")
+            else:
+                res = measure_path(fp32, classes, "default", ("train",))
+            entry["fp32_default"] = res.to_dict()
+            entry["comparison"]["precision_speedup"] = _ratio(res.train_step_s, entry["default"]["train_step_s"])
         yield entry
 
 

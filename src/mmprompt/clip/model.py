@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -80,17 +79,25 @@ def frozen_cast(module: nn.Module, name: str) -> Tensor:
     return cast
 
 
-def _attention_kernel(q: Tensor, causal: bool) -> AbstractContextManager[object]:
-    """The SDPA kernel choice: PyTorch's default, except for causal (text) attention in bf16 / fp16 on
-    CPU with gradients, where the flash kernel's backward is several times slower than the math one
-    on short sequences (torch 2.x); the math kernel computes the same attention."""
-    if causal and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.requires_grad:
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
-        except ImportError:
-            return nullcontext()
-        return sdpa_kernel(SDPBackend.MATH)
-    return nullcontext()
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Scaled dot-product attention of ``q`` [..., Lq, Dh] over ``k`` / ``v`` [..., Lk, Dh]; ``mask``
+    (bool, True = attend) or ``causal`` (query ``i`` attends keys ``<= i``).
+
+    PyTorch's SDPA, except when training in bf16 / fp16 on CPU: there its kernels are slower than
+    fp32 (the flash backward, and the math kernel, which computes in fp32), so the attention is
+    computed as autocast computes an explicit one: products in the low precision, the softmax in
+    fp32 (as the official code's ``nn.MultiheadAttention`` under autocast).
+    """
+    low = q.dtype in (torch.bfloat16, torch.float16)
+    if not (low and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [..., Lq, Lk]
+    if causal and mask is None:
+        lq, lk = scores.shape[-2:]
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()  # as SDPA's is_causal
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
 
 
 class Attention(nn.Module):
@@ -137,8 +144,7 @@ class Attention(nn.Module):
         mask = None
         if causal and rows is not None:
             mask = torch.arange(n, device=x.device) <= query_pos  # key <= query: [B, 1, 1, L]
-        with _attention_kernel(q, causal):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and rows is None)
+        out = attention(q, k, v, mask=mask, causal=causal)  # [B, H, L | 1, Dh]
         out = self.project(out.transpose(1, 2).reshape(b, out.shape[2], d))  # [B, L | 1, D]
         return (out, (k, v)) if return_kv else out
 
@@ -172,8 +178,7 @@ class Attention(nn.Module):
             k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)  # [B, H, P + S, Dh]
             v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
         mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
-        with _attention_kernel(q, causal=True):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S | 1, Dh]
+        out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
         out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
         out = layout.unpad(out) if rows is None else out.squeeze(1)
         return self.project(out)

@@ -91,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="measure in this process (peak memories then mix; for debugging)",
     )
+    parser.add_argument(
+        "--no-fp32-baseline",
+        action="store_true",
+        help="with bf16/fp16: do not also time the default training step in fp32 for the precision ratio",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--output", default="", help="also write the JSON document to this file")
 
@@ -149,6 +154,12 @@ def print_table(doc: dict[str, Any]) -> None:
             f"{' (at most: the reference ran out of memory)' if upper else ''}, "
             f"first-loss difference {_fmt(c['first_loss_abs_diff'], '.2e')}"
         )
+        if "fp32_default" in entry:
+            base = entry["fp32_default"]
+            print(
+                f"{'':>8} default train step in fp32 {_fmt(base['train_step_s'], '.3f')} s: "
+                f"{s['precision']} speed-up {_fmt(c['precision_speedup'], '.2f')}x {base['error']}".rstrip()
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             isolate=not args.no_isolate,
             memory_limit_gb=args.memory_limit_gb,
+            fp32_baseline=not args.no_fp32_baseline,
         )
         doc = run_benchmark(settings)
     except (ValueError, KeyError, RuntimeError) as exc:
