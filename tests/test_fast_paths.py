@@ -249,7 +249,7 @@ def test_shared_prefix_lengths_of_the_methods(clip: CLIP, batch: tuple[torch.Ten
         "coop_middle": 1 + 2,  # the class name comes after half of the context
         "coop_front": 1,  # SOT only
         "coop_csc_end": 1,  # class-specific context differs from the first context token on
-        "cocoop": 1,  # the context depends on the image, and the rows hold 3 images
+        "cocoop": 1 + 4,  # the context depends on the image: a prefix per image (the rows hold 3)
         "language_only": 1 + 4,
     }
     for case, p in expected.items():
@@ -265,6 +265,34 @@ def test_shared_prefix_lengths_of_the_methods(clip: CLIP, batch: tuple[torch.Ten
     assert base.shared_prefix_length(embeddings[:1], torch.tensor([5]), deep) == 0
     embeddings[1, 2, 0] = 1.0
     assert base.shared_prefix_length(embeddings, torch.tensor([5, 5])) == 2
+    four = torch.zeros(4, 6, 4)
+    four[2:, 1:3] = 1.0  # two groups of two rows, each group the same inside
+    four[1, 4] = four[3, 4] = 2.0
+    assert base.shared_prefix_length(four, torch.tensor([5] * 4), groups=2) == 4
+    assert base.shared_prefix_length(four, torch.tensor([5] * 4)) == 1
+    with pytest.raises(ValueError, match="groups"):
+        base.shared_prefix_length(four, torch.tensor([5] * 4), groups=3)
+
+
+def test_prefix_groups_equal_padded(clip: CLIP) -> None:
+    """``prefix_groups``: one shared prefix per group of consecutive sequences (CoCoOp's images)."""
+    gen = torch.Generator().manual_seed(6)
+    groups, per, length, width, p = 3, 4, 12, 64, 5
+    heads = torch.randn(groups, 1, p, width, generator=gen, dtype=torch.float64, requires_grad=True)
+    tails = torch.randn(groups * per, length - p, width, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.cat([heads.expand(-1, per, -1, -1).reshape(groups * per, p, width), tails], dim=1)
+    lengths = torch.randint(p + 1, length + 1, (groups * per,), generator=gen)
+    packed = clip.transformer.forward_last(x, lengths, shared_prefix=p, prefix_groups=groups)
+    padded = _padded_reference(clip.transformer, x, lengths, [], 1)
+    torch.testing.assert_close(packed, padded, **TIGHT)
+    for a, b in zip(
+        torch.autograd.grad(packed.square().sum(), [heads, tails]),
+        torch.autograd.grad(padded.square().sum(), [heads, tails]),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, **TIGHT)
+    with pytest.raises(ValueError, match="groups of equal size"):
+        clip.transformer.forward_last(x, lengths, shared_prefix=p, prefix_groups=5)
 
 
 @pytest.mark.parametrize("kind", ["none", "causal", "mask"])

@@ -435,7 +435,8 @@ def _measure_eval(
     memory: PeakMemory,
     result: PathResult,
 ) -> None:
-    """Evaluation (text once; per batch on the reference path), interleaved with the plain image encoder."""
+    """Evaluation (text once; per batch on the reference path), interleaved with the plain image encoder,
+    after one untimed batch of each."""
     device = torch.device(settings.device)
     size = learner.clip.config.vision.image_size
     default = result.path == "default"
@@ -449,6 +450,9 @@ def _measure_eval(
     memory.reset()
     eval_time = encoder_time = 0.0
     with torch.inference_mode() if default else torch.no_grad(), autocast():
+        # untimed first pass of each (one-off allocations and kernel set-up in this fresh process)
+        learner.predict_logits(inputs[0], learner.class_text_features() if default else None)
+        learner.clip.encode_image(inputs[0])
         _sync(device)
         start = time.perf_counter()
         text = learner.class_text_features() if default else None

@@ -157,8 +157,9 @@ class Attention(nn.Module):
         rows: Tensor | None = None,
     ) -> Tensor:
         """Causal self-attention of packed tokens ``x`` [T, D] -> [T, D] (or, with ``rows`` [B] packed
-        rows, only those queries: [B, D]). ``past``: keys and values [1, H, P, Dh] of the shared
-        positions before every sequence (``layout.offset`` = P)."""
+        rows, only those queries: [B, D]). ``past``: keys and values [G, H, P, Dh] of the shared
+        positions before every sequence (``layout.offset`` = P), one set per group of ``B / G``
+        consecutive sequences."""
         d = x.shape[-1]
         b, h, dh = layout.num_sequences, self.heads, d // self.heads
         weight, bias = frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias")
@@ -175,8 +176,8 @@ class Attention(nn.Module):
         offset = 0
         if past is not None:
             offset = past[0].shape[2]
-            k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)  # [B, H, P + S, Dh]
-            v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+            k = torch.cat([_per_sequence(past[0], b), k], dim=2)  # [B, H, P + S, Dh]
+            v = torch.cat([_per_sequence(past[1], b), v], dim=2)
         mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
         out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
         out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
@@ -298,6 +299,7 @@ class Transformer(nn.Module):
         deep_prompts: DeepPrompts | None = None,
         prompt_start: int = 1,
         shared_prefix: int = 0,
+        prefix_groups: int = 1,
     ) -> Tensor:
         """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
 
@@ -310,7 +312,9 @@ class Transformer(nn.Module):
         sequence: under the causal mask their states are then the same in every sequence at every
         block, so they are computed once (from sequence 0) and the other positions attend to their
         keys and values. ``P`` must be below every length, and a deep prompt must lie either inside
-        the prefix (then it is one set, [n, D] or [1, n, D]) or after it.
+        the prefix (then it is one set, [n, D] or [1, n, D]) or after it. With ``prefix_groups`` =
+        ``G``, the sequences are ``G`` consecutive groups of ``B / G`` (e.g. the class prompts of
+        ``G`` images in CoCoOp), the prefix shared within each group: computed once per group.
         """
         n_seq, length, _ = x.shape
         deep = list(deep_prompts) if deep_prompts is not None else []
@@ -326,7 +330,9 @@ class Transformer(nn.Module):
         layout = PackedLayout.build(lengths - p, p)
         pos = layout.positions + p  # [T] the position of each packed token
         tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
-        prefix = x[:1, :p] if p else None  # [1, P, D]
+        if prefix_groups < 1 or n_seq % prefix_groups:
+            raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
+        prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
         for i, block in enumerate(self.resblocks):
             prompts = deep[i] if i < len(deep) else None
             if prompts is not None:
@@ -352,6 +358,13 @@ class Transformer(nn.Module):
                     prefix, kv = block(prefix, causal=True, return_kv=True)
             tokens = block.forward_packed(tokens, layout, past=kv, last_only=last)
         return tokens
+
+
+def _per_sequence(t: Tensor, n: int) -> Tensor:
+    """``t`` [G, ...] repeated for ``n`` sequences in ``G`` consecutive groups: [n, ...]."""
+    if t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:])
+    return t.repeat_interleave(n // t.shape[0], dim=0)
 
 
 class PackedLayout:
@@ -509,6 +522,7 @@ class CLIP(nn.Module):
         prompt_start: int = 1,
         truncate: bool = True,
         shared_prefix: int = 0,
+        prefix_groups: int = 1,
     ) -> Tensor:
         """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and EOT positions ``eot`` [N].
 
@@ -516,7 +530,8 @@ class CLIP(nn.Module):
         padding (:meth:`Transformer.forward_last`): under the causal mask no position depends on later
         ones, so the features are the same as with the full context (``truncate=False``, the official
         computation). ``shared_prefix`` (with ``truncate``): the number of leading positions the caller
-        guarantees equal in every prompt, computed once.
+        guarantees equal in every prompt (in every one of ``prefix_groups`` consecutive groups of
+        prompts), computed once (per group).
         """
         eot = eot.to(x.device)
         if truncate:
@@ -526,7 +541,12 @@ class CLIP(nn.Module):
         x = x.to(self.dtype) + self.positional_embedding[: x.shape[1]].to(self.dtype)
         if truncate:
             x = self.transformer.forward_last(
-                x, eot + 1, deep_prompts=deep_prompts, prompt_start=prompt_start, shared_prefix=shared_prefix
+                x,
+                eot + 1,
+                deep_prompts=deep_prompts,
+                prompt_start=prompt_start,
+                shared_prefix=shared_prefix,
+                prefix_groups=prefix_groups,
             )  # [N, Dt]
         else:
             x = self.transformer(

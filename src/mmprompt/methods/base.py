@@ -79,19 +79,28 @@ def clean_classnames(classnames: Sequence[str]) -> list[str]:
 
 
 def shared_prefix_length(
-    embeddings: Tensor, eot: Tensor, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
+    embeddings: Tensor,
+    eot: Tensor,
+    deep_prompts: DeepPrompts | None = None,
+    prompt_start: int = 1,
+    groups: int = 1,
 ) -> int:
-    """The number of leading positions of ``embeddings`` [N, L, D] that are equal in every row and
-    precede every EOT (``eot`` [N]), or 0 when the deep prompts do not all lie inside them (or N < 2).
+    """The number of leading positions of ``embeddings`` [N, L, D] that are equal in every row (of
+    each of ``groups`` consecutive groups of rows) and precede every EOT (``eot`` [N]), or 0 when the
+    deep prompts do not all lie inside them (or the groups have fewer than 2 rows).
 
     Under the causal mask those positions have the same states in every prompt at every block, so
     the text encoder can compute them once (``shared_prefix`` of ``CLIP.encode_text_embeddings``).
     """
-    if embeddings.shape[0] < 2:
+    n, _, width = embeddings.shape
+    if groups < 1 or n % groups:
+        raise ValueError(f"{n} prompts do not form {groups} groups of equal size")
+    if n // groups < 2:
         return 0
     with torch.no_grad():
         limit = int(eot.min())
-        same = (embeddings[:, :limit] == embeddings[:1, :limit]).all(dim=2).all(dim=0)  # [limit]
+        head = embeddings[:, :limit].reshape(groups, n // groups, limit, width)
+        same = (head == head[:, :1]).all(dim=3).all(dim=1).all(dim=0)  # [limit]
         p = limit if bool(same.all()) else int(same.to(torch.int8).argmin())
     for prompts in deep_prompts or ():
         if prompts is None:
@@ -206,18 +215,30 @@ class PromptLearner(nn.Module):
             return self.clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
 
     def encode_text(
-        self, embeddings: Tensor, eot: Tensor, deep_prompts: DeepPrompts | None = None, prompt_start: int = 1
+        self,
+        embeddings: Tensor,
+        eot: Tensor,
+        deep_prompts: DeepPrompts | None = None,
+        prompt_start: int = 1,
+        prefix_groups: int = 1,
     ) -> Tensor:
         """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked.
 
         With ``truncate_text`` each prompt is computed only up to its EOT, packed without padding,
         and (``share_text_prefix``) the leading positions all prompts share are computed once
-        (exact under the causal mask, see :meth:`CLIP.encode_text_embeddings`).
+        (exact under the causal mask, see :meth:`CLIP.encode_text_embeddings`). ``prefix_groups``:
+        the rows are that many consecutive groups whose prompts may share more within each group
+        (CoCoOp: the class prompts of one image).
         """
         truncate = self.config.truncate_text
+        chunks = self.text_chunks(eot, embeddings.shape[1])
+        groups = prefix_groups if chunks is None else 1  # chunks mix the groups' rows
         shared = 0
         if truncate and self.config.share_text_prefix:
-            shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start)
+            shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start, groups)
+            if shared == 0 and groups > 1:
+                groups = 1
+                shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start)
         self.last_text_shared_prefix = shared
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
@@ -228,10 +249,10 @@ class PromptLearner(nn.Module):
                 prompt_start=prompt_start,
                 truncate=truncate,
                 shared_prefix=shared,
+                prefix_groups=groups,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
-        chunks = self.text_chunks(eot, embeddings.shape[1])
         if chunks is None:
             return run(embeddings, eot, *deep)
         checkpointed = torch.is_grad_enabled()

@@ -74,7 +74,8 @@ class CoCoOp(PromptLearner):
                 ],
                 dim=2,
             ).flatten(0, 1)  # [b*C, L, w]
-            txt = F.normalize(self.encode_text(x, self.eot.repeat(b)).float(), dim=-1).view(b, c, -1)
+            txt = self.encode_text(x, self.eot.repeat(b), prefix_groups=b)  # a prefix per image
+            txt = F.normalize(txt.float(), dim=-1).view(b, c, -1)
             logits.append(torch.einsum("be,bce->bc", img[start : start + b], txt))
         return self.logit_scale() * torch.cat(logits)
 
