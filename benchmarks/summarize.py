@@ -15,6 +15,10 @@ def _f(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f}"
 
@@ -55,11 +59,11 @@ def table(doc: dict[str, Any], name: str) -> str:
         c = e["comparison"]
         bound = "<= " if c["train_memory_fraction_is_upper_bound"] else ""
         lines.append(
-            f"| {e['classes']} | {_f(c['train_speedup'], '.2f')}x | {_f(c['eval_speedup'], '.2f')}x "
+            f"| {e['classes']} | {_x(c['train_speedup'])} | {_x(c['eval_speedup'])} "
             f"| {_f(c['eval_vs_image_encoder'], '.3f')} | {bound}{_f(c['train_memory_fraction'], '.3f')} "
             f"| {_f(c['first_loss_abs_diff'], '.1e')} "
             f"| {_f(e.get('fp32_default', {}).get('train_step_s'), '.2f')} "
-            f"| {_f(c.get('precision_speedup'), '.2f')}{'x' if c.get('precision_speedup') else ''} |"
+            f"| {_x(c.get('precision_speedup'))} |"
         )
     return "\n".join(lines) + "\n"
 

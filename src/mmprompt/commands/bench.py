@@ -104,6 +104,10 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _speedup(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f}"
 
@@ -147,8 +151,8 @@ def print_table(doc: dict[str, Any]) -> None:
         c = entry["comparison"]
         upper = c["train_memory_fraction_is_upper_bound"]
         print(
-            f"{'':>8} train speed-up {_fmt(c['train_speedup'], '.2f')}x, "
-            f"eval speed-up {_fmt(c['eval_speedup'], '.2f')}x, "
+            f"{'':>8} train speed-up {_speedup(c['train_speedup'])}, "
+            f"eval speed-up {_speedup(c['eval_speedup'])}, "
             f"eval / image encoder {_fmt(c['eval_vs_image_encoder'], '.3f')}, "
             f"train memory fraction {_fmt(c['train_memory_fraction'], '.3f')}"
             f"{' (at most: the reference ran out of memory)' if upper else ''}, "
@@ -158,7 +162,7 @@ def print_table(doc: dict[str, Any]) -> None:
             base = entry["fp32_default"]
             print(
                 f"{'':>8} default train step in fp32 {_fmt(base['train_step_s'], '.3f')} s: "
-                f"{s['precision']} speed-up {_fmt(c['precision_speedup'], '.2f')}x {base['error']}".rstrip()
+                f"{s['precision']} speed-up {_speedup(c['precision_speedup'])} {base['error']}".rstrip()
             )
 
 
