@@ -261,7 +261,20 @@ def test_shared_prefix_lengths_of_the_methods(clip: CLIP, batch: tuple[torch.Ten
     embeddings = torch.zeros(2, 6, 4)
     deep = [None, torch.zeros(3, 4)]
     assert base.shared_prefix_length(embeddings, torch.tensor([5, 5]), deep, prompt_start=1) == 5
-    assert base.shared_prefix_length(embeddings, torch.tensor([3, 5]), deep, prompt_start=1) == 0  # 1..4 > 3
+    # positions 1..4 do not fit before the EOT at 3: the prefix stops where the prompts start (after SOT),
+    # which forward_last accepts (the prompts then lie after the prefix)
+    assert base.shared_prefix_length(embeddings, torch.tensor([3, 5]), deep, prompt_start=1) == 1
+    per_row = [None, torch.zeros(2, 3, 4)]  # per-row prompts cannot be shared either
+    assert base.shared_prefix_length(embeddings, torch.tensor([5, 5]), per_row, prompt_start=1) == 1
+    x = torch.randn(2, 6, 64, dtype=torch.float64)
+    x[1, 0] = x[0, 0]
+    lengths = torch.tensor([4, 6])
+    deep64 = [None, torch.randn(3, 64, dtype=torch.float64)]
+    torch.testing.assert_close(
+        clip.transformer.forward_last(x, lengths, deep_prompts=deep64, prompt_start=1, shared_prefix=1),
+        _padded_reference(clip.transformer, x, lengths, deep64, 1),
+        **TIGHT,
+    )
     assert base.shared_prefix_length(embeddings[:1], torch.tensor([5]), deep) == 0
     embeddings[1, 2, 0] = 1.0
     assert base.shared_prefix_length(embeddings, torch.tensor([5, 5])) == 2

@@ -2,12 +2,13 @@
 
 For each class count, two paths are measured with the same weights, prompts, images and labels:
 
-* ``default``: what mmprompt runs by default: text truncated after the last EOT, the positions all
-  class prompts share (SOT, context, common words) computed once, class prompts encoded in
+* ``default``: what mmprompt runs by default: each prompt computed up to its EOT, packed, the
+  positions all class prompts share (SOT, context, common words) computed once, class prompts in
   (length-sorted) chunks with activation checkpointing when they are many, class text
   features computed once per evaluation (``class_text_features``) and evaluation in inference mode.
 * ``reference``: what the official code computes: 77-token prompts (``truncate_text=False``), every
-  position of every class prompt computed (``share_text_prefix=False``), no chunking, and the class text re-encoded for every evaluation batch (``predict_logits(x, None)``).
+  position of every class prompt computed (``share_text_prefix=False``), no chunking, and the class
+  text re-encoded for every evaluation batch (``predict_logits(x, None)``).
 
 Each (class count, path) runs in a fresh child process (``python -m mmprompt.bench --child``), so
 peak memories do not mix: on CPU the peak resident set size above the size just before the first

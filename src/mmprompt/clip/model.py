@@ -110,11 +110,19 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
+    def heads_of(self, t: Tensor) -> Tensor:
+        """[B, L, parts * D] -> [parts, B, H, L, Dh] (e.g. q, k, v from the input projection)."""
+        b, n, width = t.shape
+        d = self.out_proj.in_features
+        return t.view(b, n, width // d, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+
+    def in_projection(self, x: Tensor, part: slice = slice(None)) -> Tensor:
+        """``x @ in_proj[part].T + bias[part]`` (rows ``0:D`` queries, ``D:2D`` keys, ``2D:3D`` values)."""
+        return F.linear(x, frozen_cast(self, "in_proj_weight")[part], frozen_cast(self, "in_proj_bias")[part])
+
     def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values [B, H, L, Dh] of ``x`` [B, L, D]."""
-        b, n, d = x.shape
-        kv = F.linear(x, frozen_cast(self, "in_proj_weight")[d:], frozen_cast(self, "in_proj_bias")[d:])  # [B, L, 2D]
-        k, v = kv.view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = self.heads_of(self.in_projection(x, slice(x.shape[-1], None)))
         return k, v
 
     def forward(
@@ -131,14 +139,11 @@ class Attention(nn.Module):
         keys and values [B, H, L, Dh] come back too.
         """
         b, n, d = x.shape  # [B, L, D]
-        h, dh = self.heads, d // self.heads
         if rows is None:
-            qkv = F.linear(x, frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias"))  # [B, L, 3D]
-            q, k, v = qkv.view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, Dh]
+            q, k, v = self.heads_of(self.in_projection(x))  # 3 x [B, H, L, Dh]
         else:
             x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
-            weight, bias = frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias")
-            q = F.linear(x_rows, weight[:d], bias[:d]).view(b, 1, h, dh).transpose(1, 2)
+            q = self.heads_of(self.in_projection(x_rows, slice(0, d)))[0]  # [B, H, 1, Dh]
             k, v = self.key_values(x)  # 2 x [B, H, L, Dh]
             query_pos = rows.view(b, 1, 1, 1)
         mask = None
@@ -161,17 +166,13 @@ class Attention(nn.Module):
         positions before every sequence (``layout.offset`` = P), one set per group of ``B / G``
         consecutive sequences."""
         d = x.shape[-1]
-        b, h, dh = layout.num_sequences, self.heads, d // self.heads
-        weight, bias = frozen_cast(self, "in_proj_weight"), frozen_cast(self, "in_proj_bias")
+        b = layout.num_sequences
         if rows is None:
-            qkv = layout.pad(F.linear(x, weight, bias))  # [B, S, 3D]
-            q, k, v = qkv.view(b, layout.longest, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, S, Dh]
+            q, k, v = self.heads_of(layout.pad(self.in_projection(x)))  # 3 x [B, H, S, Dh]
             query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
         else:
-            kv = layout.pad(F.linear(x, weight[d:], bias[d:]))  # [B, S, 2D]
-            k, v = kv.view(b, layout.longest, 2, h, dh).permute(2, 0, 3, 1, 4)
-            q = F.linear(x.index_select(0, rows), weight[:d], bias[:d])
-            q = q.view(b, 1, h, dh).transpose(1, 2)  # [B, H, 1, Dh]
+            k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None))))  # 2 x [B, H, S, Dh]
+            q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d)).unsqueeze(1))[0]
             query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
         offset = 0
         if past is not None:
@@ -320,6 +321,8 @@ class Transformer(nn.Module):
         deep = list(deep_prompts) if deep_prompts is not None else []
         if len(deep) > self.layers:
             raise ValueError(f"{len(deep)} deep prompts for a transformer of {self.layers} layers")
+        if prefix_groups < 1 or n_seq % prefix_groups:
+            raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
         p = int(shared_prefix)
         lengths = lengths.to(x.device)
         if int(lengths.max()) > length or not 0 <= p < int(lengths.min()):
@@ -330,8 +333,6 @@ class Transformer(nn.Module):
         layout = PackedLayout.build(lengths - p, p)
         pos = layout.positions + p  # [T] the position of each packed token
         tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
-        if prefix_groups < 1 or n_seq % prefix_groups:
-            raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
         prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
         for i, block in enumerate(self.resblocks):
             prompts = deep[i] if i < len(deep) else None
@@ -411,7 +412,9 @@ def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tenso
     inside = (positions >= start) & (positions < start + n)
     index = (positions - start).clamp(0, n - 1)
     prompts = prompts.to(tokens.dtype)
-    values = prompts[index] if prompts.dim() == 2 else prompts.expand(int(sequence.max()) + 1, -1, -1)[sequence, index]
+    if prompts.dim() == 3 and prompts.shape[0] == 1:
+        prompts = prompts[0]
+    values = prompts[index] if prompts.dim() == 2 else prompts[sequence, index]  # [T, D]
     return torch.where(inside.unsqueeze(1), values, tokens)
 
 

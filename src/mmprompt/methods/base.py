@@ -86,8 +86,8 @@ def shared_prefix_length(
     groups: int = 1,
 ) -> int:
     """The number of leading positions of ``embeddings`` [N, L, D] that are equal in every row (of
-    each of ``groups`` consecutive groups of rows) and precede every EOT (``eot`` [N]), or 0 when the
-    deep prompts do not all lie inside them (or the groups have fewer than 2 rows).
+    each of ``groups`` consecutive groups of rows) and precede every EOT (``eot`` [N]), cut before any
+    deep prompt that would straddle them or differ per row (0 when the groups have fewer than 2 rows).
 
     Under the causal mask those positions have the same states in every prompt at every block, so
     the text encoder can compute them once (``shared_prefix`` of ``CLIP.encode_text_embeddings``).
@@ -102,12 +102,12 @@ def shared_prefix_length(
         head = embeddings[:, :limit].reshape(groups, n // groups, limit, width)
         same = (head == head[:, :1]).all(dim=3).all(dim=1).all(dim=0)  # [limit]
         p = limit if bool(same.all()) else int(same.to(torch.int8).argmin())
-    for prompts in deep_prompts or ():
+    for prompts in deep_prompts or ():  # the rule of Transformer.forward_last: inside as one set, or after
         if prompts is None:
             continue
-        inside = prompt_start >= 0 and prompt_start + prompts.shape[-2] <= p
-        if not inside or (prompts.dim() == 3 and prompts.shape[0] != 1):
-            return 0
+        one_set = prompts.dim() == 2 or prompts.shape[0] == 1
+        if not (one_set and prompt_start + prompts.shape[-2] <= p):
+            p = min(p, max(prompt_start, 0))
     return p
 
 
