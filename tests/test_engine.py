@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -232,13 +234,14 @@ def test_nan_loss_stops_and_keeps_last_good_state(env, clip, tmp_path: Path) -> 
     cfg = fast_config(root, weights)
     model, _ = clip
     splits = load_splits(cfg)
-    learner = build_learner(cfg, model, splits.classnames)
+    learner = build_learner(cfg, model, splits)
     after_first: dict[str, torch.Tensor] = {}
 
     def poison(epoch: int, _result) -> None:
         if epoch == 0:
             after_first.update(learner.prompt_state_dict())
-            learner.register_forward_hook(lambda _m, _i, out: out * float("nan"))
+            learner.register_forward_hook(
+                lambda _m, _i, out: dataclasses.replace(out, total=out.total * float("nan")))
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 2 .*step 1") as info:
         train(learner, splits.train, cfg, tmp_path, image_dir=splits.image_dir, on_epoch_end=poison)
@@ -256,7 +259,7 @@ def test_gradient_accumulation_matches_larger_batch(env, clip, tmp_path: Path) -
         cfg = fast_config(root, weights, extra=extra)
         splits = load_splits(cfg)
         torch.manual_seed(0)
-        learner = build_learner(cfg, model, splits.classnames)
+        learner = build_learner(cfg, model, splits)
         train(learner, splits.train, cfg, None, image_dir=splits.image_dir)
         results.append(learner.prompt_state_dict())
     for k in results[0]:
@@ -269,7 +272,7 @@ def test_mixed_precision_trains(env, clip, precision: str) -> None:
     cfg = fast_config(root, weights, extra=[f"precision={precision}", "optim.epochs=2"])
     model, _ = clip
     splits = load_splits(cfg)
-    learner = build_learner(cfg, model, splits.classnames)
+    learner = build_learner(cfg, model, splits)
     before = learner.prompt_state_dict()
     result = train(learner, splits.train, cfg, None, image_dir=splits.image_dir)
     after = learner.prompt_state_dict()
@@ -284,7 +287,7 @@ def test_evaluate_counts_and_caches_text_features(env, clip, monkeypatch: pytest
     cfg = fast_config(root, weights, extra=["data.subsample=all"])
     model, _ = clip
     splits = load_splits(cfg)
-    learner = build_learner(cfg, model, splits.classnames)
+    learner = build_learner(cfg, model, splits)
     calls = {"n": 0}
     original = learner.class_text_features
 
@@ -325,4 +328,5 @@ def test_zero_shot_is_not_trained(env, clip, tmp_path: Path) -> None:
     assert metrics["train"] == {"epochs": 0}
     assert not (tmp_path / "checkpoint").exists()
     meta = json.loads((tmp_path / "prompts.json").read_text())
-    assert meta["method"] == "zeroshot" and meta["config"]["templates"] == ["a centered satellite photo of {}."]
+    assert meta["method"] == "zeroshot" and meta["config"]["templates"] is None  # the dataset's own template
+    assert meta["dataset"] == {"name": "eurosat", "template": "a centered satellite photo of {}."}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP, build_model
 from mmprompt.methods import base, create_learner
 from mmprompt.methods.base import PromptLearner
+from mmprompt.methods.contract import EncoderOptions
 from mmprompt.parity import run_parity
 
 REFERENCE = Path(__file__).parent / "data" / "official_reference.npz"
@@ -58,6 +60,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 TEXT_PROMPT_CASES = [c for c, (m, _) in CASES.items() if m not in ("zeroshot", "vpt")]
 UNCHUNKED = {"text_chunk_size": 0, "text_chunk_tokens": 0}
+ENCODER_FIELDS = {f.name for f in dataclasses.fields(EncoderOptions)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +91,9 @@ def make(clip: CLIP, case: str, source: PromptLearner | None = None, **overrides
     """A learner for ``case``; its prompts are copied from ``source`` or randomised (not left at init)."""
     method, options = CASES[case]
     torch.manual_seed(2)
-    learner = create_learner(method, clip, CLASSNAMES, {**options, **overrides})
+    encoder = EncoderOptions(**{k: v for k, v in overrides.items() if k in ENCODER_FIELDS})
+    values = {**options, **{k: v for k, v in overrides.items() if k not in ENCODER_FIELDS}}
+    learner = create_learner(method, clip, CLASSNAMES, values, encoder=encoder)
     if source is not None:
         learner.load_prompt_state_dict(source.prompt_state_dict())
     else:
@@ -459,7 +464,7 @@ def test_text_chunks_cover_rows_once_and_respect_the_budget(clip: CLIP) -> None:
 
 def test_default_config_chunks_large_class_sets_only(clip: CLIP) -> None:
     learner = make(clip, "maple")
-    assert learner.config.text_chunk_size == 0 and learner.config.text_chunk_tokens > 0
+    assert learner.encoder.text_chunk_size == 0 and learner.encoder.text_chunk_tokens > 0
     assert learner.text_chunks(learner.eot, 77) is None  # 7 short prompts: all at once
     many = torch.full((5000,), 12)
     assert learner.text_chunks(many, 77) is not None
@@ -478,6 +483,6 @@ def test_default_config_chunks_large_class_sets_only(clip: CLIP) -> None:
     ],
 )
 def test_parity_holds_on_every_path(overrides: dict[str, Any]) -> None:
-    results = run_parity(REFERENCE, **overrides)
+    results = run_parity(REFERENCE, encoder=EncoderOptions(**overrides))
     failures = [(r.case, r.error or [c.name for c in r.checks if not c.ok]) for r in results if not r.ok]
     assert not failures, failures

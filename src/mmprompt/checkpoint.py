@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 from . import __version__
 from .clip.model import CLIP
 from .fileio import atomic_write_bytes, atomic_write_json
-from .methods import PromptLearner, create_learner, make_config
+from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, make_config
 
 FORMAT = "mmprompt-prompts"
 FORMAT_VERSION = 1
@@ -59,6 +59,7 @@ def save_prompts(
         "method": learner.method,
         "config": learner.config.to_dict(),
         "classnames": list(learner.classnames),
+        "dataset": {"name": learner.dataset.name, "template": learner.dataset.template},
         "clip": {"config": learner.clip.config.to_dict(), **dict(clip_info or {})},
         "num_trainable": sum(t.numel() for t in tensors.values()),
         "versions": package_versions(),
@@ -108,11 +109,16 @@ def check_clip_matches(meta: Mapping[str, Any], clip: CLIP, where: Path) -> None
 
 
 def load_prompts(
-    directory: str | Path, clip: CLIP, classnames: Sequence[str] | None = None
+    directory: str | Path,
+    clip: CLIP,
+    classnames: Sequence[str] | None = None,
+    dataset: DatasetContext | None = None,
+    encoder: EncoderOptions | None = None,
 ) -> PromptLearner:
-    """Rebuild the learner saved in ``directory`` on ``clip``, for ``classnames`` (default: the trained ones).
+    """Rebuild the learner saved in ``directory`` on ``clip``, for ``classnames`` (default: the trained ones)
+    of ``dataset`` (default: the training dataset).
 
-    Loading is strict: every prompt tensor must be present with its shape. Class-specific CoOp prompts
+    Loading is strict: every trained tensor must be present with its shape. Class-specific CoOp prompts
     cannot be used with other class names.
     """
     directory = Path(directory)
@@ -125,9 +131,13 @@ def load_prompts(
     trained = list(meta["classnames"])
     if not trained and classnames is None:
         raise ValueError(f"{directory}: the checkpoint records no class names; pass the class names to use")
-    learner = create_learner(meta["method"], clip, trained or list(classnames or []), config)
+    saved = meta.get("dataset") or {}
+    trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"))
+    learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,
+                             encoder=encoder)
     state = load_file(str(weights))
     learner.load_prompt_state_dict(state)
-    if classnames is not None and list(classnames) != list(learner.classnames):
-        learner.set_classnames(classnames)
+    new_names = classnames is not None and list(classnames) != list(learner.classnames)
+    if new_names or (dataset is not None and dataset != learner.dataset):
+        learner.set_classnames(list(classnames) if classnames is not None else learner.classnames, dataset=dataset)
     return learner

@@ -23,16 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "classify images with trained prompts and class names given now"),
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
-    "bench": ("bench", "measure training-step time, evaluation throughput and memory"),
+    "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
 }
+ALIASES: dict[str, str] = {"bench": "speed"}
 
 
 def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmprompt", description="Multi-modal prompt learning on CLIP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    aliases_of = {target: [a for a, t in ALIASES.items() if t == target] for target in COMMANDS}
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, aliases=aliases_of[name])
         if with_subcommands is None or name in with_subcommands:
             importlib.import_module(f"mmprompt.commands.{module}").add_arguments(p)
     return parser
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = ALIASES.get(chosen, chosen)
     parser = build_parser([chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(f"mmprompt.commands.{COMMANDS[args.command][0]}")
+    module = importlib.import_module(f"mmprompt.commands.{COMMANDS[ALIASES.get(args.command, args.command)][0]}")
     return int(module.run(args) or 0)
 
 

@@ -24,6 +24,9 @@ from typing import Any
 
 import yaml
 
+from .methods.contract import EncoderOptions
+from .names import name_key
+
 __all__ = [
     "PRECISIONS",
     "ClipSection",
@@ -196,6 +199,8 @@ class RunConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     clip: ClipSection = field(default_factory=ClipSection)
     log: LogSection = field(default_factory=LogSection)
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
+    """How the text encoder runs class prompts (speed and memory only; every option is exact)."""
     precision: str = "fp32"
     """fp32, bf16 (autocast) or fp16 (autocast and a gradient scaler)."""
     eval_batch_size: int = 100
@@ -242,6 +247,7 @@ class RunConfig:
         """Build and validate a config; unknown keys are an error naming the key."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"a run config must be a mapping, got {type(d).__name__}")
+        d = _move_legacy_encoder_fields(d)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
@@ -294,7 +300,24 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimSection,
     "clip": ClipSection,
     "log": LogSection,
+    "encoder": EncoderOptions,
 }
+_LEGACY_ENCODER_FIELDS = ("text_chunk_size", "text_chunk_tokens", "truncate_text", "share_text_prefix")
+
+
+def _move_legacy_encoder_fields(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Configs written before the encoder section kept its fields under ``method``: move them."""
+    method = d.get("method")
+    if not isinstance(method, Mapping) or not any(k in method for k in _LEGACY_ENCODER_FIELDS):
+        return d
+    out = dict(d)
+    out["method"] = {k: v for k, v in method.items() if k not in _LEGACY_ENCODER_FIELDS}
+    encoder = dict(out.get("encoder") or {})
+    for k in _LEGACY_ENCODER_FIELDS:
+        if k in method:
+            encoder.setdefault(k, method[k])
+    out["encoder"] = encoder
+    return out
 
 
 def _build_section(cls: type, name: str, value: Any) -> Any:
@@ -309,13 +332,13 @@ def _build_section(cls: type, name: str, value: Any) -> Any:
         raise ConfigError(f"unknown config key(s) {keys}; known in {name!r}: {sorted(known)}")
     try:
         return cls(**value)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
 
 
 def _lookup_dataset(table: Mapping[str, Any], dataset: str) -> Any:
-    key = _norm(dataset)
-    return next((v for k, v in table.items() if _norm(k) == key), None)
+    key = name_key(dataset)
+    return next((v for k, v in table.items() if name_key(k) == key), None)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -327,10 +350,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def _is_number(value: Any) -> bool:
@@ -435,10 +454,15 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a run config must be a mapping at the top level")
         values = loaded or {}
-    config = RunConfig.from_dict(values)
-    overrides = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
-    final = RunConfig.from_dict(apply_overrides(config.to_dict(), overrides))
-    dataset = dataset or final.data.dataset
-    if dataset is None or not config.dataset_overrides:
-        return final if dataset is None else final.for_dataset(dataset)
-    return RunConfig.from_dict(apply_overrides(config.for_dataset(dataset).to_dict(), overrides))
+    base = RunConfig.from_dict(values).to_dict()  # the preset itself is valid
+    items = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    table = {k: v for k, v in items.items() if k.startswith("dataset_overrides.")}
+    rest = {k: v for k, v in items.items() if k not in table}
+    base = apply_overrides(base, table)
+    dataset = dataset or rest.get("data.dataset") or base["data"]["dataset"]
+    if dataset is not None:  # the dataset's own overrides first, so that the command line wins
+        base["data"]["dataset"] = dataset
+        extra = _flatten(_lookup_dataset(base["dataset_overrides"], str(dataset)) or {})
+        base["dataset_overrides"] = {}
+        base = apply_overrides(base, extra)
+    return RunConfig.from_dict(apply_overrides(base, rest))

@@ -13,20 +13,10 @@ import torch
 from .checkpoint import save_prompts
 from .clip.config import CLIPConfig
 from .clip.model import CLIP
-from .methods import canonical_method, convert_official_state_dict, create_learner, make_config
+from .methods import canonical_method, convert_official_state_dict, create_learner, get_method, make_config
 
 logger = logging.getLogger(__name__)
 
-# Folder names Dassl registers the saved module under, per method. For CoOp/CoCoOp the saved module is
-# the prompt learner itself, so its keys lack the "prompt_learner." prefix.
-OFFICIAL_FOLDERS = {
-    "maple": ("MultiModalPromptLearner",),
-    "ivlp": ("VLPromptLearner",),
-    "language_only": ("VLPromptLearner",),
-    "vpt": ("VLPromptLearner", "VPTPromptLearner", "prompt_learner"),
-    "coop": ("prompt_learner",),
-    "cocoop": ("prompt_learner",),
-}
 _FILE = re.compile(r"model\.pth\.tar-(\d+)$")
 
 
@@ -36,8 +26,9 @@ def find_official_checkpoint(directory: str | Path, method: str, epoch: int | No
     if not directory.is_dir():
         raise FileNotFoundError(f"official checkpoint folder not found: {directory}")
     method = canonical_method(method)
+    folders = get_method(method).official_folders
     candidates: list[tuple[int, Path]] = []
-    for sub in OFFICIAL_FOLDERS.get(method, ()):
+    for sub in folders:
         for f in (directory / sub).glob("model.pth.tar-*"):
             m = _FILE.search(f.name)
             if m:
@@ -45,7 +36,8 @@ def find_official_checkpoint(directory: str | Path, method: str, epoch: int | No
     if epoch is not None:
         candidates = [c for c in candidates if c[0] == epoch]
     if not candidates:
-        expected = " or ".join(f"{directory}/{s}/model.pth.tar-<epoch>" for s in OFFICIAL_FOLDERS.get(method, ()))
+        expected = " or ".join(f"{directory}/{s}/model.pth.tar-<epoch>" for s in folders) or (
+            f"nothing: the method table names no official checkpoint folder for {method}")
         found = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())[:10]
         raise FileNotFoundError(
             f"no official {method} checkpoint{'' if epoch is None else f' for epoch {epoch}'}: expected {expected}; "
@@ -91,14 +83,14 @@ def import_official(
     if not state:
         raise ValueError(f"{path}: no {method} prompt parameters found in the state dict")
     values = dict(config or {})
-    values.update({k: v for k, v in infer_shape_options(method, state).items() if k not in values})
+    spec = get_method(method)
+    values.update({k: v for k, v in spec.learner.options_from_state(state).items() if k not in values})
     cfg = make_config(method, values)
     names = list(classnames or [])
-    if method == "coop" and getattr(cfg, "class_specific", False) and len(names) != state["prompt.ctx"].shape[0]:
-        raise ValueError(
-            f"class-specific CoOp prompts need their {state['prompt.ctx'].shape[0]} training class names "
-            f"(got {len(names)})"
-        )
+    needed = spec.learner.classes_needed(state, cfg)
+    if needed is not None and len(names) != needed:
+        raise ValueError(f"these {method} prompts are tied to their {needed} training class names: pass them "
+                         f"with --classnames (got {len(names)})")
     with torch.device("meta"):
         clip = CLIP(clip_config)
     clip = clip.to_empty(device="cpu")
@@ -109,28 +101,3 @@ def import_official(
     info = {"imported_from": str(path), **dict(clip_info or {})}
     logger.info("imported %s (%d tensors) from %s", method, len(state), path)
     return save_prompts(learner, output, clip_info=info)
-
-
-def infer_shape_options(method: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Config values that the tensors' shapes fix."""
-    out: dict[str, Any] = {}
-    if method == "maple":
-        out["n_ctx"] = state["prompt.ctx"].shape[0]
-        out["depth"] = 1 + sum(1 for k in state if k.startswith("prompt.deep_text."))
-    elif method in ("ivlp", "vpt", "language_only"):
-        if "prompt.text_ctx" in state:
-            out["n_ctx_text"] = state["prompt.text_ctx"].shape[0]
-            out["depth_text"] = 1 + sum(1 for k in state if k.startswith("prompt.text_deep."))
-        else:
-            out["n_ctx_text"], out["depth_text"] = 0, 0
-        if "prompt.vision_ctx" in state:
-            out["n_ctx_vision"] = state["prompt.vision_ctx"].shape[0]
-            out["depth_vision"] = 1 + sum(1 for k in state if k.startswith("prompt.vision_deep."))
-        else:
-            out["n_ctx_vision"], out["depth_vision"] = 0, 0
-    elif method in ("coop", "cocoop"):
-        ctx = state["prompt.ctx"]
-        out["n_ctx"] = ctx.shape[-2]
-        if method == "coop":
-            out["class_specific"] = ctx.dim() == 3
-    return out

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .clip.config import config_from_state_dict
 from .clip.model import CLIP
 from .clip.tokenizer import get_tokenizer
-from .methods import config_from_official, create_learner, official_to_ours
+from .engine.train import backward_objective, finish_gradients
+from .methods import (
+    DatasetContext,
+    EncoderOptions,
+    Objective,
+    config_from_official,
+    create_learner,
+    official_to_ours,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,8 @@ class Reference:
 
     @property
     def cases(self) -> list[str]:
-        return ["clip", *self.meta.get("cases", {})]
+        clip = ["clip"] if "clip/tokens" in self.arrays else []  # some files hold no plain-CLIP outputs
+        return [*clip, *self.meta.get("cases", {})]
 
 
 def load_reference(path: str | Path) -> Reference:
@@ -116,17 +124,63 @@ def check_clip(ref: Reference, model: CLIP) -> CaseResult:
     return result
 
 
-def check_method_case(ref: Reference, model: CLIP, case: str, **config_overrides: Any) -> CaseResult:
-    """Logits (eval), loss (train) and the gradient of every trainable parameter of one case."""
+def case_dataset(case: Mapping[str, Any]) -> DatasetContext:
+    """The dataset context of a reference case: its ``dataset_name`` or official ``DATASET.NAME`` (flat,
+    dotted or nested), with that dataset's own template (none when the case names no dataset)."""
+    official = case.get("official_config") or {}
+    name = (case.get("dataset_name") or official.get("DATASET.NAME")
+            or (official.get("DATASET") or {}).get("NAME"))
+    if not name:
+        return DatasetContext()
+    from .data import resolve_name
+    from .data.templates import get_template
+
+    key = resolve_name(str(name))
+    return DatasetContext(name=key, template=get_template(key))
+
+
+def _compare_named(result: CaseResult, case: str, prefix: str, ours: Mapping[str, torch.Tensor],
+                   arrays: Mapping[str, np.ndarray], required: tuple[str, ...] = ()) -> None:
+    """Compare every reference array ``<case>/<name>`` whose name the learner also produced; a reference
+    array under one of the ``required`` groups (``teacher/``) that the learner did not produce fails."""
+    for key, value in ours.items():
+        ref_key = f"{case}/{prefix}{key}"
+        if ref_key in arrays:
+            result.checks.append(compare(case, f"{prefix}{key}", value, arrays[ref_key]))
+    for ref_key in arrays:
+        name = ref_key[len(case) + 1:]
+        if ref_key.startswith(f"{case}/") and name.startswith(required) and name not in ours:
+            result.checks.append(TensorCheck(case, name, float("inf"), float("inf"), False,
+                                             "the learner does not produce this tensor"))
+
+
+def _gradients(learner: Any, objective: Objective) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """``p.grad`` after the engine's backward and gradient transform, plus the raw gradients."""
+    params = learner.trainable_parameters()
+    held: dict[str, list] = {}
+    backward_objective(objective, params, 1.0, held)
+    raw = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+           for n, p in learner.named_parameters() if p.requires_grad}
+    finish_gradients(learner, held)
+    return raw, held
+
+
+def check_method_case(
+    ref: Reference, model: CLIP, case: str, encoder: EncoderOptions | None = None, **config_overrides: Any
+) -> CaseResult:
+    """Logits (eval), every loss term, the total loss and every gradient (after the method's gradient
+    transform) of one case; teacher/student tensors, per-parameter learning rates and multi-epoch
+    training (``gpa/``) where the reference has them."""
     result = CaseResult(case)
     spec = ref.meta["cases"][case]
     method = spec["method"]
     a = ref.arrays
-    config = config_from_official(method, spec.get("official_config", {}))
+    config = config_from_official(method, spec.get("official_config", {}), spec)
     for key, value in config_overrides.items():
         if hasattr(config, key):
             setattr(config, key, value)
-    learner = create_learner(method, model, ref.meta["classnames"], config)
+    learner = create_learner(method, model, ref.meta["classnames"], config, dataset=case_dataset(spec),
+                             encoder=encoder)
     prefix = f"{case}/param/"
     official = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
     state: dict[str, torch.Tensor] = {}
@@ -143,21 +197,97 @@ def check_method_case(ref: Reference, model: CLIP, case: str, **config_overrides
     learner.eval()
     with torch.no_grad():
         result.checks.append(compare(case, "logits", learner(images), a[f"{case}/logits"]))
+        _compare_named(result, case, "", learner.eval_tensors(images), a)
     learner.train()
     learner.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(learner(images), labels)
-    loss.backward()
-    result.checks.append(compare(case, "loss", loss, a[f"{case}/loss"]))
+    objective = learner(images, labels)
+    result.checks.append(compare(case, "loss", objective.total, a[f"{case}/loss"]))
+    terms = {k: v for k, v in a.items() if k.startswith(f"{case}/loss_terms/")}
+    for key, value in terms.items():
+        term = key.rsplit("/", 1)[1]
+        if term in objective.terms:
+            result.checks.append(compare(case, f"loss_terms/{term}", objective.terms[term], value))
+        else:
+            result.checks.append(TensorCheck(case, f"loss_terms/{term}", float("inf"), float("inf"), False,
+                                             f"the objective has no term {term!r} (it has {sorted(objective.terms)})"))
+    _compare_named(result, case, "", objective.tensors, a, required=("teacher/", "student/"))
+    raw, held = _gradients(learner, objective)
+    params = [n for n, p in learner.named_parameters() if p.requires_grad]
     for ours, param in learner.named_parameters():
         if not param.requires_grad:
             continue
+        off = name_map[ours]
         grad = param.grad if param.grad is not None else torch.zeros_like(param)
-        result.checks.append(compare(case, f"grad/{name_map[ours]}", grad, a[f"{case}/grad/{name_map[ours]}"]))
+        result.checks.append(compare(case, f"grad/{off}", grad, a[f"{case}/grad/{off}"]))
+        for key in a:  # grad_<term>/: a grad-term's own gradient, or (other names) the total's before transform
+            if key.startswith(f"{case}/grad_") and key.endswith(f"/{off}"):
+                term = key[len(case) + 6: -len(off) - 1]
+                got = held[term][params.index(ours)] if term in held else raw[ours]
+                result.checks.append(compare(case, f"grad_{term}/{off}", got, a[key]))
+    if "lr_per_param" in spec:
+        _check_learning_rates(result, case, spec, learner, name_map)
+    if f"{case}/gpa/losses" in a:
+        _check_epochs(result, case, spec, learner, images, labels, name_map, a)
     return result
 
 
-def run_parity(path: str | Path, cases: Iterable[str] | None = None, **config_overrides: Any) -> list[CaseResult]:
-    """Check ``cases`` (default: every case of the file). Unknown or failing cases are reported, not raised."""
+def _check_learning_rates(result: CaseResult, case: str, spec: Mapping[str, Any], learner: Any,
+                          name_map: Mapping[str, str]) -> None:
+    """The optimizer built from the learner's parameter groups gives each parameter the official rate."""
+    from .engine.optim import build_optimizer
+
+    official = spec["lr_per_param"]
+    base = float((spec.get("official_config") or {}).get("OPTIM", {}).get("LR") or min(official.values()))
+    optimizer = build_optimizer(learner.parameter_groups(), base)
+    ours = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in learner.named_parameters():
+        if param.requires_grad and name_map[name] in official:
+            want = float(official[name_map[name]])
+            got = float(ours[id(param)])
+            result.checks.append(TensorCheck(case, f"lr/{name_map[name]}", abs(got - want), abs(got - want) / want,
+                                             abs(got - want) <= RTOL * want))
+
+
+def _check_epochs(result: CaseResult, case: str, spec: Mapping[str, Any], learner: Any, images: torch.Tensor,
+                  labels: torch.Tensor, name_map: Mapping[str, str], a: Mapping[str, np.ndarray]) -> None:
+    """Epochs of one step each on the reference batch (constant rate, SGD momentum 0.9, weight decay 5e-4),
+    with the learner's end-of-epoch hook: each step's loss, the parameters at the end of every epoch, the
+    final parameters and the final eval logits."""
+    optim = spec.get("optim") or {}
+    epochs, lr = int(optim["MAX_EPOCH"]), float(optim["LR"])
+    trained = int(optim.get("trained_epochs", epochs))
+    params = learner.trainable_parameters()
+    sgd = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for epoch in range(trained):
+        learner.train()
+        sgd.zero_grad(set_to_none=True)
+        objective = learner(images, labels)
+        losses.append(objective.total.detach())
+        _gradients(learner, objective)
+        sgd.step()
+        for name, param in learner.named_parameters():
+            key = f"{case}/gpa/epoch{epoch + 1}/{name_map.get(name, name)}"
+            if param.requires_grad and key in a:
+                result.checks.append(compare(case, key[len(case) + 1:], param, a[key]))
+        learner.on_epoch_end(epoch, epochs)
+    result.checks.append(compare(case, "gpa/losses", torch.stack(losses), a[f"{case}/gpa/losses"]))
+    for name, param in learner.named_parameters():
+        key = f"{case}/gpa/final/{name_map.get(name, name)}"
+        if param.requires_grad and key in a:
+            result.checks.append(compare(case, key[len(case) + 1:], param, a[key]))
+    if f"{case}/gpa/logits" in a:
+        learner.eval()
+        with torch.no_grad():
+            result.checks.append(compare(case, "gpa/logits", learner(images), a[f"{case}/gpa/logits"]))
+
+
+def run_parity(
+    path: str | Path, cases: Iterable[str] | None = None, encoder: EncoderOptions | None = None,
+    **config_overrides: Any,
+) -> list[CaseResult]:
+    """Check ``cases`` (default: every case of the file) with the text encoder run as ``encoder`` says.
+    Unknown or failing cases are reported, not raised."""
     ref = load_reference(path)
     wanted = list(cases) if cases else ref.cases
     model = reference_clip(ref)
@@ -167,7 +297,7 @@ def run_parity(path: str | Path, cases: Iterable[str] | None = None, **config_ov
             if case == "clip":
                 results.append(check_clip(ref, model))
             elif case in ref.meta.get("cases", {}):
-                results.append(check_method_case(ref, model, case, **config_overrides))
+                results.append(check_method_case(ref, model, case, encoder, **config_overrides))
             else:
                 results.append(CaseResult(case, error=f"no case {case!r} in {ref.path} (cases: {ref.cases})"))
         except Exception as exc:  # a case that cannot be checked is a failure, reported with its reason

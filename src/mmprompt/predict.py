@@ -119,7 +119,7 @@ class Predictor:
 
     # --------------------------------------------------------------------------------------------- predict
     def _autocast(self) -> Any:
-        from .engine.train import autocast_context
+        from .engine.precision import autocast_context
 
         return autocast_context(self.precision, self.device)
 

@@ -9,6 +9,9 @@ that make them:
 * ``CLIP.encode_text_embeddings(x, eot, deep_prompts=..., prompt_start=1)``: the caller gives the token
   embeddings (with any learned context already in place); ``deep_prompts[i]`` replaces positions
   ``prompt_start .. prompt_start + n`` before block ``i``.
+* Both towers also take ``adapters``: ``adapters[i]``, when not ``None``, is a function of block ``i``'s
+  normalised input ``ln_1(x)`` (token-wise) whose output is added to the block's output, in parallel
+  with the whole block: ``out = h + mlp(ln_2(h)) + adapter(ln_1(x))`` with ``h = x + attn(ln_1(x))``.
 
 Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,8 @@ from torch import Tensor, nn
 from .config import CLIPConfig
 
 DeepPrompts = Sequence[Tensor | None]
+Adapter = Callable[[Tensor], Tensor]
+BlockAdapters = Sequence[Adapter | None]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -210,17 +215,24 @@ class ResidualAttentionBlock(nn.Module):
         causal: bool = False,
         rows: Tensor | None = None,
         return_kv: bool = False,
+        adapter: Adapter | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D].
-        With ``return_kv``, also the attention's keys and values of ``x`` (:meth:`Attention.forward`)."""
-        h = self.attn(self.ln_1(x), causal=causal, rows=rows, return_kv=return_kv)
+        With ``return_kv``, also the attention's keys and values of ``x`` (:meth:`Attention.forward`).
+        ``adapter``: a residual branch on ``ln_1(x)`` added to the output (see the module docstring)."""
+        normed = self.ln_1(x)
+        h = self.attn(normed, causal=causal, rows=rows, return_kv=return_kv)
         kv = None
         if return_kv:
             h, kv = h
         if rows is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+            index = torch.arange(x.shape[0], device=x.device)
+            x = x[index, rows].unsqueeze(1)
+            normed = normed[index, rows].unsqueeze(1)
         x = x + h
         x = x + self.feed_forward(self.ln_2(x))
+        if adapter is not None:
+            x = x + adapter(normed)
         return (x, kv) if return_kv else x
 
     def feed_forward(self, x: Tensor) -> Tensor:
@@ -234,15 +246,24 @@ class ResidualAttentionBlock(nn.Module):
         return self.attn.key_values(self.ln_1(x))
 
     def forward_packed(
-        self, x: Tensor, layout: PackedLayout, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False
+        self,
+        x: Tensor,
+        layout: PackedLayout,
+        past: tuple[Tensor, Tensor] | None = None,
+        last_only: bool = False,
+        adapter: Adapter | None = None,
     ) -> Tensor:
         """The block on packed causal tokens ``x`` [T, D] (see :class:`PackedLayout`) -> [T, D], or
         with ``last_only`` only each sequence's last token: [B, D]. ``past``: keys and values of the
         shared positions before every sequence."""
         rows = layout.last if last_only else None
-        h = self.attn.forward_packed(self.ln_1(x), layout, past=past, rows=rows)
-        x = (x if rows is None else x.index_select(0, rows)) + h
-        return x + self.feed_forward(self.ln_2(x))
+        normed = self.ln_1(x)
+        h = self.attn.forward_packed(normed, layout, past=past, rows=rows)
+        if rows is not None:
+            x, normed = x.index_select(0, rows), normed.index_select(0, rows)
+        x = x + h
+        x = x + self.feed_forward(self.ln_2(x))
+        return x if adapter is None else x + adapter(normed)
 
 
 def replace_tokens(x: Tensor, prompts: Tensor, start: int) -> Tensor:
@@ -276,6 +297,7 @@ class Transformer(nn.Module):
         deep_prompts: DeepPrompts | None = None,
         prompt_start: int = 1,
         output_rows: Tensor | None = None,
+        adapters: BlockAdapters | None = None,
     ) -> Tensor:
         """Run the blocks on ``x`` [B, L, D] -> [B, L, D].
 
@@ -286,12 +308,21 @@ class Transformer(nn.Module):
         """
         if deep_prompts is not None and len(deep_prompts) > self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for a transformer of {self.layers} layers")
+        adapter_of = self._adapters(adapters)
         for i, block in enumerate(self.resblocks):
             if deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
                 x = replace_tokens(x, deep_prompts[i], prompt_start)
             last = output_rows if i == self.layers - 1 else None
-            x = block(x, causal=causal, rows=last)
+            x = block(x, causal=causal, rows=last, adapter=adapter_of[i])
         return x
+
+    def _adapters(self, adapters: BlockAdapters | None) -> list[Adapter | None]:
+        """One adapter slot per block (None where there is none)."""
+        if adapters is None:
+            return [None] * self.layers
+        if len(adapters) > self.layers:
+            raise ValueError(f"{len(adapters)} block adapters for a transformer of {self.layers} layers")
+        return [*adapters, *([None] * (self.layers - len(adapters)))]
 
     def forward_last(
         self,
@@ -301,6 +332,7 @@ class Transformer(nn.Module):
         prompt_start: int = 1,
         shared_prefix: int = 0,
         prefix_groups: int = 1,
+        adapters: BlockAdapters | None = None,
     ) -> Tensor:
         """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
 
@@ -334,6 +366,7 @@ class Transformer(nn.Module):
         pos = layout.positions + p  # [T] the position of each packed token
         tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
         prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
+        adapter_of = self._adapters(adapters)
         for i, block in enumerate(self.resblocks):
             prompts = deep[i] if i < len(deep) else None
             if prompts is not None:
@@ -356,8 +389,8 @@ class Transformer(nn.Module):
                 if last:
                     kv = block.key_values(prefix)  # the prefix's own outputs are not read
                 else:
-                    prefix, kv = block(prefix, causal=True, return_kv=True)
-            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last)
+                    prefix, kv = block(prefix, causal=True, return_kv=True, adapter=adapter_of[i])
+            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last, adapter=adapter_of[i])
         return tokens
 
 
@@ -433,7 +466,11 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(v.width, config.embed_dim))
 
     def forward(
-        self, images: Tensor, prompts: Tensor | None = None, deep_prompts: DeepPrompts | None = None
+        self,
+        images: Tensor,
+        prompts: Tensor | None = None,
+        deep_prompts: DeepPrompts | None = None,
+        adapters: BlockAdapters | None = None,
     ) -> Tensor:
         """Image features [B, E] (not normalised) of ``images`` [B, 3, H, W].
 
@@ -458,7 +495,7 @@ class VisionTransformer(nn.Module):
         x = self.ln_pre(x)
         cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         x = self.transformer(
-            x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=cls_rows
+            x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=cls_rows, adapters=adapters
         )
         return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)  # the class token
 
@@ -504,10 +541,14 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text_projection, std=t.width**-0.5)
 
     def encode_image(
-        self, images: Tensor, prompts: Tensor | None = None, deep_prompts: DeepPrompts | None = None
+        self,
+        images: Tensor,
+        prompts: Tensor | None = None,
+        deep_prompts: DeepPrompts | None = None,
+        adapters: BlockAdapters | None = None,
     ) -> Tensor:
         """Image features [B, E], not normalised."""
-        return self.visual(images, prompts=prompts, deep_prompts=deep_prompts)
+        return self.visual(images, prompts=prompts, deep_prompts=deep_prompts, adapters=adapters)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings [N, L, Dt] of token ids [N, L]."""
@@ -526,6 +567,7 @@ class CLIP(nn.Module):
         truncate: bool = True,
         shared_prefix: int = 0,
         prefix_groups: int = 1,
+        adapters: BlockAdapters | None = None,
     ) -> Tensor:
         """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and EOT positions ``eot`` [N].
 
@@ -550,10 +592,12 @@ class CLIP(nn.Module):
                 prompt_start=prompt_start,
                 shared_prefix=shared_prefix,
                 prefix_groups=prefix_groups,
+                adapters=adapters,
             )  # [N, Dt]
         else:
             x = self.transformer(
-                x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot
+                x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot,
+                adapters=adapters,
             )[:, 0]
         return self.ln_final(x) @ self.text_projection.to(x.dtype)  # the EOT token [N, E]
 

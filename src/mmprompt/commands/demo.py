@@ -27,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..demo.protocol import ALL_METHODS, DEFAULT_METHODS, DEFAULT_SEEDS, QUICK_SEEDS, run_demo
+    from ..demo.protocol import DEFAULT_METHODS, DEFAULT_SEEDS, QUICK_SEEDS, all_demo_methods, run_demo
     from ..protocols import format_table
 
     torch.set_num_threads(max(1, args.threads))
-    methods = args.methods or (ALL_METHODS if args.all_methods else DEFAULT_METHODS)
+    methods = args.methods or (all_demo_methods() if args.all_methods else DEFAULT_METHODS)
     seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     start = time.perf_counter()
     print(f"mmprompt demo: base-to-novel on the demo world, methods {', '.join(methods)}, seeds "

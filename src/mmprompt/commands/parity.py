@@ -17,14 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..methods import EncoderOptions
     from ..parity import run_parity
 
-    overrides = {
-        "text_chunk_size": args.text_chunk_size,
-        "truncate_text": not args.no_truncate_text,
-        "share_text_prefix": not args.no_shared_prefix,
-    }
-    results = run_parity(args.reference, args.case, **overrides)
+    encoder = EncoderOptions(
+        text_chunk_size=args.text_chunk_size,
+        truncate_text=not args.no_truncate_text,
+        share_text_prefix=not args.no_shared_prefix,
+    )
+    results = run_parity(args.reference, args.case, encoder)
     failed = 0
     print(f"{'case':<16}{'tensor':<72}{'max abs err':>14}{'max rel err':>14}  result")
     for res in results:

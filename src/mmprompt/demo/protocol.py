@@ -17,21 +17,29 @@ from .world import generate_demo_dataset
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS: tuple[str, ...] = ("zeroshot", "coop", "maple")
-ALL_METHODS: tuple[str, ...] = ("zeroshot", "coop", "cocoop", "vpt", "language_only", "ivlp", "maple")
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 QUICK_SEEDS: tuple[int, ...] = (1,)
 
-# The paper's recipes (SPEC section 3) on a 12-layer CLIP, mapped to the demo CLIP's 4 layers:
-# MaPLe's J = 9 of 12 becomes 3 of 4; the "all layers" depths of IVLP, language-only and VPT become 4.
-DEMO_OVERRIDES: tuple[str, ...] = (
-    "maple:method.depth=3",
-    "ivlp:method.depth_text=4",
-    "ivlp:method.depth_vision=4",
-    "language_only:method.depth_text=4",
-    "vpt:method.depth_vision=4",
-)
-# --quick: the same recipes with fewer CoOp/CoCoOp epochs (their presets run 200 and 10 epochs).
-QUICK_OVERRIDES: tuple[str, ...] = ("coop:optim.epochs=50", "cocoop:optim.epochs=2")
+
+def all_demo_methods() -> list[str]:
+    """Every built-in method, in the method table's order (``mmprompt demo --all-methods``)."""
+    from ..methods.builtin import BUILTIN
+
+    return list(BUILTIN)
+
+
+def demo_overrides(methods: Sequence[str], quick: bool) -> list[str]:
+    """Each method's overrides from the method table: the paper's recipes mapped to the demo CLIP's 4
+    layers (e.g. MaPLe's J = 9 of 12 becomes 3 of 4), and with ``quick`` fewer epochs for long recipes."""
+    from ..methods import get_method
+
+    out = []
+    for method in methods:
+        spec = get_method(method)
+        out += [f"{spec.name}:{o}" for o in (*spec.demo_overrides, *(spec.quick_overrides if quick else ()))]
+    return out
+
+
 # Every run: load images in the main process (32-pixel images: worker start-up would dominate), and keep
 # at least half of each 32-pixel image in the training crops (the recipe's 8% usually cuts the shape off).
 COMMON_OVERRIDES: tuple[str, ...] = ("data.num_workers=0", "data.crop_scale_min=0.5")
@@ -52,11 +60,7 @@ def run_demo(
     output = Path(output)
     data_root = Path(data_root) if data_root is not None else output / "data"
     generate_demo_dataset(data_root)
-    from ..methods import canonical_method
-
-    chosen = {canonical_method(m) for m in methods}
-    per_method = [o for o in (*DEMO_OVERRIDES, *(QUICK_OVERRIDES if quick else ())) if o.split(":")[0] in chosen]
-    overrides = [*COMMON_OVERRIDES, *per_method, *extra_overrides]
+    overrides = [*COMMON_OVERRIDES, *demo_overrides(methods, quick), *extra_overrides]
     return run_base2novel(
         list(methods), ["mmprompt_demo"], list(seeds), data_root, "demo", output / "runs",
         overrides=overrides, progress=progress, device="cpu",

@@ -19,7 +19,7 @@ import torch
 from ..methods import PromptLearner
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, eval_loader
-from .train import autocast_context
+from .precision import autocast_context
 
 __all__ = ["EvalResult", "evaluate"]
 

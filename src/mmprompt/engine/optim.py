@@ -13,7 +13,7 @@ by the total number of epochs, which is why the last epoch does not reach zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -32,17 +32,29 @@ def lr_at(epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 1, warmu
     return base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2
 
 
+ParamGroups = Sequence[tuple[Sequence[nn.Parameter], float]]
+
+
 def build_optimizer(
-    params: Iterable[nn.Parameter], lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+    params: Iterable[nn.Parameter] | ParamGroups, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
 ) -> SGD:
-    """Plain SGD (no Nesterov, no dampening) over ``params`` (the learner's trainable parameters only)."""
-    params = list(params)
-    if not params:
+    """Plain SGD (no Nesterov, no dampening) over the learner's trainable parameters only.
+
+    ``params`` is a list of parameters (one group at ``lr``) or of (parameters, multiplier) groups, each
+    at ``lr * multiplier`` (the schedule then anneals every group from its own rate).
+    """
+    items = list(params)
+    groups = items if items and isinstance(items[0], tuple) else [(items, 1.0)]
+    flat = [p for group, _ in groups for p in group]
+    if not flat:
         raise ValueError("no trainable parameters: nothing to optimise (zero-shot methods need no training)")
-    frozen = [p for p in params if not p.requires_grad]
+    frozen = [p for p in flat if not p.requires_grad]
     if frozen:
         raise ValueError(f"{len(frozen)} of the parameters given to the optimizer do not require gradients")
-    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, dampening=0.0)
+    if len({id(p) for p in flat}) != len(flat):
+        raise ValueError("a parameter appears in more than one parameter group")
+    param_groups = [{"params": list(group), "lr": lr * float(mult)} for group, mult in groups if list(group)]
+    return SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, dampening=0.0)
 
 
 class WarmupCosineLR(LRScheduler):

@@ -18,7 +18,7 @@ from ..checkpoint import load_prompts, save_prompts
 from ..clip.model import CLIP
 from ..config import RunConfig
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..methods import PromptLearner, create_learner
+from ..methods import DatasetContext, PromptLearner, create_learner
 from .checkpoint import seed_everything
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
@@ -101,25 +101,22 @@ def load_splits(
     return splits if splits is not None else build()
 
 
-def build_learner(
-    cfg: RunConfig, clip: CLIP, classnames: list[str], template: str | None = None
-) -> PromptLearner:
-    """The learner of ``cfg.method`` on ``clip``; zero-shot uses the dataset's template unless configured."""
-    options = dict(cfg.method.options)
-    if cfg.method.name == "zeroshot" and "templates" not in options and template:
-        # CoOp's ensemble adds the dataset's own template, except for ImageNet
-        imagenet = str(cfg.data.dataset).lower() == "imagenet"
-        options["templates"] = [] if options.get("ensemble") and imagenet else [template]
-    learner = create_learner(cfg.method.name, clip, classnames, options)
+def dataset_context(splits: Any) -> DatasetContext:
+    """What a method may know about the dataset of ``splits``: its key and its own template."""
+    return DatasetContext(name=getattr(splits, "name", None), template=getattr(splits, "template", None))
+
+
+def build_learner(cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
+    """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits``."""
+    learner = create_learner(cfg.method.name, clip, list(splits.classnames), cfg.method.options,
+                             dataset=dataset_context(splits), encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
 
 def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
-    """The run's trained prompts pointed at ``splits``' classes (zero-shot: a fresh learner with the
-    dataset's own template)."""
-    if cfg.method.name == "zeroshot":
-        return build_learner(cfg, clip, list(splits.classnames), splits.template)
-    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames))
+    """The run's trained prompts pointed at ``splits``' classes and dataset."""
+    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits),
+                           encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
 
@@ -127,9 +124,10 @@ def evaluate_split(
     learner: PromptLearner, splits: Any, cfg: RunConfig, ctx: DistContext | None = None, progress: bool = True,
     desc: str = "test",
 ) -> EvalResult:
-    """Evaluate on the test split of ``splits`` with the learner set to its class names."""
-    if list(learner.classnames) != list(splits.classnames):
-        learner.set_classnames(list(splits.classnames))
+    """Evaluate on the test split of ``splits`` with the learner set to its class names and dataset."""
+    context = dataset_context(splits)
+    if list(learner.classnames) != list(splits.classnames) or learner.dataset != context:
+        learner.set_classnames(list(splits.classnames), dataset=context)
     return evaluate(
         learner, splits.test, image_dir=splits.image_dir, batch_size=cfg.eval_batch_size,
         precision=cfg.precision, num_workers=cfg.data.num_workers, ctx=ctx,
@@ -178,7 +176,7 @@ def run_experiment(
         write_config(cfg, run_dir)
     start = time.perf_counter()
     seed_everything(cfg.data.seed)
-    learner = build_learner(cfg, clip, list(train_splits.classnames), train_splits.template)
+    learner = build_learner(cfg, clip, train_splits)
     trained: TrainResult | None = None
     if learner.trainable_parameters():
         samples = _checked_train_samples(train_splits, cfg)
@@ -199,8 +197,6 @@ def run_experiment(
         save_prompts(learner, run_dir, clip_info=dict(clip_info), extra=info)
     results: dict[str, Any] = {}
     for name, splits in evals.items():
-        if cfg.method.name == "zeroshot" and splits.template != train_splits.template:
-            learner = build_learner(cfg, clip, list(splits.classnames), splits.template)
         results[name] = evaluate_split(learner, splits, cfg, ctx, progress, desc=f"{splits.name} {name}").to_dict()
     metrics = {
         "status": "done",

@@ -1,7 +1,13 @@
-"""The training loop: SGD over the prompts, warm-up + cosine per epoch, mixed precision, accumulation,
-data parallelism, logging, a training state after every epoch, exact resumption, and a stop on NaN.
+"""The training loop: SGD over the trainable parameters, warm-up + cosine per epoch, mixed precision,
+accumulation, data parallelism, logging, a training state after every epoch, exact resumption, a stop on
+NaN.
 
-:func:`train` trains a :class:`~mmprompt.methods.PromptLearner` in place. Only rank 0 writes files.
+The loop knows no method. Each step it asks the learner for its :class:`~mmprompt.methods.Objective`
+(``model(images, labels)``, inside the DDP-wrapped forward), back-propagates the total, accumulates the
+gradients of the objective's ``grad_terms`` apart, lets the learner transform the gradients, and steps.
+After each epoch it calls the learner's ``on_epoch_end`` and saves the learner's training state with the
+optimizer's. :func:`train` runs :func:`setup_training`, :func:`resume_training` and :func:`run_epoch`
+around a :class:`TrainSession`; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -18,35 +24,48 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import RunConfig
-from ..methods import PromptLearner
+from ..methods import Objective, PromptLearner
 from .checkpoint import capture_rng, config_fingerprint, load_state, restore_rng, save_state, state_path
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .optim import WarmupCosineLR, build_optimizer
+from .precision import autocast_context
 
-__all__ = ["NonFiniteLossError", "TrainResult", "autocast_context", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "TrainSession",
+    "autocast_context",
+    "backward_objective",
+    "finish_gradients",
+    "resume_training",
+    "run_epoch",
+    "setup_training",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "log.jsonl"
 TB_DIR = "tb"
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good training state was kept."""
 
-    def __init__(self, epoch: int, step: int, value: float, checkpoint: Path | None) -> None:
+    def __init__(
+        self, epoch: int, step: int, value: float, checkpoint: Path | None, term: str = "loss"
+    ) -> None:
         kept = f"the last good training state is {checkpoint}" if checkpoint else "no training state was written yet"
+        what = "the training loss" if term == "loss" else f"the loss term {term!r}"
         super().__init__(
-            f"the training loss is {value} at epoch {epoch + 1} (0-based {epoch}), step {step + 1} of that epoch; "
+            f"{what} is {value} at epoch {epoch + 1} (0-based {epoch}), step {step + 1} of that epoch; "
             f"training stopped and {kept}. Try a lower optim.lr, precision=fp32 or bf16, or check the data."
         )
-        self.epoch, self.step, self.value, self.checkpoint = epoch, step, value, checkpoint
+        self.epoch, self.step, self.value, self.checkpoint, self.term = epoch, step, value, checkpoint, term
 
 
 @dataclass
@@ -61,16 +80,8 @@ class TrainResult:
     resumed_from: int = 0
     """Epochs already done when this session started."""
     history: list[dict[str, float]] = field(default_factory=list)
-    """One entry per epoch run in this session: epoch, lr, loss, acc, seconds."""
+    """One entry per epoch run in this session: epoch, lr, loss, each loss term, acc, seconds."""
     seconds: float = 0.0
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for bf16 / fp16, a no-op context for fp32."""
-    dtype = _DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _Logger:
@@ -107,7 +118,32 @@ class _Logger:
             self.tb.close()
 
 
-def _resume_key(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+@dataclass
+class TrainSession:
+    """Everything one training session holds between its steps."""
+
+    learner: PromptLearner
+    model: nn.Module
+    """The learner, or its DDP wrapper."""
+    cfg: RunConfig
+    ctx: DistContext
+    device: torch.device
+    loader: Any
+    sampler: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupCosineLR
+    scaler: torch.amp.GradScaler
+    writer: _Logger
+    show: bool
+    state_file: Path | None
+    fingerprint: str
+    steps_per_epoch: int
+    params: list[nn.Parameter]
+    grad_terms: dict[str, list[Tensor | None]] = field(default_factory=dict)
+    """Per objective grad-term, its gradient for each of ``params``, accumulated over the step."""
+
+
+def _resume_key(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     return {"method": d["method"], "data": {k: v for k, v in d["data"].items() if k not in ("root", "num_workers")},
             "optim": d["optim"], "precision": d["precision"]}
@@ -117,6 +153,111 @@ def _micro_batches(loader: Any) -> Iterator[tuple[int, Any]]:
     for step, batch in enumerate(loader):
         if batch is not None:
             yield step, batch
+
+
+def _train_transform(learner: PromptLearner, crop_scale_min: float = 0.08) -> Callable[..., torch.Tensor]:
+    from ..clip.transforms import TrainTransform
+
+    c = learner.clip.config
+    return TrainTransform(size=c.vision.image_size, mean=tuple(c.mean), std=tuple(c.std), scale=(crop_scale_min, 1.0))
+
+
+def _wrap_ddp(learner: PromptLearner, ctx: DistContext, device: torch.device) -> nn.Module:
+    if not ctx.enabled:
+        return learner
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Buffers (class-name embeddings) are the same on every process: no need to sync them per forward.
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
+def setup_training(
+    learner: PromptLearner,
+    samples: Sequence[Any],
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    image_dir: str | Path | None = None,
+    ctx: DistContext | None = None,
+    progress: bool | None = None,
+) -> TrainSession:
+    """Build the loader, optimizer (the learner's parameter groups), schedule and logger of a session."""
+    device = next(learner.parameters()).device
+    ctx = ctx or DistContext(device=device)
+    params = learner.trainable_parameters()
+    if not params:
+        raise ValueError(f"{learner.method} has no trainable parameters; evaluate it without training")
+    opt = cfg.optim
+    run_path = Path(run_dir) if run_dir is not None else None
+    dataset = ImageDataset(samples, _train_transform(learner, cfg.data.crop_scale_min), image_dir,
+                           skip_corrupt=cfg.data.skip_corrupt)
+    loader, sampler = train_loader(dataset, opt.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank,
+                                   ctx.world_size, pin_memory=device.type == "cuda")
+    groups = learner.parameter_groups()
+    grouped = {id(p) for group, _ in groups for p in group}
+    if grouped != {id(p) for p in params}:
+        raise ValueError(f"{learner.method}.parameter_groups() must hold every trainable parameter exactly once")
+    optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay)
+    return TrainSession(
+        learner=learner,
+        model=_wrap_ddp(learner, ctx, device),
+        cfg=cfg,
+        ctx=ctx,
+        device=ctx.device if ctx.enabled else device,
+        loader=loader,
+        sampler=sampler,
+        optimizer=optimizer,
+        scheduler=WarmupCosineLR(optimizer, opt.epochs, opt.warmup_epochs, opt.warmup_lr),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        writer=_Logger(run_path if ctx.is_main else None, cfg.log.tensorboard),
+        show=(cfg.log.progress if progress is None else progress) and ctx.is_main,
+        state_file=state_path(run_path) if run_path is not None else None,
+        fingerprint=config_fingerprint(_resume_key(cfg)),
+        steps_per_epoch=max(1, math.ceil(len(sampler) / opt.grad_accum)),
+        params=params,
+    )
+
+
+def resume_training(session: TrainSession) -> int:
+    """Restore the session from its run folder's training state; returns the epochs already done."""
+    s = session
+    if s.state_file is None or not s.state_file.is_file():
+        return 0
+    state = load_state(s.state_file, map_location=s.device)
+    if state.get("fingerprint") != s.fingerprint:
+        raise ValueError(
+            f"{s.state_file} was written by a run with another method, data or optim config; use another "
+            "output folder, or delete the checkpoint folder to start over"
+        )
+    s.learner.load_prompt_state_dict(state["prompts"])
+    s.learner.load_training_state(state.get("method_state") or {})
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    start = int(state["epoch"])
+    logger.info("resuming from %s after epoch %d of %d", s.state_file, start, s.cfg.optim.epochs)
+    return start
+
+
+def save_training_state(session: TrainSession, epochs_done: int) -> None:
+    """Write the training state after ``epochs_done`` epochs (rank 0; atomically)."""
+    s = session
+    if s.state_file is None or not s.ctx.is_main:
+        return
+    save_state(s.state_file, {
+        "epoch": epochs_done,
+        "fingerprint": s.fingerprint,
+        "prompts": s.learner.prompt_state_dict(),
+        "method_state": {k: v.detach().clone() for k, v in s.learner.training_state().items()},
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict(),
+        "rng": capture_rng(),
+    })
 
 
 def train(
@@ -132,7 +273,7 @@ def train(
     on_epoch_end: Callable[[int, TrainResult], None] | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train ``learner``'s prompts on ``samples`` with ``cfg.optim`` and ``cfg.precision``.
+    """Train ``learner``'s trainable parameters on ``samples`` with ``cfg.optim`` and ``cfg.precision``.
 
     Args:
         learner: the prompt learner, already on its device; trained in place.
@@ -146,179 +287,179 @@ def train(
         progress: show a progress bar (default ``cfg.log.progress``; rank 0 only).
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf; the last good state (previous epoch) is kept.
+        NonFiniteLossError: a loss term became NaN/inf; the last good state (previous epoch) is kept.
     """
-    device = next(learner.parameters()).device
-    ctx = ctx or DistContext(device=device)
-    params = learner.trainable_parameters()
-    if not params:
-        raise ValueError(f"{learner.method} has no trainable parameters; evaluate it without training")
-    opt_cfg = cfg.optim
-    run_path = Path(run_dir) if run_dir is not None else None
-    state_file = state_path(run_path) if run_path is not None else None
-    writer = _Logger(run_path if ctx.is_main else None, cfg.log.tensorboard)
-    show = (cfg.log.progress if progress is None else progress) and ctx.is_main
-
-    transform = _train_transform(learner, cfg.data.crop_scale_min)
-    dataset = ImageDataset(samples, transform, image_dir, skip_corrupt=cfg.data.skip_corrupt)
-    loader, sampler = train_loader(
-        dataset, opt_cfg.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank, ctx.world_size,
-        pin_memory=device.type == "cuda",
-    )
-    optimizer = build_optimizer(params, opt_cfg.lr, opt_cfg.momentum, opt_cfg.weight_decay)
-    scheduler = WarmupCosineLR(optimizer, opt_cfg.epochs, opt_cfg.warmup_epochs, opt_cfg.warmup_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    key = config_fingerprint(_resume_key(cfg, ctx.world_size))
-
-    start = 0
-    if resume and state_file is not None and state_file.is_file():
-        state = load_state(state_file, map_location=device)
-        if state.get("fingerprint") != key:
-            raise ValueError(
-                f"{state_file} was written by a run with another method, data or optim config; use another "
-                "output folder, or delete the checkpoint folder to start over"
-            )
-        learner.load_prompt_state_dict(state["prompts"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        start = int(state["epoch"])
-        logger.info("resuming from %s after epoch %d of %d", state_file, start, opt_cfg.epochs)
-
-    model: nn.Module = learner
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Buffers (class-name embeddings) are the same on every process: no need to sync them per forward.
-        no_sync = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
-        model = DistributedDataParallel(
-            learner, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
-        )
-
-    result = TrainResult(epochs_done=start, epochs_total=opt_cfg.epochs, completed=start >= opt_cfg.epochs,
-                         resumed_from=start)
+    session = setup_training(learner, samples, cfg, run_dir, image_dir=image_dir, ctx=ctx, progress=progress)
+    epochs = cfg.optim.epochs
+    start = resume_training(session) if resume else 0
+    result = TrainResult(epochs_done=start, epochs_total=epochs, completed=start >= epochs, resumed_from=start)
     begin = time.perf_counter()
-    steps_per_epoch = max(1, math.ceil(len(sampler) / opt_cfg.grad_accum))
     try:
-        for epoch in range(start, opt_cfg.epochs):
+        for epoch in range(start, epochs):
             if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
                 break
-            record = _run_epoch(
-                model, learner, loader, sampler, optimizer, scaler, cfg, ctx, epoch, steps_per_epoch, writer,
-                show, state_file,
-            )
-            scheduler.step()
+            record = run_epoch(session, epoch)
+            session.scheduler.step()
+            learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1
             result.history.append(record)
-            if state_file is not None and ctx.is_main:
-                save_state(state_file, {
-                    "epoch": epoch + 1,
-                    "fingerprint": key,
-                    "prompts": learner.prompt_state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": capture_rng(),
-                })
-            writer.write({"event": "epoch", **record}, (epoch + 1) * steps_per_epoch, "epoch")
-            logger.info("epoch %d/%d: loss %.4f, acc %.2f%%, lr %.3g (%.1fs)", epoch + 1, opt_cfg.epochs,
-                        record["loss"], record["acc"], record["lr"], record["seconds"])
-            if ctx.enabled:
+            save_training_state(session, epoch + 1)
+            session.writer.write({"event": "epoch", **record}, (epoch + 1) * session.steps_per_epoch, "epoch")
+            terms = ", ".join(f"{k} {record[k]:.4f}" for k in record.get("terms", []))
+            logger.info("epoch %d/%d: loss %.4f%s, acc %.2f%%, lr %.3g (%.1fs)", epoch + 1, epochs, record["loss"],
+                        f" ({terms})" if terms else "", record["acc"], record["lr"], record["seconds"])
+            if session.ctx.enabled:
                 torch.distributed.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, result)
     finally:
-        writer.close()
-    result.completed = result.epochs_done >= opt_cfg.epochs
+        session.writer.close()
+    result.completed = result.epochs_done >= epochs
     result.seconds = time.perf_counter() - begin
     learner.eval()
     return result
 
 
-def _train_transform(learner: PromptLearner, crop_scale_min: float = 0.08) -> Callable[..., torch.Tensor]:
-    from ..clip.transforms import TrainTransform
+def backward_objective(
+    objective: Objective,
+    params: Sequence[nn.Parameter],
+    weight: float,
+    held: dict[str, list[Tensor | None]],
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Back-propagate ``weight`` x the objective's total into ``p.grad``, and add each grad-term's gradient
+    to ``held`` (per term, one entry per parameter of ``params``).
 
-    c = learner.clip.config
-    return TrainTransform(size=c.vision.image_size, mean=tuple(c.mean), std=tuple(c.std), scale=(crop_scale_min, 1.0))
+    ``weight`` makes the sum over the micro-batches of a step and (after DDP's average) over processes
+    equal the objective of the whole global batch: ``world_size * local_batch / global_step_batch``.
+    """
+    scale = scaler.scale if scaler is not None else (lambda t: t)
+    for name, term in objective.grad_terms.items():
+        # torch.autograd.grad does not run DDP's reducer hooks: these gradients stay local until the step
+        grads = torch.autograd.grad(scale(term * weight), list(params), retain_graph=True, allow_unused=True)
+        slots = held.setdefault(name, [None] * len(params))
+        for i, g in enumerate(grads):
+            if g is not None:
+                slots[i] = g.detach().clone() if slots[i] is None else slots[i] + g
+    scale(objective.total * weight).backward()
 
 
-def _run_epoch(
-    model: nn.Module,
+def finish_gradients(
     learner: PromptLearner,
-    loader: Any,
-    sampler: Any,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    cfg: RunConfig,
-    ctx: DistContext,
-    epoch: int,
-    steps_per_epoch: int,
-    writer: _Logger,
-    show: bool,
-    state_file: Path | None,
-) -> dict[str, float]:
+    held: dict[str, list[Tensor | None]],
+    ctx: DistContext | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> bool:
+    """Before the optimizer step: average the grad-terms over processes (as DDP did ``p.grad``), undo the
+    fp16 loss scale on both, and let the learner transform the gradients. Returns True when the
+    optimizer's gradients were unscaled here."""
+    if not held:
+        return False
+    for grads in held.values():
+        for g in grads:
+            if g is not None and ctx is not None and ctx.enabled:
+                all_reduce_sum(g, ctx).div_(ctx.world_size)
+    unscaled = False
+    if scaler is not None and scaler.is_enabled() and optimizer is not None:
+        scaler.unscale_(optimizer)
+        unscaled = True
+        inv = 1.0 / float(scaler.get_scale())
+        for grads in held.values():
+            for g in grads:
+                if g is not None:
+                    g.mul_(inv)
+    learner.transform_gradients(held)
+    return unscaled
+
+
+def optimizer_step(session: TrainSession) -> None:
+    """Finish the gradients (grad-terms, the learner's transform), clip, step, and clear them."""
+    s = session
+    unscaled = finish_gradients(s.learner, s.grad_terms, s.ctx, s.scaler, s.optimizer)
+    if s.cfg.optim.max_grad_norm is not None:
+        if not unscaled:
+            s.scaler.unscale_(s.optimizer)
+        torch.nn.utils.clip_grad_norm_(s.params, s.cfg.optim.max_grad_norm)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.grad_terms = {}
+
+
+def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
+    """One epoch; returns its record (epoch, lr, loss, every term, acc, seconds), reduced over processes."""
     from tqdm import tqdm
 
-    device = ctx.device if ctx.enabled else next(learner.parameters()).device
+    s = session
+    cfg, ctx, device = s.cfg, s.ctx, s.device
     accum = cfg.optim.grad_accum
-    sampler.set_epoch(epoch)
-    learner.train()
-    lr = optimizer.param_groups[0]["lr"]
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    s.sampler.set_epoch(epoch)
+    s.learner.train()
+    lr = s.optimizer.param_groups[0]["lr"]
+    names: list[str] = []
+    totals: Tensor | None = None  # per name (terms, then loss): sum of value x batch; then correct, count
     t0 = time.perf_counter()
-    n_micro = len(sampler)
-    optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=n_micro, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not show, leave=False,
+    n_micro = len(s.sampler)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.grad_terms = {}
+    bar = tqdm(total=n_micro, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not s.show, leave=False,
                dynamic_ncols=True)
     try:
-        for micro, batch in _micro_batches(loader):
+        for micro, batch in _micro_batches(s.loader):
             images = batch.images.to(device, non_blocking=True)
             labels = batch.labels.to(device, non_blocking=True)
+            n = labels.numel()
             last_of_step = (micro + 1) % accum == 0 or micro + 1 == n_micro
-            sync = contextlib.nullcontext() if (last_of_step or not ctx.enabled) else model.no_sync()
+            sync = contextlib.nullcontext() if (last_of_step or not ctx.enabled) else s.model.no_sync()
             with sync:
                 with autocast_context(cfg.precision, device):
-                    logits = model(images)
-                loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+                    objective = s.model(images, labels)
+                values = {k: v.detach().float() for k, v in objective.values().items()}
+                _check_finite(values, ctx, epoch, micro, s.state_file)
                 # Normalised by the global batch: DDP's gradient average over processes then equals the
-                # gradient of the global batch's mean loss, however the batch was split.
-                loss = loss_sum * (ctx.world_size / (batch.global_size * accum))
-                _check_finite(loss_sum.detach(), ctx, epoch, micro, state_file)
-                scaler.scale(loss).backward()
+                # gradient of the global batch's mean objective, however the batch was split.
+                weight = ctx.world_size * n / (batch.global_size * accum)
+                backward_objective(objective, s.params, weight, s.grad_terms, s.scaler)
             if last_of_step:
-                if cfg.optim.max_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(learner.trainable_parameters(), cfg.optim.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(s)
             with torch.no_grad():
-                correct = (logits.argmax(dim=-1) == labels).sum()
-                totals += torch.stack([loss_sum.detach().double(), correct.double(),
-                                       torch.tensor(float(labels.numel()), device=device, dtype=torch.float64)])
+                if totals is None:
+                    names = [k for k in values if k != "loss"] + ["loss"]
+                    totals = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
+                logits = objective.logits
+                correct = (logits.argmax(dim=-1) == labels).sum().double() if logits is not None else 0.0
+                row = [values[k].double() * n for k in names]
+                totals += torch.stack([*row, torch.as_tensor(correct, dtype=torch.float64, device=device),
+                                       torch.tensor(float(n), dtype=torch.float64, device=device)])
             bar.update(1)
             step_in_epoch = micro // accum
             if last_of_step and (step_in_epoch + 1) % cfg.log.every == 0:
-                n = float(labels.numel())
                 rec = {"event": "step", "epoch": epoch + 1, "step": step_in_epoch + 1, "lr": lr,
-                       "loss": float(loss_sum.detach()) / n, "acc": 100.0 * float(correct) / n}
-                writer.write(rec, epoch * steps_per_epoch + step_in_epoch + 1, "train")
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+                       **{k: float(values[k]) for k in names}, "acc": 100.0 * float(correct) / n}
+                s.writer.write(rec, epoch * s.steps_per_epoch + step_in_epoch + 1, "train")
+                bar.set_postfix({k: f"{rec[k]:.4f}" for k in names} | {"lr": f"{lr:.2e}"})
     finally:
         bar.close()
+    if totals is None:  # no batch at all on this process
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        names = ["loss"]
     all_reduce_sum(totals, ctx)
-    count = max(float(totals[2]), 1.0)
-    return {"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / count, "acc": 100.0 * float(totals[1]) / count,
-            "seconds": time.perf_counter() - t0}
+    count = max(float(totals[-1]), 1.0)
+    means = {k: float(totals[i]) / count for i, k in enumerate(names)}
+    return {"epoch": epoch + 1, "lr": lr, **means, "acc": 100.0 * float(totals[-2]) / count,
+            "terms": [k for k in names if k != "loss"], "seconds": time.perf_counter() - t0}
 
 
-def _check_finite(loss_sum: torch.Tensor, ctx: DistContext, epoch: int, step: int, state_file: Path | None) -> None:
-    bad = (~torch.isfinite(loss_sum)).to(torch.float32).reshape(1)
+def _check_finite(
+    values: dict[str, Tensor], ctx: DistContext, epoch: int, step: int, state_file: Path | None
+) -> None:
+    names = ["loss", *(k for k in values if k != "loss")]  # the total first: it names the usual case
+    stacked = torch.stack([values[k].reshape(()) for k in names])
+    bad = (~torch.isfinite(stacked)).to(torch.float32)
     if ctx.enabled:  # every process must stop together, or the others wait forever in backward
         all_reduce_sum(bad, ctx)
-    if bool(bad.item()):
+    if bool(bad.any().item()):
+        first = int(bad.nonzero()[0].item())
         kept = state_file if state_file is not None and state_file.is_file() else None
-        raise NonFiniteLossError(epoch, step, float(loss_sum), kept)
+        raise NonFiniteLossError(epoch, step, float(stacked[first]), kept, names[first])

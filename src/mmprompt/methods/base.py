@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..clip.model import CLIP, DeepPrompts
+from ..clip.model import CLIP, BlockAdapters, DeepPrompts
 from ..clip.tokenizer import Tokenizer, get_tokenizer
+from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +35,6 @@ def is_trainable(name: str) -> bool:
 class MethodConfig:
     """Options shared by every method (each method's config extends it)."""
 
-    text_chunk_size: int = 0
-    """Encode class prompts in chunks of this many classes with activation checkpointing when
-    gradients are needed (0: automatic, see ``text_chunk_tokens``). Same loss and gradients, bounded
-    memory."""
-    text_chunk_tokens: int = 4096
-    """With ``text_chunk_size`` 0: once the prompts hold more than this many tokens (classes x encoded
-    length, e.g. ImageNet's 1000 classes), encode them in chunks of at most this many tokens
-    (0: always all at once). 4096 tokens of ViT-B/16 text keep about 2 GB of activations."""
-    truncate_text: bool = True
-    """Run the text encoder on each prompt only up to its EOT, packed without padding (exact under the
-    causal mask); False: over the full 77-token context, as the official code."""
-    share_text_prefix: bool = True
-    """With ``truncate_text``: compute the leading positions that every class prompt shares (SOT, the
-    context, common words before the class name) once instead of once per class (exact under the
-    causal mask)."""
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -57,10 +42,7 @@ class MethodConfig:
         """Raise ValueError if the config does not fit this CLIP (e.g. a depth beyond its layers)."""
 
     def __post_init__(self) -> None:
-        if self.text_chunk_size < 0:
-            raise ValueError(f"text_chunk_size must be >= 0, got {self.text_chunk_size}")
-        if self.text_chunk_tokens < 0:
-            raise ValueError(f"text_chunk_tokens must be >= 0, got {self.text_chunk_tokens}")
+        """Validate the fields (subclasses extend this)."""
 
 
 def check_depth(what: str, depth: int, layers: int) -> None:
@@ -116,11 +98,21 @@ def normal_init(*shape: int, std: float = 0.02) -> nn.Parameter:
 
 
 class PromptLearner(nn.Module):
-    """Base class: a frozen CLIP, trainable prompts under ``self.prompt``, logits for images.
+    """Base class: a frozen CLIP, trainable modules under ``self.prompt``, logits and a training objective.
 
     Subclasses implement :meth:`build_prompts` (create ``self.prompt``), :meth:`prepare_classes` (the
     class-dependent, non-persistent buffers), :meth:`text_features` and, when vision prompts exist,
-    :meth:`vision_prompts`.
+    :meth:`vision_prompts`. Everything else has a default that a method may override:
+
+    * :meth:`objective` (images, labels) -> :class:`Objective`: the training loss and its named terms
+      (default: cross-entropy of :meth:`train_logits`);
+    * :meth:`logits` / :meth:`predict_logits`: evaluation logits, which may differ from the training ones;
+    * :meth:`teacher_text_features` / :meth:`teacher_image_features`: the frozen CLIP without prompts;
+    * :meth:`transform_gradients`: change gradients between backward and the optimizer step;
+    * :meth:`on_epoch_end` with :meth:`training_state` / :meth:`load_training_state`: per-epoch logic
+      whose state is resumed exactly;
+    * :meth:`parameter_groups`: learning-rate multipliers per group of trainable parameters;
+    * :meth:`block_adapters`: per-block residual adapters in either tower.
     """
 
     method: ClassVar[str] = ""
@@ -130,14 +122,24 @@ class PromptLearner(nn.Module):
     """True when prompts are tied to the training class names (class-specific CoOp)."""
 
     def __init__(
-        self, clip: CLIP, classnames: Sequence[str], config: MethodConfig, tokenizer: Tokenizer | None = None
+        self,
+        clip: CLIP,
+        classnames: Sequence[str],
+        config: MethodConfig,
+        tokenizer: Tokenizer | None = None,
+        *,
+        dataset: DatasetContext | None = None,
+        encoder: EncoderOptions | None = None,
     ) -> None:
         super().__init__()
         config.check_model(clip)
         self.config = config
+        self.encoder = encoder or EncoderOptions()
         self.clip = clip
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer or get_tokenizer()
+        self.dataset = dataset or DatasetContext()
+        self._teacher_cache: dict[tuple[Any, ...], Tensor] = {}
         self.prompt = nn.Module()
         self.build_prompts()
         for name, param in self.named_parameters():
@@ -145,7 +147,7 @@ class PromptLearner(nn.Module):
         self.classnames: list[str] = []
         self.last_text_shared_prefix = 0
         """The shared prefix length the last :meth:`encode_text` used (for benchmarks and logs)."""
-        self.set_classnames(classnames)
+        self.set_classnames(classnames, dataset=self.dataset)
 
     # ----- what subclasses provide -------------------------------------------------------------------
     def build_prompts(self) -> None:
@@ -163,12 +165,31 @@ class PromptLearner(nn.Module):
         """Prompts for the image encoder: (input prompts, per-block prompts)."""
         return None, None
 
+    @classmethod
+    def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
+        """Config values that the shapes of saved trainable tensors fix (``import-official``)."""
+        return {}
+
+    @classmethod
+    def classes_needed(cls, state: Mapping[str, Tensor], config: MethodConfig) -> int | None:
+        """How many training class names saved tensors are tied to (None: they work with any names)."""
+        return None
+
     # ----- shared machinery --------------------------------------------------------------------------
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        """Point the learner at a new list of classes (prompts are reused as they are)."""
+    def set_classnames(self, classnames: Sequence[str], dataset: DatasetContext | None = None) -> None:
+        """Point the learner at a new list of classes (prompts are reused as they are), optionally of
+        another dataset (its name and template, for methods whose teacher or prompts use them)."""
         names = clean_classnames(classnames)
-        self.prepare_classes(names)
+        previous = (self.classnames, self.dataset)
         self.classnames = list(classnames)
+        if dataset is not None:
+            self.dataset = dataset
+        self._teacher_cache.clear()
+        try:
+            self.prepare_classes(names)
+        except Exception:
+            self.classnames, self.dataset = previous
+            raise
 
     @property
     def num_classes(self) -> int:
@@ -230,16 +251,18 @@ class PromptLearner(nn.Module):
         the rows are that many consecutive groups whose prompts may share more within each group
         (CoCoOp: the class prompts of one image).
         """
-        truncate = self.config.truncate_text
+        truncate = self.encoder.truncate_text
         chunks = self.text_chunks(eot, embeddings.shape[1])
         groups = prefix_groups if chunks is None else 1  # chunks mix the groups' rows
         shared = 0
-        if truncate and self.config.share_text_prefix:
+        if truncate and self.encoder.share_text_prefix:
             shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start, groups)
             if shared == 0 and groups > 1:
                 groups = 1
                 shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start)
         self.last_text_shared_prefix = shared
+
+        adapters = self.block_adapters()[1]
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
             return self.clip.encode_text_embeddings(
@@ -250,6 +273,7 @@ class PromptLearner(nn.Module):
                 truncate=truncate,
                 shared_prefix=shared,
                 prefix_groups=groups,
+                adapters=adapters,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
@@ -277,9 +301,9 @@ class PromptLearner(nn.Module):
         ``truncate_text`` prompts are taken in order of length, so each chunk's are alike.
         """
         n = eot.shape[0]
-        truncate = self.config.truncate_text
+        truncate = self.encoder.truncate_text
         lengths = (eot.detach().cpu() + 1) if truncate else torch.full((n,), length)
-        size, budget = self.config.text_chunk_size, self.config.text_chunk_tokens
+        size, budget = self.encoder.text_chunk_size, self.encoder.text_chunk_tokens
         if size > 0:
             if n <= size:
                 return None
@@ -299,9 +323,10 @@ class PromptLearner(nn.Module):
         return [order[a:b] for a, b in bounds]
 
     def image_features(self, images: Tensor) -> Tensor:
-        """Image features [B, E], not normalised, with this method's vision prompts."""
+        """Image features [B, E], not normalised, with this method's vision prompts and adapters."""
         prompts, deep = self.vision_prompts()
-        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep)
+        adapters = self.block_adapters()[0]
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep, adapters=adapters)
 
     def logit_scale(self) -> Tensor:
         return self.clip.logit_scale.exp().float()
@@ -312,9 +337,99 @@ class PromptLearner(nn.Module):
         txt = F.normalize(text_features.float(), dim=-1)
         return self.logit_scale() * img @ txt.t()
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Logits [B, C] for ``images`` against the current classes."""
+    def logits(self, images: Tensor) -> Tensor:
+        """Evaluation logits [B, C] for ``images`` against the current classes."""
         return self.logits_from(self.image_features(images), self.text_features())
+
+    def train_logits(self, images: Tensor) -> Tensor:
+        """Training logits [B, C] (default: the evaluation logits)."""
+        return self.logits(images)
+
+    def objective(self, images: Tensor, labels: Tensor) -> Objective:
+        """The training objective on a batch (default: cross-entropy of :meth:`train_logits`)."""
+        return cross_entropy_objective(self.train_logits(images), labels)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor | Objective:
+        """Logits [B, C] for ``images``; with ``labels``, the training :class:`Objective` instead (so
+        that the objective runs inside a DDP-wrapped forward)."""
+        if labels is None:
+            return self.logits(images)
+        return self.objective(images, labels)
+
+    # ----- frozen teachers (the CLIP without prompts) ----------------------------------------------
+    @torch.no_grad()
+    def teacher_text_features(self, templates: Sequence[str], average: str = "normalized") -> Tensor:
+        """Frozen zero-shot text features [C, E] of the current classes, L2-normalised, computed once per
+        class list (cached, never saved). Several templates are averaged: ``average="normalized"``
+        normalises each template's features first (CLIP's usual ensemble); ``"raw"`` averages the
+        unnormalised features (PromptSRC). Class names have ``_`` replaced by spaces."""
+        if average not in ("normalized", "raw"):
+            raise ValueError(f"average must be 'normalized' or 'raw', got {average!r}")
+        return F.normalize(self.teacher_text_mean(templates, average), dim=-1)
+
+    @torch.no_grad()
+    def teacher_text_mean(self, templates: Sequence[str], average: str = "normalized") -> Tensor:
+        """The template average before the final normalisation (see :meth:`teacher_text_features`)."""
+        templates = tuple(templates)
+        if not templates:
+            raise ValueError("at least one template is needed for teacher text features")
+        device = self.clip.token_embedding.weight.device
+        key = ("text", templates, average, device, tuple(self.classnames))
+        cached = self._teacher_cache.get(key)
+        if cached is not None and (torch.is_inference_mode_enabled() or not cached.is_inference()):
+            return cached
+        names = clean_classnames(self.classnames)
+        total: Tensor | None = None
+        for template in templates:
+            feats = self.clip.encode_text(self.tokenize([template.format(n) for n in names])).float()
+            if average == "normalized":
+                feats = F.normalize(feats, dim=-1)
+            total = feats if total is None else total + feats
+        assert total is not None
+        mean = total / len(templates)
+        self._teacher_cache[key] = mean
+        return mean
+
+    @torch.no_grad()
+    def teacher_image_features(self, images: Tensor) -> Tensor:
+        """Frozen zero-shot image features [B, E] of ``images`` (no prompts, no adapters), L2-normalised."""
+        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    # ----- hooks of the training loop --------------------------------------------------------------
+    def transform_gradients(self, grad_terms: Mapping[str, list[Tensor | None]]) -> None:
+        """Change the gradients (``p.grad`` of :meth:`trainable_parameters`, in that order) before the
+        optimizer step. ``grad_terms`` holds, per name in :attr:`Objective.grad_terms`, the gradient of
+        that term for each trainable parameter (None: no gradient), accumulated and reduced exactly like
+        ``p.grad``: summed over the micro-batches of the step and averaged over processes. Default:
+        nothing."""
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called after the optimizer and schedule have finished 0-based ``epoch`` of ``epochs`` and
+        before the training state is saved (e.g. to average prompts over epochs). Default: nothing."""
+
+    def training_state(self) -> dict[str, Tensor]:
+        """State of :meth:`on_epoch_end` that must survive a resume (saved in the training state)."""
+        return {}
+
+    def load_training_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what :meth:`training_state` returned."""
+        if state:
+            raise ValueError(f"{self.method} keeps no training state, but the checkpoint has {sorted(state)}")
+
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Trainable parameters in groups with a learning-rate multiplier each (default: one group, 1.0).
+        The warm-up rate is the same for every group; the multiplier scales the base rate."""
+        return [(self.trainable_parameters(), 1.0)]
+
+    def eval_tensors(self, images: Tensor) -> dict[str, Tensor]:
+        """Named intermediate tensors of the evaluation forward, for checks against reference files
+        (e.g. each head's logits). Default: none."""
+        return {}
+
+    def block_adapters(self) -> tuple[BlockAdapters | None, BlockAdapters | None]:
+        """Residual adapters per block of the (vision, text) towers (see :class:`~mmprompt.clip.model.
+        CLIP`). Default: none."""
+        return None, None
 
     @torch.no_grad()
     def class_text_features(self) -> Tensor | None:
@@ -325,9 +440,9 @@ class PromptLearner(nn.Module):
         return self.text_features()
 
     def predict_logits(self, images: Tensor, text_features: Tensor | None) -> Tensor:
-        """Logits using cached class text features when given (see :meth:`class_text_features`)."""
+        """Evaluation logits using cached class text features when given (see :meth:`class_text_features`)."""
         if text_features is None:
-            return self(images)
+            return self.logits(images)
         return self.logits_from(self.image_features(images), text_features)
 
     def extra_repr(self) -> str:

@@ -35,6 +35,10 @@ class CoCoOp(PromptLearner):
     image_conditioned_text = True
     config: CoCoOpConfig
 
+    @classmethod
+    def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
+        return {"n_ctx": state["prompt.ctx"].shape[-2]}
+
     def build_prompts(self) -> None:
         cfg = self.config
         width, embed = self.clip.config.text.width, self.clip.config.embed_dim
@@ -58,7 +62,7 @@ class CoCoOp(PromptLearner):
         self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)
         self.register_buffer("token_suffix", embeddings[:, 1 + n :], persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def logits(self, images: Tensor) -> Tensor:
         img = F.normalize(self.clip.encode_image(images).float(), dim=-1)  # [B, E]
         shifted = self.prompt.ctx.unsqueeze(0) + self.prompt.meta_net(img).unsqueeze(1)  # [B, n, w]
         c = self.token_prefix.shape[0]

@@ -37,11 +37,20 @@ class CoOp(PromptLearner):
     method = "coop"
     config: CoOpConfig
 
-    def __init__(self, clip, classnames, config, tokenizer=None) -> None:  # noqa: ANN001
+    def __init__(self, clip, classnames, config, tokenizer=None, **context) -> None:  # noqa: ANN001
         self._n_cls_at_build = len(classnames)
         self.class_specific = config.class_specific  # type: ignore[misc]
-        super().__init__(clip, classnames, config, tokenizer)
+        super().__init__(clip, classnames, config, tokenizer, **context)
         self.trained_classnames = list(classnames)
+
+    @classmethod
+    def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
+        ctx = state["prompt.ctx"]
+        return {"n_ctx": ctx.shape[-2], "class_specific": ctx.dim() == 3}
+
+    @classmethod
+    def classes_needed(cls, state, config):  # noqa: ANN001, ANN206 - see PromptLearner
+        return state["prompt.ctx"].shape[0] if config.class_specific else None
 
     def build_prompts(self) -> None:
         cfg = self.config

@@ -53,6 +53,16 @@ class IVLP(PromptLearner):
     method = "ivlp"
     config: IVLPConfig
 
+    @classmethod
+    def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
+        out = {}
+        for tower in ("text", "vision"):
+            ctx = state.get(f"prompt.{tower}_ctx")
+            out[f"n_ctx_{tower}"] = 0 if ctx is None else ctx.shape[0]
+            out[f"depth_{tower}"] = 0 if ctx is None else 1 + sum(
+                1 for k in state if k.startswith(f"prompt.{tower}_deep."))
+        return out
+
     def build_prompts(self) -> None:
         cfg = self.config
         w_t, w_v = self.clip.config.text.width, self.clip.config.vision.width

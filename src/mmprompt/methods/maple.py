@@ -56,6 +56,11 @@ class MaPLe(PromptLearner):
         coupling = nn.Linear(w_t, w_v)  # the deeper couplings start as copies of one fresh layer
         self.prompt.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(cfg.depth - 1)])
 
+    @classmethod
+    def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
+        return {"n_ctx": state["prompt.ctx"].shape[0],
+                "depth": 1 + sum(1 for k in state if k.startswith("prompt.deep_text."))}
+
     def prepare_classes(self, classnames: list[str]) -> None:
         tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
         n = self.config.n_ctx

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import MethodConfig, PromptLearner
@@ -22,16 +20,22 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
 )
 
 
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
 @dataclasses.dataclass
 class ZeroShotConfig(MethodConfig):
-    templates: list[str] = dataclasses.field(default_factory=lambda: ["a photo of a {}."])
-    """One template (the dataset's), or several whose normalised features are averaged."""
+    templates: list[str] | None = None
+    """Templates whose normalised features are averaged (None: the dataset's own template, or
+    "a photo of a {}." for a dataset without one)."""
     ensemble: bool = False
-    """Average CoOp's 7 ImageNet templates and ``templates`` (CoOp's ZeroshotCLIP2; for ImageNet itself
-    the run leaves ``templates`` empty, as CoOp does)."""
+    """Average CoOp's 7 ImageNet templates and ``templates`` (CoOp's ZeroshotCLIP2). With ``templates``
+    None the dataset's own template is added, except for ImageNet itself, as CoOp does."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.templates is None:
+            return
         if isinstance(self.templates, str):
             self.templates = [self.templates]
         if not self.templates and not self.ensemble:
@@ -47,21 +51,16 @@ class ZeroShotCLIP(PromptLearner):
 
     def templates(self) -> list[str]:
         """The templates whose features are averaged."""
+        own = self.config.templates
+        if own is None:  # the dataset's own template (CoOp's ensemble leaves it out for ImageNet)
+            skip = self.config.ensemble and self.dataset.name == "imagenet"
+            own = [] if skip else [self.dataset.template or DEFAULT_TEMPLATE]
         if not self.config.ensemble:
-            return list(self.config.templates)
-        return [*IMAGENET_TEMPLATES_SELECT, *(t for t in self.config.templates if t not in IMAGENET_TEMPLATES_SELECT)]
+            return list(own)
+        return [*IMAGENET_TEMPLATES_SELECT, *(t for t in own if t not in IMAGENET_TEMPLATES_SELECT)]
 
     def prepare_classes(self, classnames: list[str]) -> None:
-        total = None
-        templates = self.templates()
-        with torch.no_grad():
-            for template in templates:
-                tokens = self.tokenize([template.format(name) for name in classnames])
-                feats = F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
-                total = feats if total is None else total + feats
-        assert total is not None
-        mean = total / len(templates)
-        self.register_buffer("fixed_text_features", F.normalize(mean, dim=-1), persistent=False)
+        """Nothing to build: the text features are the frozen teacher's (computed once per class list)."""
 
     def text_features(self) -> Tensor:
-        return self.fixed_text_features
+        return self.teacher_text_features(self.templates())

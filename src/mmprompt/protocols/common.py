@@ -19,7 +19,6 @@ from ..engine.clip_source import ClipSpec, resolve_clip
 from ..engine.distributed import DistContext, resolve_device
 
 __all__ = [
-    "DEFAULT_PRESETS",
     "ClipProvider",
     "SweepOptions",
     "dataset_label",
@@ -28,23 +27,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# protocol -> method -> preset; methods without an entry use their base-to-novel preset.
-DEFAULT_PRESETS: dict[str, dict[str, str]] = {
-    "base2novel": {
-        "maple": "maple_b2n", "ivlp": "ivlp_b2n", "language_only": "language_b2n", "vpt": "vpt_b2n",
-        "cocoop": "cocoop_b2n", "coop": "coop", "zeroshot": "zeroshot",
-    },
-    "transfer": {"maple": "maple_xd", "coop": "coop", "zeroshot": "zeroshot"},
-    "few-shot": {"coop": "coop", "zeroshot": "zeroshot"},
-}
+def default_preset(method: str, protocol: str) -> str | Path:
+    """The method table's default preset of ``method`` for ``protocol`` (base2novel, transfer, few-shot)."""
+    from ..methods import get_method
 
-
-def default_preset(method: str, protocol: str) -> str:
-    from ..methods import canonical_method
-
-    m = canonical_method(method)
-    table = DEFAULT_PRESETS.get(protocol, {})
-    return table.get(m) or DEFAULT_PRESETS["base2novel"][m]
+    return get_method(method).preset_for(protocol)
 
 
 @dataclass

@@ -33,17 +33,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .bench_system import PeakMemory, load_average, machine_info, memory_limit_bytes, watch_memory
-from .clip.config import CLIPConfig, get_config
-from .clip.model import CLIP, build_model
-from .methods.base import PromptLearner
+from .system import PeakMemory, load_average, machine_info, memory_limit_bytes, watch_memory
+from ..clip.config import CLIPConfig, get_config
+from ..clip.model import CLIP, build_model
+from ..engine.precision import autocast_context, check_precision
+from ..engine.train import backward_objective, finish_gradients
+from ..methods.base import PromptLearner
+from ..methods.contract import EncoderOptions
 
 logger = logging.getLogger(__name__)
 
@@ -249,22 +250,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast_context(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[Any]]:
-    """A factory of the forward-pass context for ``precision`` (autocast for bf16 / fp16)."""
-    if precision == "fp32":
-        return nullcontext
-    dtype = PRECISIONS[precision]
-    try:
-        with torch.autocast(device.type, dtype=dtype):
-            a = torch.ones(2, 2, device=device)
-            (a @ a).sum().item()
-    except Exception as exc:  # the torch build does not autocast to this dtype on this device
-        raise RuntimeError(
-            f"{precision} autocast is not supported on {device.type} by torch {torch.__version__}: {exc}"
-        ) from exc
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
     """A frozen CLIP: random weights of ``arch``, or ``mmprompt.clip.load`` (imported only then)."""
     if settings.random_weights:
@@ -272,7 +257,7 @@ def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
         model = build_model(get_config(settings.arch))
     else:
         try:
-            from .clip.weights import load
+            from ..clip.weights import load
         except ImportError as exc:
             raise RuntimeError(
                 f"pretrained weights need mmprompt.clip.weights.load, which cannot be imported ({exc}); "
@@ -285,21 +270,25 @@ def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
 DEPTH_FIELDS: dict[str, str] = {"depth": "both", "depth_text": "text", "depth_vision": "vision"}
 
 
+def path_encoder(settings: BenchSettings, path: str) -> EncoderOptions:
+    """The text-encoder options of a path: the official computation, or mmprompt's default."""
+    if path == "reference":
+        return EncoderOptions(truncate_text=False, share_text_prefix=False, text_chunk_size=0, text_chunk_tokens=0)
+    if path == "default":
+        return EncoderOptions(text_chunk_size=settings.text_chunk_size)
+    raise ValueError(f"unknown path {path!r}; known: {PATHS}")
+
+
 def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | None = None) -> dict[str, Any]:
     """The method config values of a path (fields the method's config lacks are left out).
 
     Prompt depths the user did not set are cut to the model's layers when its default is deeper
     (MaPLe's J = 9 on the 4-layer ``tiny`` test model), with a warning; the JSON records the config.
     """
-    from .methods import get_method
+    from ..methods import get_method
 
+    path_encoder(settings, path)  # checks the path
     values = dict(settings.method_options)
-    if path == "reference":
-        values.update(truncate_text=False, share_text_prefix=False, text_chunk_size=0, text_chunk_tokens=0)
-    elif path == "default":
-        values.update(truncate_text=True, text_chunk_size=settings.text_chunk_size)
-    else:
-        raise ValueError(f"unknown path {path!r}; known: {PATHS}")
     fields = {f.name: f for f in dataclasses.fields(get_method(settings.method).config)}
     values = {k: v for k, v in values.items() if k in fields or k in settings.method_options}
     if clip_config is not None:
@@ -322,7 +311,7 @@ def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | No
 
 def check_settings(settings: BenchSettings) -> None:
     """Fail early (in the parent) on an unknown method or architecture or an invalid method config."""
-    from .methods import make_config
+    from ..methods import make_config
 
     clip_config = get_config(settings.arch)
     with torch.device("meta"):
@@ -362,19 +351,24 @@ def measure_path(
     settings: BenchSettings, classes: int, path: str, phases: Sequence[str] = PHASES
 ) -> PathResult:
     """Measure one path at one class count in this process (see :func:`run_isolated` for isolation)."""
-    from .methods import create_learner, make_config
+    from ..methods import create_learner, make_config
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     result = PathResult(path=path, classes=classes, load_average=[load_average()])
-    autocast = autocast_context(device, settings.precision)
+    check_precision(settings.precision, device)
+
+    def autocast() -> Any:
+        return autocast_context(settings.precision, device)
+
     clip = build_clip(settings, device)
     config = make_config(settings.method, path_config(settings, path, clip.config))
-    result.config = config.to_dict()
+    encoder = path_encoder(settings, path)
+    result.config = {**config.to_dict(), **encoder.to_dict()}
     torch.manual_seed(settings.seed + 1)
     names = synthetic_classnames(classes, settings.seed)
-    learner = create_learner(settings.method, clip, names, config).to(device)
+    learner = create_learner(settings.method, clip, names, config, encoder=encoder).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
     if "train" in phases:
@@ -382,7 +376,7 @@ def measure_path(
     if "eval" in phases:
         _measure_eval(settings, learner, autocast, memory, result)
     shared = learner.last_text_shared_prefix  # what the measured steps used
-    result.prompt_tokens = _prompt_tokens(learner, config.truncate_text, clip.config.text.context_length, shared)
+    result.prompt_tokens = _prompt_tokens(learner, encoder.truncate_text, clip.config.text.context_length, shared)
     result.load_average.append(load_average())
     return result
 
@@ -394,7 +388,8 @@ def _measure_train(
     memory: PeakMemory,
     result: PathResult,
 ) -> None:
-    """Training steps: forward + loss under autocast, backward, SGD (momentum 0.9, weight decay 5e-4)."""
+    """Training steps as the engine runs them: the method's objective under autocast, backward (with the
+    method's grad-terms and gradient transform), SGD (momentum 0.9, weight decay 5e-4)."""
     device = torch.device(settings.device)
     size = learner.clip.config.vision.image_size
     gen = torch.Generator().manual_seed(settings.seed + 2)
@@ -410,10 +405,13 @@ def _measure_train(
         _sync(device)
         start = time.perf_counter()
         with autocast():
-            loss = F.cross_entropy(learner(images).float(), labels)
+            objective = learner(images, labels)
+        loss = objective.total
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            held: dict[str, list[Any]] = {}
+            backward_objective(objective, params, 1.0, held, scaler)
+            finish_gradients(learner, held, None, scaler, optimizer)
             scaler.step(optimizer)
             scaler.update()
         _sync(device)
@@ -594,7 +592,7 @@ def iter_benchmark(settings: BenchSettings) -> Iterator[dict[str, Any]]:
 
 def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     """The whole benchmark as one JSON-able document (``schema``, ``settings``, ``machine``, ``results``)."""
-    from .methods import canonical_method
+    from ..methods import canonical_method
 
     settings.method = canonical_method(settings.method)
     check_settings(settings)
@@ -621,7 +619,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return _child_main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The built-in rows of the method table (one row per method; see :mod:`mmprompt.methods.table`)."""
+
+from __future__ import annotations
+
+from . import cocoop, coop, ivlp, language, maple, vpt, zeroshot
+from .table import MethodSpec
+
+_DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
+         "PROMPT_DEPTH_VISION": "depth_vision", "CTX_INIT": "ctx_init"}
+_VL = ("VLPromptLearner",)
+
+BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("zeroshot", zeroshot.ZeroShotCLIP, zeroshot.ZeroShotConfig, {"base2novel": "zeroshot"},
+               aliases=("clip", "zsclip", "zero_shot"), description="zero-shot CLIP, hand-written templates"),
+    MethodSpec("coop", coop.CoOp, coop.CoOpConfig, {"base2novel": "coop"}, coop.OFFICIAL_NAMES,
+               {"N_CTX": "n_ctx", "CTX_INIT": "ctx_init", "CSC": "class_specific",
+                "CLASS_TOKEN_POSITION": "class_token_position"},
+               official_folders=("prompt_learner",), description="CoOp (Zhou et al., IJCV 2022)",
+               quick_overrides=("optim.epochs=50",)),
+    MethodSpec("cocoop", cocoop.CoCoOp, cocoop.CoCoOpConfig, {"base2novel": "cocoop_b2n"}, cocoop.OFFICIAL_NAMES,
+               {"N_CTX": "n_ctx", "CTX_INIT": "ctx_init"}, official_folders=("prompt_learner",),
+               description="CoCoOp (Zhou et al., CVPR 2022)", quick_overrides=("optim.epochs=2",)),
+    MethodSpec("vpt", vpt.VPT, vpt.VPTConfig, {"base2novel": "vpt_b2n"}, vpt.OFFICIAL_NAMES, _DEEP,
+               official_folders=("VLPromptLearner", "VPTPromptLearner", "prompt_learner"), aliases=("vpt_deep",),
+               description="VPT-deep: vision prompts only", demo_overrides=("method.depth_vision=4",)),
+    MethodSpec("language_only", language.LanguageOnly, language.LanguageOnlyConfig, {"base2novel": "language_b2n"},
+               language.OFFICIAL_NAMES, _DEEP, official_folders=_VL, aliases=("language",),
+               description="deep language prompting", demo_overrides=("method.depth_text=4",)),
+    MethodSpec("ivlp", ivlp.IVLP, ivlp.IVLPConfig, {"base2novel": "ivlp_b2n"}, ivlp.OFFICIAL_NAMES, _DEEP,
+               official_folders=_VL, aliases=("independent_vl",),
+               description="independent vision-language prompting",
+               demo_overrides=("method.depth_text=4", "method.depth_vision=4")),
+    MethodSpec("maple", maple.MaPLe, maple.MaPLeConfig, {"base2novel": "maple_b2n", "transfer": "maple_xd"},
+               maple.OFFICIAL_NAMES, {"N_CTX": "n_ctx", "CTX_INIT": "ctx_init", "PROMPT_DEPTH": "depth"},
+               official_folders=("MultiModalPromptLearner",), description="MaPLe (Khattak et al., CVPR 2023)",
+               demo_overrides=("method.depth=3",)),
+)}
