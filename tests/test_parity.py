@@ -10,23 +10,34 @@ import pytest
 from mmprompt.cli import main
 from mmprompt.parity import load_reference, run_parity
 
-REFERENCE = Path(__file__).parent / "data" / "official_reference.npz"
+DATA = Path(__file__).parent / "data"
+REFERENCE = DATA / "official_reference.npz"
 CASES = ["clip", *json.loads(REFERENCE.with_suffix(".json").read_text())["cases"]]
+# Every reference file in tests/data (copied from shared/parity): the original seven methods and each
+# successor's own file. A method added with its reference file is checked here without editing this test.
+ALL_CASES = [
+    pytest.param(path, case, id=f"{path.stem.removesuffix('_reference')}:{case}")
+    for path in sorted(DATA.glob("*_reference.npz"))
+    for case in load_reference(path).cases
+]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_every_reference_case_matches(case: str) -> None:
-    (result,) = run_parity(REFERENCE, [case])
+@pytest.mark.parametrize("path,case", ALL_CASES)
+def test_every_reference_case_matches(path: Path, case: str) -> None:
+    (result,) = run_parity(path, [case])
     assert not result.error, result.error
     assert result.checks, "a case must check at least one tensor"
     bad = [(c.name, c.max_rel, c.note) for c in result.checks if not c.ok]
     assert not bad, bad
-    if case != "clip":  # every official gradient is compared, and nothing else is trainable
-        ref = load_reference(REFERENCE)
-        checked = {c.name.removeprefix("grad/") for c in result.checks if c.name.startswith("grad/")}
+    if case != "clip":  # every official gradient and loss term is compared, and nothing else is trainable
+        ref = load_reference(path)
+        names = {c.name for c in result.checks}
+        checked = {n.removeprefix("grad/") for n in names if n.startswith("grad/")}
         expected = {k.split("/", 2)[2] for k in ref.arrays if k.startswith(f"{case}/grad/")}
         assert checked == expected
-        assert {"logits", "loss"} <= {c.name for c in result.checks}
+        assert {"logits", "loss"} <= names
+        terms = {k.split("/", 1)[1] for k in ref.arrays if k.startswith(f"{case}/loss_terms/")}
+        assert terms <= names
 
 
 @pytest.mark.parametrize(
