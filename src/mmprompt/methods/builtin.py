@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, language, maple, vpt, zeroshot
+from . import cocoop, coop, ivlp, kgcoop, language, maple, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -34,4 +34,7 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                maple.OFFICIAL_NAMES, {"N_CTX": "n_ctx", "CTX_INIT": "ctx_init", "PROMPT_DEPTH": "depth"},
                official_folders=("MultiModalPromptLearner",), description="MaPLe (Khattak et al., CVPR 2023)",
                demo_overrides=("method.depth=3",)),
+    MethodSpec("kgcoop", kgcoop.KgCoOp, kgcoop.KgCoOpConfig, {"base2novel": "kgcoop_b2n"}, kgcoop.OFFICIAL_NAMES,
+               kgcoop.from_official, official_folders=("prompt_learner",), quick_overrides=("optim.epochs=20",),
+               description="KgCoOp (Yao et al., CVPR 2023)"),
 )}
