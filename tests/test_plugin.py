@@ -1,0 +1,69 @@
+"""A method from another distribution: installed into a temporary site directory, found through the
+``mmprompt.methods`` entry-point group, trained through ``mmprompt train`` and ``mmprompt benchmark``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_engine_support import make_data_root, save_tiny_clip
+
+PLUGIN = Path(__file__).parent / "plugin_probe"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pip install`` of the plugin (a real wheel build) into a fresh folder."""
+    base = tmp_path_factory.mktemp("plugin")
+    source = base / "src"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = base / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
+         str(target), str(source)],
+        check=True, capture_output=True, text=True,
+    )
+    assert (target / "mmprompt_probe").is_dir()
+    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
+    return target
+
+
+def mmprompt(site: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "MMPROMPT_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "mmprompt.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_plugin_method_trains_through_train_and_benchmark(site: Path, tmp_path: Path) -> None:
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    common = ["--data-root", str(data), "--clip", str(weights), "--clip-activation", "quick_gelu", "--no-progress",
+              "--num-workers", "0", "--shots", "2", "--set", "optim.epochs=2", "log.every=1"]
+    # no --config: the plugin's own preset comes from its table row
+    run = mmprompt(site, tmp_path, "train", "--method", "probe", "--dataset", "eurosat", "--output",
+                   str(tmp_path / "run"), *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "prompts.json").read_text())
+    assert meta["method"] == "probe" and meta["config"]["anchor_weight"] == 0.5
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("anchor" in r for r in log if r["event"] in ("step", "epoch"))
+    sweep = mmprompt(site, tmp_path, "benchmark", "base2novel", "--method", "probe", "zeroshot", "--datasets",
+                     "eurosat", "--seeds", "1", "--output", str(tmp_path / "sweep"), *common)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    results = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert "probe" in json.dumps(results) and "zeroshot" in json.dumps(results)
+    listed = mmprompt(site, tmp_path, "train", "--list-presets")
+    assert listed.returncode == 0
+
+
+def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
+    from mmprompt.methods import list_methods
+
+    assert "probe" not in list_methods()
