@@ -11,6 +11,7 @@ import torch
 
 from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
+from mmprompt.errors import CheckpointError
 from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
 from mmprompt.methods import create_learner
@@ -87,7 +88,7 @@ def test_strict_loading_and_clear_errors(tiny_clip: CLIP, tmp_path: Path) -> Non
     (tmp_path / "prompts.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unexpected"):
         load_prompts(tmp_path, tiny_clip)
-    with pytest.raises(FileNotFoundError, match="prompts.json"):
+    with pytest.raises(CheckpointError, match="prompts.json"):
         read_prompt_meta(tmp_path / "nothing")
     other = CLIP(get_config("tiny-parity"))
     meta["config"]["depth"] = 3

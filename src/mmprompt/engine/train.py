@@ -23,9 +23,11 @@ from torch import nn
 
 from ..config import RunConfig
 from ..methods import PromptLearner
-from .checkpoint import capture_rng, config_fingerprint, load_state, restore_rng, save_state, state_path
+from .checkpoint import (capture_rng, check_resume, config_fingerprint, load_state, restore_rng, resume_values,
+                         save_state, state_path)
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
+from .logs import truncate_run_logs
 from .optim import WarmupCosineLR, build_optimizer
 
 __all__ = ["NonFiniteLossError", "TrainResult", "autocast_context", "train"]
@@ -107,12 +109,6 @@ class _Logger:
             self.tb.close()
 
 
-def _resume_key(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    d = cfg.to_dict()
-    return {"method": d["method"], "data": {k: v for k, v in d["data"].items() if k not in ("root", "num_workers")},
-            "optim": d["optim"], "precision": d["precision"]}
-
-
 def _micro_batches(loader: Any) -> Iterator[tuple[int, Any]]:
     for step, batch in enumerate(loader):
         if batch is not None:
@@ -131,6 +127,7 @@ def train(
     stop_after_epochs: int | None = None,
     on_epoch_end: Callable[[int, TrainResult], None] | None = None,
     progress: bool | None = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Train ``learner``'s prompts on ``samples`` with ``cfg.optim`` and ``cfg.precision``.
 
@@ -144,6 +141,7 @@ def train(
         stop_after_epochs: end this session after this many epochs (the state allows resuming).
         on_epoch_end: called with (0-based epoch, result so far) after each epoch's state is written.
         progress: show a progress bar (default ``cfg.log.progress``; rank 0 only).
+        allow_config_change: resume although settings that change results differ (recorded in the log).
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the last good state (previous epoch) is kept.
@@ -156,6 +154,8 @@ def train(
     opt_cfg = cfg.optim
     run_path = Path(run_dir) if run_dir is not None else None
     state_file = state_path(run_path) if run_path is not None else None
+    if run_path is not None and ctx.is_main:  # issue 15: no duplicate log records after a resume
+        truncate_run_logs(run_path, state_file if resume else None, cfg.log.tensorboard)
     writer = _Logger(run_path if ctx.is_main else None, cfg.log.tensorboard)
     show = (cfg.log.progress if progress is None else progress) and ctx.is_main
 
@@ -168,16 +168,16 @@ def train(
     optimizer = build_optimizer(params, opt_cfg.lr, opt_cfg.momentum, opt_cfg.weight_decay)
     scheduler = WarmupCosineLR(optimizer, opt_cfg.epochs, opt_cfg.warmup_epochs, opt_cfg.warmup_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    key = config_fingerprint(_resume_key(cfg, ctx.world_size))
+    values = resume_values(cfg, samples)  # issue 15: resume rules
+    key = config_fingerprint(values)
+    changes: list[dict[str, Any]] = []
 
     start = 0
     if resume and state_file is not None and state_file.is_file():
         state = load_state(state_file, map_location=device)
-        if state.get("fingerprint") != key:
-            raise ValueError(
-                f"{state_file} was written by a run with another method, data or optim config; use another "
-                "output folder, or delete the checkpoint folder to start over"
-            )
+        changes = [*state.get("config_changes", []),
+                   *[{**c, "epoch": int(state["epoch"])} for c in check_resume(state, values, allow_config_change,
+                                                                               state_file)]]
         learner.load_prompt_state_dict(state["prompts"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -185,6 +185,8 @@ def train(
         restore_rng(state["rng"])
         start = int(state["epoch"])
         logger.info("resuming from %s after epoch %d of %d", state_file, start, opt_cfg.epochs)
+        if len(changes) > len(state.get("config_changes", [])):
+            writer.write({"event": "config_change", "epoch": start, "changes": changes}, 0, "resume")
 
     model: nn.Module = learner
     if ctx.enabled:
@@ -217,6 +219,7 @@ def train(
                 save_state(state_file, {
                     "epoch": epoch + 1,
                     "fingerprint": key,
+                    "resume_values": values, "record": record, "config_changes": changes,
                     "prompts": learner.prompt_state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
