@@ -11,9 +11,9 @@ import torch
 
 from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
-from mmprompt.errors import CheckpointError
 from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
+from mmprompt.errors import CheckpointError
 from mmprompt.methods import create_learner
 from mmprompt.parity import load_reference, reference_clip
 

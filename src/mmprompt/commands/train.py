@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..engine.clip_source import resolve_clip
     from ..engine.distributed import init_distributed
-    from ..engine.run import is_done, load_splits, run_experiment
     from ..engine.fit import refuse_explicit_depths
+    from ..engine.run import is_done, load_splits, run_experiment
     from ..runlock import check_unlocked
 
     cfg = resolve_config(args, args.dataset)

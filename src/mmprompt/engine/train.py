@@ -23,8 +23,16 @@ from torch import nn
 
 from ..config import RunConfig
 from ..methods import PromptLearner
-from .checkpoint import (capture_rng, check_resume, config_fingerprint, load_state, restore_rng, resume_values,
-                         save_state, state_path)
+from .checkpoint import (
+    capture_rng,
+    check_resume,
+    config_fingerprint,
+    load_state,
+    restore_rng,
+    resume_values,
+    save_state,
+    state_path,
+)
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .logs import truncate_run_logs
