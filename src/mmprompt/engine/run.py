@@ -17,6 +17,7 @@ from typing import Any
 from ..checkpoint import load_prompts, save_prompts
 from ..clip.model import CLIP
 from ..config import RunConfig
+from ..data.preflight import check_run_images
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..methods import PromptLearner, create_learner
 from .checkpoint import saved_train_summary, seed_everything
@@ -150,14 +151,6 @@ def evaluate_split(
     )
 
 
-def _checked_train_samples(splits: Any, cfg: RunConfig) -> list[Any]:
-    from ..data import validate_samples
-
-    kept, _ = validate_samples(splits.train, skip_corrupt=cfg.data.skip_corrupt, image_dir=splits.image_dir,
-                               decode=cfg.data.skip_corrupt)
-    return kept
-
-
 def run_experiment(cfg: RunConfig, clip: CLIP, clip_info: Mapping[str, Any], run_dir: str | Path,
                    **kwargs: Any) -> dict[str, Any] | None:
     """:func:`_run_experiment` (same arguments) holding ``run_dir``'s lock, on a config fitted to ``clip``.
@@ -212,11 +205,13 @@ def _run_experiment(
     start = time.perf_counter()
     seed_everything(cfg.data.seed)
     learner = build_learner(cfg, clip, list(train_splits.classnames), train_splits.template)
+    train_splits, evals, data_check = check_run_images(  # issue 15: pre-flight image check
+        train_splits, evals, check_train=bool(learner.trainable_parameters()), skip_corrupt=cfg.data.skip_corrupt,
+        write_cache=ctx.is_main)
     trained: TrainResult | None = None
     if learner.trainable_parameters():
-        samples = _checked_train_samples(train_splits, cfg)
         trained = train(
-            learner, samples, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
+            learner, train_splits.train, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
             stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
             allow_config_change=allow_config_change,
         )
@@ -242,6 +237,7 @@ def _run_experiment(
         **info,
         "eval": results,
         "train": _train_summary(trained, run_dir),
+        "data_check": data_check,
         "seconds": time.perf_counter() - start,
     }
     if ctx.is_main:
