@@ -13,6 +13,7 @@ from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
 from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
+from mmprompt.errors import CheckpointError
 from mmprompt.methods import create_learner
 from mmprompt.parity import load_reference, reference_clip
 
@@ -87,7 +88,7 @@ def test_strict_loading_and_clear_errors(tiny_clip: CLIP, tmp_path: Path) -> Non
     (tmp_path / "prompts.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unexpected"):
         load_prompts(tmp_path, tiny_clip)
-    with pytest.raises(FileNotFoundError, match="prompts.json"):
+    with pytest.raises(CheckpointError, match="prompts.json"):
         read_prompt_meta(tmp_path / "nothing")
     other = CLIP(get_config("tiny-parity"))
     meta["config"]["depth"] = 3

@@ -156,9 +156,9 @@ def test_check_verify_images_finds_corrupt_file(tmp_path: Path, capsys) -> None:
 
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "inspect", "--dataset", "mnist", "--root", tmp_path)
-    assert code == 1 and "unknown dataset 'mnist'" in err and "caltech101" in err
+    assert code == 2 and "unknown dataset 'mnist'" in err and "caltech101" in err  # usage error
     code, _, err = run(capsys, "inspect", "--dataset", "dtd", "--root", tmp_path)
-    assert code == 1 and str(tmp_path / "dtd") in err
+    assert code == 3 and str(tmp_path / "dtd") in err and "Traceback" not in err  # data error
 
 
 def test_list(capsys) -> None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 
 from . import __version__
 from .clip.model import CLIP
+from .errors import CheckpointError
 from .fileio import atomic_write_bytes, atomic_write_json
 from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, make_config
 
@@ -41,6 +42,20 @@ def package_versions() -> dict[str, str]:
     }
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its JSON header's keys sorted, so equal content gives equal bytes.
+
+    safetensors writes the metadata in hash-map order, which changes between processes. The header keeps
+    its length (same keys, same values), so the tensor data and their offsets are unchanged.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if len(text) > n:  # cannot happen for a header safetensors wrote; keep the file as it is
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n :]
+
+
 def save_prompts(
     learner: PromptLearner,
     directory: str | Path,
@@ -51,7 +66,7 @@ def save_prompts(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in learner.prompt_state_dict().items()}
-    blob = save(tensors, metadata={"format": FORMAT, "method": learner.method})
+    blob = canonical_safetensors(save(tensors, metadata={"format": FORMAT, "method": learner.method}))
     atomic_write_bytes(directory / WEIGHTS_FILE, blob)
     meta = {
         "format": FORMAT,
@@ -74,21 +89,21 @@ def read_prompt_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     meta_path = directory / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{directory} is not an mmprompt prompt checkpoint: {META_FILE} is missing "
             "(an interrupted save leaves no JSON; official Dassl checkpoints need `mmprompt import-official`)"
         )
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     for field in ("format", "method", "config", "classnames"):
         if field not in meta:
-            raise ValueError(f"{meta_path}: field {field!r} is missing")
+            raise CheckpointError(f"{meta_path}: field {field!r} is missing")
     if meta["format"] != FORMAT:
-        raise ValueError(f"{meta_path}: field 'format' is {meta['format']!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{meta_path}: field 'format' is {meta['format']!r}, expected {FORMAT!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this mmprompt")
+        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is newer than this mmprompt")
     return meta
 
 
@@ -105,7 +120,7 @@ def check_clip_matches(meta: Mapping[str, Any], clip: CLIP, where: Path) -> None
     if saved.get("embed_dim") != current["embed_dim"]:
         diffs.append(f"embed_dim: checkpoint {saved.get('embed_dim')} vs model {current['embed_dim']}")
     if diffs:
-        raise ValueError(f"{where}: the prompts were trained on another CLIP architecture ({'; '.join(diffs)})")
+        raise CheckpointError(f"{where}: the prompts were trained on another CLIP architecture ({'; '.join(diffs)})")
 
 
 def load_prompts(
@@ -126,11 +141,11 @@ def load_prompts(
     check_clip_matches(meta, clip, directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing (the checkpoint folder is incomplete)")
+        raise CheckpointError(f"{weights} is missing (the checkpoint folder is incomplete)")
     config = make_config(meta["method"], meta["config"])
     trained = list(meta["classnames"])
     if not trained and classnames is None:
-        raise ValueError(f"{directory}: the checkpoint records no class names; pass the class names to use")
+        raise CheckpointError(f"{directory}: the checkpoint records no class names; pass the class names to use")
     saved = meta.get("dataset") or {}
     trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"))
     learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,

@@ -3,6 +3,9 @@
 Each subcommand lives in its own module under :mod:`mmprompt.commands` and provides
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
 subcommand runs, so ``mmprompt --help`` stays fast.
+
+Errors the user can fix are reported in a few lines with a documented exit code (see
+:mod:`mmprompt.errors`); ``--debug`` or ``MMPROMPT_DEBUG=1`` shows their traceback too.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +34,12 @@ ALIASES: dict[str, str] = {"bench": "speed"}
 
 def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmprompt", description="Multi-modal prompt learning on CLIP.")
+    from . import __version__
+
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (also: environment variable MMPROMPT_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"mmprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     aliases_of = {target: [a for a, t in ALIASES.items() if t == target] for target in COMMANDS}
     for name, (module, help_text) in COMMANDS.items():
@@ -40,8 +49,12 @@ def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.Argu
     return parser
 
 
+def _debug_env() -> bool:
+    return os.environ.get("MMPROMPT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     chosen = ALIASES.get(chosen, chosen)
@@ -55,8 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(f"mmprompt.commands.{COMMANDS[ALIASES.get(args.command, args.command)][0]}")
-    return int(module.run(args) or 0)
+    debug = args.debug or _debug_env()
+    try:
+        module = importlib.import_module(f"mmprompt.commands.{COMMANDS[ALIASES.get(args.command, args.command)][0]}")
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("mmprompt: interrupted", file=sys.stderr)
+        from .errors import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from .errors import classify_error
+
+        info = classify_error(exc)
+        if info is None or debug:
+            raise
+        print(f"mmprompt {args.command}: error ({info.category}): {info.message}", file=sys.stderr)
+        print("(run with --debug or MMPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return info.code
 
 
 if __name__ == "__main__":

@@ -98,10 +98,15 @@ class DataSection:
     """Seed of the few-shot selection and of the run (prompt initialisation, data order, augmentation)."""
     subsample: str = "all"
     """Classes to train on: ``all``, ``base`` (first half of the sorted labels) or ``new``."""
-    num_workers: int = 4
-    """DataLoader worker processes (0: load in the main process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes (0: load in the main process; None: what the machine has, see
+    :func:`mmprompt.engine.loader.default_workers`)."""
     skip_corrupt: bool = False
-    """Skip unreadable images (logged) instead of stopping with an error naming the file."""
+    """Skip unreadable images (listed, and recorded in metrics.json) instead of stopping with an error."""
+    classnames_file: str | None = None
+    """Custom datasets: a class-names file (label order and names), e.g. for a CSV with integer labels."""
+    split_file: str | None = None
+    """Custom datasets: a split file in CoOp's format (paths relative to the dataset folder)."""
     crop_scale_min: float = 0.08
     """Smallest area fraction of the training RandomResizedCrop (the recipe's 0.08; the scale's upper end is 1)."""
 
@@ -110,7 +115,7 @@ class DataSection:
             raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {self.crop_scale_min!r}")
         if self.subsample not in SUBSAMPLES:
             raise ConfigError(f"data.subsample must be one of {SUBSAMPLES}, got {self.subsample!r}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         _check_int("data.shots", self.shots)
         _check_int("data.seed", self.seed)

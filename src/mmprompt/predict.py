@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -21,11 +22,42 @@ from torch import Tensor
 from .clip.model import CLIP
 from .methods import PromptLearner
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "to_pil"]
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Image.Image | str | Path
+ImageInput = Image.Image | str | Path | np.ndarray | Tensor
+"""A file path, a PIL image, a numpy array (H x W or H x W x C; uint8, 16-bit, or float in [0, 1]) or a
+tensor (C x H x W, as torchvision; uint8 or float in [0, 1])."""
+
+
+def to_pil(image: Image.Image | np.ndarray | Tensor) -> Image.Image:
+    """An in-memory image as an RGB PIL image (see :data:`ImageInput` for the accepted layouts)."""
+    from .data.images import to_rgb
+
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image array must be H x W or H x W x 3/4 (tensors: 3/4 x H x W), got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (float(np.nanmin(arr)) < 0.0 or float(np.nanmax(arr)) > 1.0):
+            raise ValueError("a float image must hold values in [0, 1] (not normalised); got values outside")
+        arr = (np.nan_to_num(arr) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8, uint16, bool or float in [0, 1], got {arr.dtype}")
+    return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
 
 
 class Predictor:
@@ -57,6 +89,7 @@ class Predictor:
         clip_activation: str | None = None,
         verify: bool = True,
         precision: str = "fp32",
+        allow_torchscript: bool = False,
     ) -> Predictor:
         """Load prompts saved by :func:`mmprompt.checkpoint.save_prompts`.
 
@@ -71,7 +104,7 @@ class Predictor:
         if clip is None:
             model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
         else:
-            model, _ = resolve_clip(clip, clip_activation, "cpu")
+            model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
         learner = load_prompts(directory, model)
         return cls(learner.to(device), precision=precision)
 
@@ -85,13 +118,17 @@ class Predictor:
         *,
         clip_activation: str | None = None,
         precision: str = "fp32",
+        allow_torchscript: bool = False,
     ) -> Predictor:
         """Zero-shot CLIP with hand-written ``templates`` (their normalised features are averaged)."""
         from .engine.clip_source import resolve_clip
         from .methods import create_learner
 
-        model, _ = resolve_clip(clip, clip_activation, "cpu")
-        names = list(classnames) if classnames else ["object"]
+        names = [str(n).strip() for n in classnames or []]
+        if not names or not all(names):
+            raise ValueError("zero-shot prediction needs the class names to choose from (classnames=[...]); "
+                             f"got {list(classnames or [])!r}")
+        model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
         learner = create_learner("zeroshot", model, names, {"templates": list(templates)})
         return cls(learner.to(device), precision=precision)
 
@@ -124,11 +161,11 @@ class Predictor:
         return autocast_context(self.precision, self.device)
 
     def _load(self, image: ImageInput) -> Tensor:
-        if isinstance(image, Image.Image):
-            return self.transform(image.convert("RGB"))
-        from .data.images import load_image
+        if isinstance(image, (str, Path)):
+            from .data.images import load_image
 
-        return self.transform(load_image(image))
+            return self.transform(load_image(image))
+        return self.transform(to_pil(image))
 
     @torch.no_grad()
     def logits(self, images: Sequence[ImageInput]) -> Tensor:
@@ -144,7 +181,8 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """For each image, the ``top_k`` most probable classes as ``(name, probability)``, best first."""
-        if isinstance(images, (Image.Image, str, Path)):
+        if isinstance(images, (Image.Image, str, Path)) or (
+                isinstance(images, (np.ndarray, Tensor)) and images.ndim <= 3):
             images = [images]
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

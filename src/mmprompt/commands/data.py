@@ -101,21 +101,31 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _check_custom(args: argparse.Namespace) -> int:
-    from mmprompt.data import build_custom_dataset, validate_samples
+    from mmprompt.data import build_custom_dataset
+    from mmprompt.data.check import CheckReport, add_split_findings, check_split_images
 
     splits = build_custom_dataset(args.root, classnames_file=args.classnames, split_file=args.split_file)
-    problems = []
-    for name in ("train", "val", "test"):
-        try:
-            validate_samples(splits.split(name), False, splits.image_dir, decode=args.verify_images)
-        except ValueError as e:
-            problems.append(f"{name} split: {e}")
-    print(f"custom dataset {splits.dataset_dir}: {splits.num_classes} classes, " + ", ".join(
-        f"{len(splits.split(n))} {n}" for n in ("train", "val", "test")))  # fmt: skip
-    for p in problems:
-        print(f"  PROBLEM: {p}")
-    print("OK" if not problems else f"{len(problems)} problem(s) found")
-    return 0 if not problems else 1
+    report = CheckReport("custom", splits.dataset_dir or splits.image_dir)
+    by_name = {n: splits.split(n) for n in ("train", "val", "test")}
+    report.notes.append(f"{splits.num_classes} classes, " + ", ".join(f"{len(v)} {k}" for k, v in by_name.items()))
+    check_split_images(by_name, splits.image_dir, args.verify_images, report)
+    add_split_findings(by_name, list(splits.classnames), report)
+    return _print_report(report, f"custom dataset {report.dataset_dir}")
+
+
+def _print_report(report: Any, title: str) -> int:
+    print(title)
+    for note in report.notes:
+        print(f"  note: {note}")
+    for warning in report.warnings:
+        print(f"  WARNING: {warning}")
+    for problem in report.problems:
+        print(f"  PROBLEM: {problem}")
+    if report.ok:
+        print("OK: the dataset is ready" + (f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""))
+        return 0
+    print(f"{len(report.problems)} problem(s) found")
+    return 1
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -124,16 +134,7 @@ def _check(args: argparse.Namespace) -> int:
     from mmprompt.data import check_dataset
 
     report = check_dataset(args.dataset, args.root, verify_images=args.verify_images)
-    print(f"{report.dataset}: {report.dataset_dir}")
-    for note in report.notes:
-        print(f"  note: {note}")
-    for problem in report.problems:
-        print(f"  PROBLEM: {problem}")
-    if report.ok:
-        print("OK: the dataset is ready")
-        return 0
-    print(f"{len(report.problems)} problem(s) found")
-    return 1
+    return _print_report(report, f"{report.dataset}: {report.dataset_dir}")
 
 
 def _list() -> int:
@@ -148,15 +149,8 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmprompt.data import DataError
-
-    try:
-        if args.data_command == "list":
-            return _list()
-        if args.data_command == "inspect":
-            return _inspect(args)
-        return _check(args)
-    except (DataError, KeyError, ValueError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    if args.data_command == "list":
+        return _list()
+    if args.data_command == "inspect":
+        return _inspect(args)
+    return _check(args)

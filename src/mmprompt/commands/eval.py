@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .train import add_custom_data_arguments, add_torchscript_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=100, help="test batch size (default 100)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--skip-corrupt", action="store_true", help="leave unreadable images out")
+    parser.add_argument("--num-workers", type=int, default=None, help="data-loader workers (default: what the "
+                        "machine has)")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="leave unreadable images out (listed, and recorded in the --output metrics)")
     parser.add_argument("--output", metavar="FILE", help="also write the metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
+    add_custom_data_arguments(parser)
+    add_torchscript_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_prompts, read_prompt_meta
     from ..config import RunConfig
     from ..data import build_dataset
+    from ..data.preflight import check_run_images
     from ..engine.clip_source import load_clip_from_info, resolve_clip
     from ..engine.distributed import init_distributed
     from ..engine.run import evaluate_split
@@ -60,11 +67,18 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     quiet_other_ranks(ctx)
     if args.clip:
-        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device)
+        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript)
     else:
         info = read_prompt_meta(args.checkpoint).get("clip") or {}
         clip = load_clip_from_info(info, device=ctx.device)
-    splits = build_dataset(args.dataset, args.data_root, shots=0, seed=args.seed, subsample=args.subsample)
+    custom = {"classnames_file": args.classnames, "split_file": args.split_file} if args.dataset == "custom" else {}
+    if args.dataset != "custom" and (args.classnames or args.split_file):
+        logger.error("--classnames and --split-file apply to --dataset custom only")
+        return 2
+    splits = build_dataset(args.dataset, args.data_root, shots=0, seed=args.seed, subsample=args.subsample, **custom)
+    _, checked, data_check = check_run_images(splits, {"test": splits}, check_train=False,
+                                              skip_corrupt=args.skip_corrupt, write_cache=ctx.is_main)
+    splits = checked["test"]
     if zero_shot:
         templates = args.template or [splits.template]
         learner = create_learner("zeroshot", clip, splits.classnames, {"templates": templates})
@@ -81,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_split(learner, splits, cfg, ctx, progress=not args.no_progress,
                             desc=f"{splits.name} {args.subsample}")
     metrics = {"method": method, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-               "dataset": splits.name, "subsample": args.subsample, "clip": info, **result.to_dict()}
+               "dataset": splits.name, "subsample": args.subsample, "clip": info, **result.to_dict(), "data_check": data_check}
     if ctx.is_main:
         print(f"{splits.name} ({args.subsample}, {learner.num_classes} classes): top-1 {result.accuracy:.2f}% "
               f"({result.correct}/{result.total}), mean per-class {result.mean_per_class_accuracy:.2f}%")

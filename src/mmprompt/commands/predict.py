@@ -3,14 +3,17 @@
     mmprompt predict --checkpoint runs/maple/eurosat --classes "forest,river,sea or lake" a.jpg b.jpg
     mmprompt predict --method zeroshot --clip ViT-B/16 --classes @names.txt --top-k 3 --json *.jpg
 
-``--classes`` is a comma-separated list, or ``@FILE`` with one name per line (default: the classes the
-prompts were trained on).
+``--classes`` is a comma-separated list, or ``@FILE`` with one name per line (``#`` starts a comment;
+default: the classes the prompts were trained on; an empty list is an error). An unreadable image is
+reported and the others are predicted; the exit code is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+from .train import add_torchscript_argument
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +31,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_torchscript_argument(parser)
 
 
 def parse_classes(text: str) -> list[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]``; ``"@file"`` -> the file's non-empty lines."""
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; ``"@file"`` -> the file's lines, without blank and ``#`` comment lines.
+
+    An empty list is an error (it would otherwise mean "the trained classes" silently).
+    """
     from pathlib import Path
 
+    from ..config import ConfigError
+
     if text.startswith("@"):
-        names = [line.strip() for line in Path(text[1:]).read_text(encoding="utf-8").splitlines()]
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--classes {text}: {path} is not UTF-8 text (byte offset {e.start})") from None
+        names = [ln.strip() for ln in lines if not ln.strip().startswith("#")]
+        where = f"{path} (one class per line; # starts a comment)"
     else:
         names = [part.strip() for part in text.split(",")]
-    return [n for n in names if n]
+        where = f"--classes {text!r} (comma-separated names)"
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"no class names in {where}; leave --classes out to use the trained classes")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"class names given twice in {where}: {', '.join(dup)}")
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..data.errors import CorruptImageError
+    from ..data.images import load_image
     from ..engine.distributed import resolve_device
+    from ..errors import EXIT_FAILED
     from ..methods import canonical_method
     from ..predict import Predictor
 
@@ -52,26 +77,43 @@ def run(args: argparse.Namespace) -> int:
     if zero_shot == (args.checkpoint is not None):
         logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
         return 2
-    classes = parse_classes(args.classes) if args.classes else None
+    classes = parse_classes(args.classes) if args.classes is not None else None
     device = resolve_device(args.device)
     if zero_shot:
         if not args.clip or not classes:
             logger.error("--method zeroshot needs --clip WEIGHTS and --classes")
             return 2
         predictor = Predictor.zero_shot(args.clip, classes, args.template or ["a photo of a {}."], device,
-                                        clip_activation=args.clip_activation, precision=args.precision)
+                                        clip_activation=args.clip_activation, precision=args.precision,
+                                        allow_torchscript=args.allow_torchscript)
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
-                                              clip_activation=args.clip_activation, precision=args.precision)
+                                              clip_activation=args.clip_activation, precision=args.precision,
+                                              allow_torchscript=args.allow_torchscript)
         if classes:
             predictor.set_classes(classes)
-    results = predictor.predict(args.images, top_k=args.top_k)
+    loaded, errors = {}, {}
+    for i, path in enumerate(args.images):  # one bad file is reported; the others are predicted
+        try:
+            loaded[i] = load_image(path)
+        except CorruptImageError as e:
+            errors[i] = str(e)
+    order = sorted(loaded)
+    predicted = dict(zip(order, predictor.predict([loaded[i] for i in order], top_k=args.top_k), strict=True)) \
+        if order else {}
     if args.json:
-        print(json.dumps([{"image": str(img), "predictions": [{"class": n, "probability": p} for n, p in preds]}
-                          for img, preds in zip(args.images, results, strict=True)], indent=2))
+        print(json.dumps([{"image": str(img), "error": errors[i]} if i in errors else
+                          {"image": str(img), "predictions": [{"class": n, "probability": p} for n, p in predicted[i]]}
+                          for i, img in enumerate(args.images)], indent=2))
     else:
-        for img, preds in zip(args.images, results, strict=True):
+        for i, img in enumerate(args.images):
             print(img)
-            for name, prob in preds:
+            if i in errors:
+                print(f"  error: {errors[i]}")
+                continue
+            for name, prob in predicted[i]:
                 print(f"  {prob:7.2%}  {name}")
+    if errors:
+        logger.error("%d of %d image(s) could not be read; the others were predicted", len(errors), len(args.images))
+        return EXIT_FAILED
     return 0

@@ -34,7 +34,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1...")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training / evaluation precision")
-    g.add_argument("--num-workers", type=int, help="data-loader workers")
+    g.add_argument("--num-workers", type=int, help="data-loader workers (default: what the machine has)")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="leave unreadable images out (listed, and recorded in metrics.json) instead of stopping")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -53,6 +55,11 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = value
     if getattr(args, "no_progress", False):
         out["log.progress"] = False
+    if getattr(args, "skip_corrupt", False):
+        out["data.skip_corrupt"] = True
+    for key, attr in (("data.classnames_file", "classnames"), ("data.split_file", "split_file")):
+        if getattr(args, attr, None):
+            out[key] = str(getattr(args, attr))
     return out
 
 
@@ -103,6 +110,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the interrupted run in --output (or skip it when finished)")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="end this session after N epochs (continue later with --resume)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although settings that change results differ (e.g. a lower "
+                        "optim.lr after a NaN stop); the changes are recorded in log.jsonl and metrics.json")
+    add_custom_data_arguments(parser)
+    add_torchscript_argument(parser)
+
+
+def add_custom_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--classnames FILE`` and ``--split-file FILE`` for ``--dataset custom``."""
+    g = parser.add_argument_group("custom datasets (--dataset custom)")
+    g.add_argument("--classnames", metavar="FILE",
+                   help="class-names file: label order and names (needed for a CSV with integer labels)")
+    g.add_argument("--split-file", metavar="FILE", help="a split file in CoOp's format (paths relative to the data)")
+
+
+def add_torchscript_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-torchscript", action="store_true",
+                        help="read CLIP weights stored as a TorchScript archive that is not a registered OpenAI "
+                        "release (this runs code stored in the file: only for files you trust)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,14 +139,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..engine.clip_source import resolve_clip
     from ..engine.distributed import init_distributed
+    from ..engine.fit import refuse_explicit_depths
     from ..engine.run import is_done, load_splits, run_experiment
-    from ..engine.train import NonFiniteLossError
+    from ..runlock import check_unlocked
 
     cfg = resolve_config(args, args.dataset)
     if not cfg.data.dataset or not cfg.data.root or not cfg.output:
         logger.error("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in the config)")
         return 2
     output = Path(cfg.output)
+    check_unlocked(output)  # a run in progress there: say so, not "pass --resume"
     started = output.exists() and any((output / f).exists() for f in ("checkpoint", "metrics.json", "prompts.json"))
     if started and not args.resume:
         state = "a finished run" if is_done(output) else "an unfinished run"
@@ -128,18 +156,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ctx = init_distributed(cfg.device)
     quiet_other_ranks(ctx)
-    clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device)
+    clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device,
+                              allow_torchscript=args.allow_torchscript)
+    refuse_explicit_depths(cfg, clip, args.overrides)
     splits = load_splits(cfg, ctx=ctx)
     evals: dict[str, Any] = {"test": splits}
     if cfg.data.subsample == "base":
         evals = {"base": splits, "novel": load_splits(cfg, subsample="new", ctx=ctx)}
-    try:
-        metrics = run_experiment(cfg, clip, info, output, train_splits=splits, evals=evals, ctx=ctx,
-                                 resume=True, stop_after_epochs=args.stop_after_epochs,
-                                 progress=cfg.log.progress)
-    except NonFiniteLossError as exc:
-        logger.error("%s", exc)
-        return 1
+    metrics = run_experiment(cfg, clip, info, output, train_splits=splits, evals=evals, ctx=ctx,
+                             resume=True, stop_after_epochs=args.stop_after_epochs, progress=cfg.log.progress,
+                             allow_config_change=args.allow_config_change)
     if metrics is None:
         logger.info("stopped early; continue with: mmprompt train ... --output %s --resume", output)
         return 0

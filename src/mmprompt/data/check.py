@@ -26,6 +26,8 @@ class CheckReport:
     dataset_dir: Path
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Usable, but probably not what was meant: duplicates, train/test overlap, classes without training images."""
 
     @property
     def ok(self) -> bool:
@@ -42,16 +44,43 @@ def _missing_requirements(info: DatasetInfo, dataset_dir: Path, needed: str) -> 
     return out
 
 
-def _check_images(
+def check_split_images(
     splits: dict[str, list[Sample]], image_dir: Path, verify: bool, report: CheckReport
 ) -> None:
+    """Every image exists (``verify``: decodes, all bad ones listed, and the image modes are noted)."""
+    from collections import Counter
+
+    from mmprompt.data.preflight import check_images
+    from mmprompt.data.quality import describe_modes
+
+    modes: Counter = Counter()
     for name, samples in splits.items():
         if not samples:
             continue
         try:
-            validate_samples(samples, skip_corrupt=False, image_dir=image_dir, decode=verify)
+            if verify:
+                found = check_images(samples, image_dir, what=f"{name} split", skip_corrupt=True, write_cache=False)
+                modes.update(found.modes)
+                if found.bad:
+                    report.problems.append(f"{name} split: {len(found.bad)} of {len(samples)} images are missing or "
+                                           "cannot be decoded:" + "".join(f"\n    {p} ({r})" for p, r in found.bad))
+            else:
+                validate_samples(samples, skip_corrupt=False, image_dir=image_dir, decode=False)
         except DataError as e:
             report.problems.append(f"{name} split: {e}")
+    if modes:
+        report.notes.append(f"image modes: {describe_modes(modes)}")
+    elif not verify:
+        report.notes.append("images were not decoded: add --verify-images to decode them and list their modes")
+
+
+def add_split_findings(splits: dict[str, list[Sample]], classnames: list[str], report: CheckReport,
+                       required: tuple[str, ...] = ("train", "test")) -> None:
+    from mmprompt.data.quality import split_findings
+
+    warnings, problems = split_findings(splits, classnames, required)
+    report.warnings.extend(warnings)
+    report.problems.extend(problems)
 
 
 def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool = False) -> CheckReport:
@@ -95,13 +124,15 @@ def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool =
     report.notes.append(
         "images: " + ", ".join(f"{len(v)} {k}" for k, v in splits.items() if v or not info.test_only)
     )
-    _check_images(splits, image_dir, verify_images, report)
+    check_split_images(splits, image_dir, verify_images, report)
 
     try:
-        n_classes = len(classnames_from(train, val, test, source=source))
+        classnames = classnames_from(train, val, test, source=source)
     except DataError as e:
         report.problems.append(str(e))
         return report
+    n_classes = len(classnames)
+    add_split_findings(splits, classnames, report, ("test",) if info.test_only else ("train", "test"))
     if n_classes != info.num_classes:
         report.notes.append(
             f"found {n_classes} classes; the official {info.coop_name} has {info.num_classes}, so results will "

@@ -16,6 +16,7 @@ ImageNet's classnames.txt) or the key alone (for integer labels: the whole line 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import random
@@ -23,7 +24,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmprompt.data.datasets._base import list_dirs, list_images, read_json, read_lines
+from mmprompt.data.datasets._base import list_dirs, list_images
 from mmprompt.data.errors import DatasetNotFoundError, SplitFileError
 from mmprompt.data.pipeline import GENERATED_SPLIT_SEED, finalize, generated_split_path, save_generated_split
 from mmprompt.data.samples import (
@@ -43,10 +44,17 @@ _LABEL_COLUMNS = ("label", "class", "classname", "class_name", "category", "targ
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-def read_classnames_file(path: Path, keys: Sequence[str] | None) -> dict[str, str]:
-    """Class key -> display name, in label order. ``keys=None`` means integer labels (names by line)."""
+def read_classnames_file(path: Path, keys: Sequence[str] | None, strict: bool = True) -> dict[str, str]:
+    """Class key -> display name, in label order. ``keys=None`` means integer labels (names by line).
+
+    Lines starting with ``#`` are comments. With ``strict=False`` a line naming no known key is kept as
+    the key itself (to report which data labels the file lacks).
+    """
     if path.suffix.lower() == ".json":
-        data = read_json(path)
+        try:
+            data = json.loads(read_text(path, "class-names file"))
+        except json.JSONDecodeError as e:
+            raise SplitFileError(f"{path}: not valid JSON ({e})") from None
         if isinstance(data, list):
             pairs = (
                 [(str(i), str(n)) for i, n in enumerate(data)]
@@ -58,7 +66,8 @@ def read_classnames_file(path: Path, keys: Sequence[str] | None) -> dict[str, st
         else:
             raise SplitFileError(f"{path}: expected a JSON list of names or an object {{key: name}}")
         return dict(pairs)
-    lines = read_lines(path)
+    lines = [ln.strip() for ln in read_text(path, "class-names file").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if keys is None:
         return {str(i): line for i, line in enumerate(lines)}
     known = set(keys)
@@ -69,6 +78,8 @@ def read_classnames_file(path: Path, keys: Sequence[str] | None) -> dict[str, st
             out[line] = line
         elif first in known and rest.strip():
             out[first] = rest.strip()
+        elif not strict:
+            out[line] = line
         else:
             raise SplitFileError(
                 f"{path}, line {n}: {line!r} names no class of the dataset (known: {sorted(known)[:5]}...)"
@@ -119,18 +130,66 @@ def _read_folders(
     return list(split_per_class(groups, rng)), "generated"
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a BOM is dropped), or a :class:`SplitFileError` naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SplitFileError(
+            f"{path}: the {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _looks_like_header(row: list[str]) -> bool:
+    cells = [c.strip().lower() for c in row]
+    if any(c in _PATH_COLUMNS or c in _LABEL_COLUMNS or c == "split" for c in cells):
+        return True
+    return not cells[0].endswith(_IMAGE_SUFFIXES)
+
+
+def _columns(header: list[str], source: Path) -> tuple[int, int, int | None]:
+    cells = [c.strip().lower() for c in header]
+    path_col = next((i for i, c in enumerate(cells) if c in _PATH_COLUMNS), None)
+    label_col = next((i for i, c in enumerate(cells) if c in _LABEL_COLUMNS), None)
+    if path_col is None or label_col is None:
+        missing = "path" if path_col is None else "label"
+        names = _PATH_COLUMNS if path_col is None else _LABEL_COLUMNS
+        raise SplitFileError(
+            f"{source}, line 1: the header {','.join(header)!r} has no {missing} column; expected one of "
+            f"{', '.join(names)} (and an optional 'split' column), e.g. 'path,label,split'. Without a header, "
+            "rows are path,label[,split]"
+        )
+    return path_col, label_col, cells.index("split") if "split" in cells else None
+
+
+def _norm_label(label: str) -> str:
+    return " ".join(label.split()).casefold()
+
+
+def _check_label_variants(entries: list[tuple[str, str, str | None, int]], source: Path) -> None:
+    """Two spellings of one class (case, spaces) are a typo, not two classes."""
+    first: dict[str, tuple[str, int]] = {}
+    for _, key, _, line in entries:
+        seen = first.setdefault(_norm_label(key), (key, line))
+        if seen[0] != key:
+            raise SplitFileError(
+                f"{source}, line {line}: label {key!r} differs from {seen[0]!r} (line {seen[1]}) only in case or "
+                "spaces; use one spelling per class"
+            )
+
+
 def _read_csv(
     source: Path, classnames_file: Path | None, rng: random.Random
 ) -> tuple[list[list[Sample]], str]:
-    with open(source, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = [r for r in csv.reader(read_text(source, "CSV file").splitlines()) if r and any(c.strip() for c in r)]
     if not rows:
         raise SplitFileError(f"{source}: the CSV file is empty")
-    header = [c.strip().lower() for c in rows[0]]
-    if header[0] in _PATH_COLUMNS:
-        cols = (header.index(next(c for c in header if c in _PATH_COLUMNS)),
-                next((header.index(c) for c in header if c in _LABEL_COLUMNS), 1),
-                header.index("split") if "split" in header else None)  # fmt: skip
+    if _looks_like_header(rows[0]):
+        cols = _columns(rows[0], source)
         rows, first_line = rows[1:], 2
     else:
         cols, first_line = (0, 1, 2 if len(rows[0]) > 2 else None), 1
@@ -145,6 +204,8 @@ def _read_csv(
             if split is None:
                 raise SplitFileError(f"{source}, line {n}: split {row[cols[2]]!r} is not train, val or test")
         entries.append((path, row[cols[1]].strip(), split, n))
+    if not entries:
+        raise SplitFileError(f"{source}: the CSV file has a header but no rows")
     if all(re.fullmatch(r"\d+", e[1]) for e in entries):
         entries = [(p, str(int(k)), s, n) for p, k, s, n in entries]
         if classnames_file is None:
@@ -154,9 +215,18 @@ def _read_csv(
         names = read_classnames_file(classnames_file, None)
         bad = next((e for e in entries if e[1] not in names), None)
         if bad:
-            raise SplitFileError(f"{source}, line {bad[3]}: label {bad[1]} has no name in {classnames_file}")
+            raise SplitFileError(f"{source}, line {bad[3]}: label {bad[1]} has no name in {classnames_file} "
+                                 f"({len(names)} names: labels 0 to {len(names) - 1})")
         label_of, name_of = {k: int(k) for k in names}, names
     else:
+        _check_label_variants(entries, source)
+        if classnames_file is not None:
+            known = read_classnames_file(classnames_file, sorted({e[1] for e in entries}), strict=False)
+            bad = next((e for e in entries if e[1] not in known), None)
+            if bad:
+                near = [k for k in known if _norm_label(k) == _norm_label(bad[1])]
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; known: {', '.join(list(known)[:8])}"
+                raise SplitFileError(f"{source}, line {bad[3]}: label {bad[1]!r} is not in {classnames_file}{hint}")
         label_of, name_of = _label_map([e[1] for e in entries], classnames_file)
     samples = {s: [] for s in (None, "train", "val", "test")}
     for path, key, split, _ in entries:
@@ -170,8 +240,9 @@ def _read_csv(
         inverse = {label_of[k]: name_of[k] for k in label_of}
         ordered = [(y, inverse[y], sorted(groups[y])) for y in sorted(groups)]
         return list(split_per_class(ordered, rng)), "generated"
-    if not samples["train"] or not samples["test"]:
-        raise SplitFileError(f"{source}: the split column must give both train and test rows")
+    for name in ("train", "test"):
+        if not samples[name]:
+            raise SplitFileError(f"{source}: the split column gives no {name} rows; the {name} split would be empty")
     if samples["val"]:
         return [samples["train"], samples["val"], samples["test"]], f"split column of {source}"
     train, val = split_trainval(samples["train"], rng)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from mmprompt.data.errors import CorruptImageError, DataError
@@ -21,15 +22,53 @@ def resolve_path(sample: Sample, image_dir: str | os.PathLike[str] | None) -> Pa
     return sample.resolve(image_dir) if image_dir is not None else Path(sample.path)
 
 
+HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+"""Pillow modes with more than 8 bits per sample (16-bit grey PNG/TIFF, 32-bit integer or float)."""
+
+
+def _high_bit_to_rgb(im: Image.Image) -> Image.Image:
+    """A 16/32-bit grey image scaled to 8 bits (Pillow's own ``convert`` clips it: all white)."""
+    arr = np.asarray(im).astype(np.float64)
+    if im.mode.startswith("I;16"):
+        scale = 65535.0
+    elif im.mode == "F":
+        scale = 1.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 255.0
+    else:  # "I": 16-bit content unless it fits in 8 bits
+        scale = 65535.0 if arr.size and float(arr.max()) > 255 else 255.0
+    grey = np.clip(np.nan_to_num(arr) * (255.0 / scale) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Pillow image -> RGB as the official pipeline does it (``convert("RGB")``: transparency is dropped,
+    not composited), except that high-bit-depth grey images are scaled to 8 bits instead of clipped."""
+    if im.mode in HIGH_BIT_MODES:
+        return _high_bit_to_rgb(im)
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image to RGB, or raise :class:`CorruptImageError` naming the file."""
+    """Decode an image to RGB (see :func:`to_rgb`), or raise :class:`CorruptImageError` naming the file."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError as e:
         raise CorruptImageError(f"image file is missing: {path}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot decode image {path}: {e}") from e
+
+
+def probe_image(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """``(mode, None)`` when ``path`` decodes, else ``(None, reason)``; reads the whole image."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            im.load()
+        return mode, None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"cannot decode: {e}"
 
 
 def _summarise(paths: Sequence[str]) -> str:

@@ -159,6 +159,8 @@ def read_split_file(path: str | os.PathLike[str]) -> tuple[list[Sample], list[Sa
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise SplitFileError(f"{path}: not valid JSON ({e}); re-download or delete the file") from e
+    except UnicodeDecodeError as e:
+        raise SplitFileError(f"{path}: not UTF-8 text (byte offset {e.start}); re-download or re-save it") from None
     return parse_split(data, path)
 
 

@@ -5,26 +5,39 @@ gradient scaler, the number of finished epochs and the RNG states of Python, Num
 written to a temporary file and renamed, so an interruption leaves the previous state intact. Only plain
 containers and tensors are stored, so it loads with ``torch.load(weights_only=True)``.
 
+A resumed run must train what the interrupted one trained. :func:`resume_values` lists what changes
+results (method, optimiser, precision, the data selection and the exact training images); fields that do
+not (workers, logging, data root, skip-corrupt when nothing was skipped) never block a resume.
+:func:`check_resume` refuses a difference, listing each field old -> new, unless the caller allows it
+(``--allow-config-change``), in which case the changes are returned to be recorded.
+
 The prompts of a finished run are saved separately (and for good) by :func:`mmprompt.checkpoint.save_prompts`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..fileio import atomic_write
 
 __all__ = [
     "STATE_FILE",
+    "ResumeMismatchError",
+    "check_resume",
+    "resume_values",
+    "saved_train_summary",
     "capture_rng",
     "config_fingerprint",
     "load_state",
@@ -83,7 +96,9 @@ def config_fingerprint(values: Mapping[str, Any]) -> str:
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write a training state atomically (temporary file in the same folder, then ``os.replace``)."""
-    atomic_write(path, lambda f: torch.save({"version": STATE_VERSION, **state}, f))
+    buf = io.BytesIO()  # serialised first, so a full disk is reported by the write, naming the file
+    torch.save({"version": STATE_VERSION, **state}, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -92,7 +107,78 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable mmprompt training state ({exc}); delete it to start over") from exc
+        raise CheckpointError(f"{path} is not a readable mmprompt training state ({exc}); delete it to start over") from exc
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path} is not an mmprompt training state (version {STATE_VERSION})")
+        raise CheckpointError(f"{path} is not an mmprompt training state (version {STATE_VERSION})")
     return state
+
+
+class ResumeMismatchError(CheckpointError):
+    """The saved training state was written with settings that change results."""
+
+
+# data fields that do not change what is trained (the training images themselves are compared instead)
+_FREE_DATA_FIELDS = ("root", "num_workers", "skip_corrupt", "classnames_file", "split_file")
+
+
+def _samples_digest(samples: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.path}\t{int(s.label)}\t{getattr(s, 'classname', '')}\n".encode())
+    return f"{len(samples)} images (sha256 {h.hexdigest()[:12]})"
+
+
+def resume_values(cfg: Any, samples: Sequence[Any]) -> dict[str, Any]:
+    """The flat ``{field: value}`` of a run config that changes results, plus the training images."""
+    from ..methods.base import MethodConfig
+
+    d = cfg.to_dict()
+    exact_options = {f.name for f in dataclasses.fields(MethodConfig)}  # speed options with the same results
+    out: dict[str, Any] = {f"method.{k}": v for k, v in d["method"].items() if k not in exact_options}
+    out.update({f"data.{k}": v for k, v in d["data"].items() if k not in _FREE_DATA_FIELDS})
+    out.update({f"optim.{k}": v for k, v in d["optim"].items()})
+    out["precision"] = d["precision"]
+    out["data.train_images"] = _samples_digest(samples)
+    return json.loads(json.dumps(out, default=str))
+
+
+def check_resume(
+    state: Mapping[str, Any], current: Mapping[str, Any], allow_change: bool, where: str | Path
+) -> list[dict[str, Any]]:
+    """Compare a saved state's :func:`resume_values` with the current ones.
+
+    Returns the differences (``[{field, old, new}]``, empty when none) when they are allowed; raises
+    :class:`ResumeMismatchError` listing them otherwise.
+    """
+    saved = state.get("resume_values")
+    if saved is None:  # a state written before the values were recorded: only its fingerprint is known
+        if state.get("fingerprint") == config_fingerprint(current):
+            return []
+        diffs = [{"field": "(unknown: the state records no settings)", "old": None, "new": None}]
+    else:
+        keys = sorted(set(saved) | set(current))
+        diffs = [{"field": k, "old": saved.get(k), "new": current.get(k)} for k in keys if saved.get(k) != current.get(k)]
+    if not diffs:
+        return []
+    listing = "\n".join(f"  {d['field']}: {d['old']!r} -> {d['new']!r}" for d in diffs)
+    if not allow_change:
+        folder = Path(where).parent.parent
+        raise ResumeMismatchError(
+            f"{where} was written with other settings that change results:\n{listing}\n"
+            "Resume anyway with --allow-config-change (the change is recorded in log.jsonl and metrics.json), "
+            f"choose another --output, or delete {folder / 'checkpoint'} to start over"
+        )
+    logger.warning("resuming %s with changed settings (allowed):\n%s", where, listing)
+    return diffs
+
+
+def saved_train_summary(run_dir: str | Path) -> dict[str, Any]:
+    """From ``run_dir``'s training state: the last epoch's record and the allowed config changes."""
+    path = state_path(run_dir)
+    if not path.is_file():
+        return {}
+    try:
+        state = load_state(path)
+    except CheckpointError:
+        return {}
+    return {"record": state.get("record") or {}, "config_changes": list(state.get("config_changes") or [])}

@@ -44,8 +44,13 @@ def resolve_clip(
     spec: ClipSpec,
     activation: str | None = None,
     device: str | torch.device = "cpu",
+    allow_torchscript: bool = False,
 ) -> tuple[CLIP, dict[str, Any]]:
-    """The frozen CLIP described by ``spec`` on ``device``, and what to record about it."""
+    """The frozen CLIP described by ``spec`` on ``device``, and what to record about it.
+
+    ``allow_torchscript`` reads a TorchScript archive that is not a registered OpenAI release (it runs
+    code stored in the file: only for files you trust).
+    """
     info: dict[str, Any]
     if isinstance(spec, CLIP):
         clip, info = spec, {"weights": None, "source": "model"}
@@ -66,7 +71,7 @@ def resolve_clip(
             entry = get_pretrained(str(spec)) if isinstance(spec, str) else None
         except KeyError:
             entry = None
-        clip = load(spec, device="cpu", activation=activation)
+        clip = load(spec, device="cpu", activation=activation, allow_torchscript=allow_torchscript)
         if entry is not None:
             info = {"weights": entry.name, "source": "registry", "sha256": entry.sha256}
         else:
@@ -85,8 +90,10 @@ def load_clip_from_info(
     from ..clip import load
 
     weights = info.get("weights")
+    from ..errors import CheckpointError
+
     if not weights:
-        raise ValueError(
+        raise CheckpointError(
             "the checkpoint does not record loadable CLIP weights (it was trained on a model passed in "
             "directly); pass the CLIP yourself (clip=... / --clip)"
         )
@@ -101,7 +108,7 @@ def load_clip_from_info(
         if verify and expected:
             actual = _file_digest(path)
             if actual != expected:
-                raise ValueError(
+                raise CheckpointError(
                     f"{path} has SHA-256 {actual}, but the prompts were trained with weights whose SHA-256 is "
                     f"{expected}; pass the right weights with --clip"
                 )

@@ -39,12 +39,29 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; other names as given."""
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; other names as given.
+
+    Raises :class:`~mmprompt.errors.DeviceError` for a malformed name or a device this machine lacks.
+    """
+    from ..errors import DeviceError
+
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise DeviceError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N ({exc})") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                              "use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
     return device
 
 

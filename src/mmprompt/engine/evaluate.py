@@ -54,7 +54,7 @@ def evaluate(
     image_dir: str | Path | None = None,
     batch_size: int = 100,
     precision: str = "fp32",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     ctx: DistContext | None = None,
     skip_corrupt: bool = False,
     progress: bool = False,

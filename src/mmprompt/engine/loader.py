@@ -9,6 +9,7 @@ computes the same global order and takes its own slice of each global batch.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,10 +21,25 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.errors import CorruptImageError
 from ..data.images import load_image
 
-__all__ = ["Batch", "EpochBatchSampler", "ImageDataset", "collate", "epoch_order", "eval_loader", "train_loader"]
+__all__ = [
+    "Batch", "EpochBatchSampler", "ImageDataset", "collate", "default_workers", "epoch_order", "eval_loader",
+    "train_loader",
+]
 
 logger = logging.getLogger(__name__)
 _MASK63 = (1 << 63) - 1
+
+
+def default_workers(requested: int | None = None) -> int:
+    """``requested``, or (None) what the machine has: no workers on 1-2 cores (they cost more than they
+    save), else one per core left to the training process, at most 8."""
+    if requested is not None:
+        return int(requested)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 class Batch(NamedTuple):
@@ -152,7 +168,7 @@ def train_loader(
     dataset: ImageDataset,
     batch_size: int,
     seed: int,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
@@ -166,19 +182,20 @@ def train_loader(
         rank=rank, world_size=world_size,
     )
     loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory
+        dataset, batch_sampler=sampler, num_workers=default_workers(num_workers), collate_fn=collate,
+        pin_memory=pin_memory,
     )
     return loader, sampler
 
 
 def eval_loader(
-    dataset: ImageDataset, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+    dataset: ImageDataset, batch_size: int, num_workers: int | None = 0, rank: int = 0, world_size: int = 1,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Evaluation loader in dataset order; with several processes each reads every ``world_size``-th item."""
     indices = list(range(rank, len(dataset), world_size))
     subset = torch.utils.data.Subset(dataset, indices)
     return DataLoader(
-        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+        subset, batch_size=batch_size, shuffle=False, num_workers=default_workers(num_workers), collate_fn=collate,
         pin_memory=pin_memory,
     )

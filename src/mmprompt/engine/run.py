@@ -17,9 +17,10 @@ from typing import Any
 from ..checkpoint import load_prompts, save_prompts
 from ..clip.model import CLIP
 from ..config import RunConfig
+from ..data.preflight import check_run_images
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..methods import DatasetContext, PromptLearner, create_learner
-from .checkpoint import seed_everything
+from .checkpoint import saved_train_summary, seed_everything
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
 from .train import TrainResult, train
@@ -92,6 +93,7 @@ def load_splits(
             shots=cfg.data.shots if shots is None else shots,
             seed=cfg.data.seed,
             subsample=cfg.data.subsample if subsample is None else subsample,
+            **custom_files(cfg, name),
         )
 
     if ctx is None or not ctx.enabled:
@@ -99,6 +101,18 @@ def load_splits(
     splits = build() if ctx.is_main else None
     barrier(ctx)
     return splits if splits is not None else build()
+
+
+def custom_files(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    """``classnames_file`` / ``split_file`` of ``cfg.data`` for a custom dataset (they apply to nothing else)."""
+    files = {"classnames_file": cfg.data.classnames_file, "split_file": cfg.data.split_file}
+    if dataset.lower() != "custom":
+        if any(files.values()):
+            from ..config import ConfigError
+
+            raise ConfigError(f"data.classnames_file and data.split_file apply to custom datasets only, not {dataset!r}")
+        return {}
+    return files
 
 
 def dataset_context(splits: Any) -> DatasetContext:
@@ -135,15 +149,26 @@ def evaluate_split(
     )
 
 
-def _checked_train_samples(splits: Any, cfg: RunConfig) -> list[Any]:
-    from ..data import validate_samples
+def run_experiment(cfg: RunConfig, clip: CLIP, clip_info: Mapping[str, Any], run_dir: str | Path,
+                   **kwargs: Any) -> dict[str, Any] | None:
+    """:func:`_run_experiment` (same arguments) holding ``run_dir``'s lock, on a config fitted to ``clip``.
 
-    kept, _ = validate_samples(splits.train, skip_corrupt=cfg.data.skip_corrupt, image_dir=splits.image_dir,
-                               decode=cfg.data.skip_corrupt)
-    return kept
+    The lock (:class:`~mmprompt.runlock.RunLock`) refuses a second process on the same folder; temporary
+    files of a write killed half-way are removed once it is held.
+    """
+    from ..fileio import remove_stale_temp_files
+    from ..runlock import RunLock
+    from .fit import fit_depths_to_clip
+
+    ctx = kwargs.get("ctx")
+    main = ctx is None or ctx.is_main
+    with RunLock(run_dir, enabled=main, command=f"{cfg.method.name} on {cfg.data.dataset}"):
+        if main:
+            remove_stale_temp_files(run_dir)
+        return _run_experiment(fit_depths_to_clip(cfg, clip), clip, clip_info, run_dir, **kwargs)
 
 
-def run_experiment(
+def _run_experiment(
     cfg: RunConfig,
     clip: CLIP,
     clip_info: Mapping[str, Any],
@@ -157,6 +182,7 @@ def run_experiment(
     on_epoch_end: Callable[[int, TrainResult], None] | None = None,
     progress: bool = True,
     extra: Mapping[str, Any] | None = None,
+    allow_config_change: bool = False,
 ) -> dict[str, Any] | None:
     """Train on ``train_splits.train`` and evaluate on the test split of each of ``evals``.
 
@@ -177,12 +203,15 @@ def run_experiment(
     start = time.perf_counter()
     seed_everything(cfg.data.seed)
     learner = build_learner(cfg, clip, train_splits)
+    train_splits, evals, data_check = check_run_images(  # issue 15: pre-flight image check
+        train_splits, evals, check_train=bool(learner.trainable_parameters()), skip_corrupt=cfg.data.skip_corrupt,
+        write_cache=ctx.is_main)
     trained: TrainResult | None = None
     if learner.trainable_parameters():
-        samples = _checked_train_samples(train_splits, cfg)
         trained = train(
-            learner, samples, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
+            learner, train_splits.train, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
             stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
+            allow_config_change=allow_config_change,
         )
         if not trained.completed:
             logger.info("stopped after epoch %d of %d; resume to continue", trained.epochs_done, trained.epochs_total)
@@ -203,7 +232,8 @@ def run_experiment(
         "method": cfg.method.name,
         **info,
         "eval": results,
-        "train": _train_summary(trained),
+        "train": _train_summary(trained, run_dir),
+        "data_check": data_check,
         "seconds": time.perf_counter() - start,
     }
     if ctx.is_main:
@@ -212,11 +242,13 @@ def run_experiment(
     return metrics
 
 
-def _train_summary(trained: TrainResult | None) -> dict[str, Any]:
+def _train_summary(trained: TrainResult | None, run_dir: Path) -> dict[str, Any]:
     if trained is None:
         return {"epochs": 0}
-    last = trained.history[-1] if trained.history else {}
+    saved = saved_train_summary(run_dir)  # issue 15: kept across resumes
+    last = trained.history[-1] if trained.history else saved.get("record", {})
     return {
+        "config_changes": saved.get("config_changes", []),
         "epochs": trained.epochs_done,
         "resumed_from": trained.resumed_from,
         "final_loss": last.get("loss"),

@@ -28,9 +28,19 @@ from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..methods import Objective, PromptLearner
-from .checkpoint import capture_rng, config_fingerprint, load_state, restore_rng, save_state, state_path
+from .checkpoint import (
+    capture_rng,
+    check_resume,
+    config_fingerprint,
+    load_state,
+    restore_rng,
+    resume_values,
+    save_state,
+    state_path,
+)
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
+from .logs import truncate_run_logs
 from .optim import WarmupCosineLR, build_optimizer
 from .precision import autocast_context
 
@@ -139,14 +149,12 @@ class TrainSession:
     fingerprint: str
     steps_per_epoch: int
     params: list[nn.Parameter]
+    resume_values: dict[str, Any] = field(default_factory=dict)
+    """The settings that change results (compared on resume, see :func:`~.checkpoint.check_resume`)."""
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Result-changing settings changed on an allowed resume, with the epoch at which they changed."""
     grad_terms: dict[str, list[Tensor | None]] = field(default_factory=dict)
     """Per objective grad-term, its gradient for each of ``params``, accumulated over the step."""
-
-
-def _resume_key(cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    return {"method": d["method"], "data": {k: v for k, v in d["data"].items() if k not in ("root", "num_workers")},
-            "optim": d["optim"], "precision": d["precision"]}
 
 
 def _micro_batches(loader: Any) -> Iterator[tuple[int, Any]]:
@@ -183,8 +191,11 @@ def setup_training(
     image_dir: str | Path | None = None,
     ctx: DistContext | None = None,
     progress: bool | None = None,
+    resume: bool = True,
 ) -> TrainSession:
-    """Build the loader, optimizer (the learner's parameter groups), schedule and logger of a session."""
+    """Build the loader, optimizer (the learner's parameter groups), schedule and logger of a session.
+    Logs of a run folder are cut back to its training state (``resume``) or emptied, so that a resumed run
+    has no duplicate records."""
     device = next(learner.parameters()).device
     ctx = ctx or DistContext(device=device)
     params = learner.trainable_parameters()
@@ -192,6 +203,8 @@ def setup_training(
         raise ValueError(f"{learner.method} has no trainable parameters; evaluate it without training")
     opt = cfg.optim
     run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None and ctx.is_main:
+        truncate_run_logs(run_path, state_path(run_path) if resume else None, cfg.log.tensorboard)
     dataset = ImageDataset(samples, _train_transform(learner, cfg.data.crop_scale_min), image_dir,
                            skip_corrupt=cfg.data.skip_corrupt)
     loader, sampler = train_loader(dataset, opt.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank,
@@ -201,6 +214,7 @@ def setup_training(
     if grouped != {id(p) for p in params}:
         raise ValueError(f"{learner.method}.parameter_groups() must hold every trainable parameter exactly once")
     optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay)
+    values = resume_values(cfg, samples)
     return TrainSession(
         learner=learner,
         model=_wrap_ddp(learner, ctx, device),
@@ -215,23 +229,25 @@ def setup_training(
         writer=_Logger(run_path if ctx.is_main else None, cfg.log.tensorboard),
         show=(cfg.log.progress if progress is None else progress) and ctx.is_main,
         state_file=state_path(run_path) if run_path is not None else None,
-        fingerprint=config_fingerprint(_resume_key(cfg)),
+        fingerprint=config_fingerprint(values),
         steps_per_epoch=max(1, math.ceil(len(sampler) / opt.grad_accum)),
         params=params,
+        resume_values=values,
     )
 
 
-def resume_training(session: TrainSession) -> int:
-    """Restore the session from its run folder's training state; returns the epochs already done."""
+def resume_training(session: TrainSession, allow_config_change: bool = False) -> int:
+    """Restore the session from its run folder's training state; returns the epochs already done.
+
+    Settings that change results must be those of the saved state (the refusal lists each difference)
+    unless ``allow_config_change``; then the changes are recorded in the log and the training state."""
     s = session
     if s.state_file is None or not s.state_file.is_file():
         return 0
     state = load_state(s.state_file, map_location=s.device)
-    if state.get("fingerprint") != s.fingerprint:
-        raise ValueError(
-            f"{s.state_file} was written by a run with another method, data or optim config; use another "
-            "output folder, or delete the checkpoint folder to start over"
-        )
+    new = check_resume(state, s.resume_values, allow_config_change, s.state_file)
+    earlier = list(state.get("config_changes", []))
+    s.config_changes = [*earlier, *({**c, "epoch": int(state["epoch"])} for c in new)]
     s.learner.load_prompt_state_dict(state["prompts"])
     s.learner.load_training_state(state.get("method_state") or {})
     s.optimizer.load_state_dict(state["optimizer"])
@@ -240,17 +256,23 @@ def resume_training(session: TrainSession) -> int:
     restore_rng(state["rng"])
     start = int(state["epoch"])
     logger.info("resuming from %s after epoch %d of %d", s.state_file, start, s.cfg.optim.epochs)
+    if new:
+        s.writer.write({"event": "config_change", "epoch": start, "changes": s.config_changes}, 0, "resume")
     return start
 
 
-def save_training_state(session: TrainSession, epochs_done: int) -> None:
-    """Write the training state after ``epochs_done`` epochs (rank 0; atomically)."""
+def save_training_state(session: TrainSession, epochs_done: int, record: dict[str, Any]) -> None:
+    """Write the training state after ``epochs_done`` epochs (rank 0; atomically), with that epoch's
+    record (so that a run resumed after its last epoch still reports its final loss)."""
     s = session
     if s.state_file is None or not s.ctx.is_main:
         return
     save_state(s.state_file, {
         "epoch": epochs_done,
         "fingerprint": s.fingerprint,
+        "resume_values": s.resume_values,
+        "record": record,
+        "config_changes": s.config_changes,
         "prompts": s.learner.prompt_state_dict(),
         "method_state": {k: v.detach().clone() for k, v in s.learner.training_state().items()},
         "optimizer": s.optimizer.state_dict(),
@@ -272,6 +294,7 @@ def train(
     stop_after_epochs: int | None = None,
     on_epoch_end: Callable[[int, TrainResult], None] | None = None,
     progress: bool | None = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Train ``learner``'s trainable parameters on ``samples`` with ``cfg.optim`` and ``cfg.precision``.
 
@@ -285,13 +308,15 @@ def train(
         stop_after_epochs: end this session after this many epochs (the state allows resuming).
         on_epoch_end: called with (0-based epoch, result so far) after each epoch's state is written.
         progress: show a progress bar (default ``cfg.log.progress``; rank 0 only).
+        allow_config_change: resume although settings that change results differ (recorded in the log).
 
     Raises:
         NonFiniteLossError: a loss term became NaN/inf; the last good state (previous epoch) is kept.
     """
-    session = setup_training(learner, samples, cfg, run_dir, image_dir=image_dir, ctx=ctx, progress=progress)
+    session = setup_training(learner, samples, cfg, run_dir, image_dir=image_dir, ctx=ctx, progress=progress,
+                             resume=resume)
     epochs = cfg.optim.epochs
-    start = resume_training(session) if resume else 0
+    start = resume_training(session, allow_config_change) if resume else 0
     result = TrainResult(epochs_done=start, epochs_total=epochs, completed=start >= epochs, resumed_from=start)
     begin = time.perf_counter()
     try:
@@ -303,7 +328,7 @@ def train(
             learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1
             result.history.append(record)
-            save_training_state(session, epoch + 1)
+            save_training_state(session, epoch + 1, record)
             session.writer.write({"event": "epoch", **record}, (epoch + 1) * session.steps_per_epoch, "epoch")
             terms = ", ".join(f"{k} {record[k]:.4f}" for k in record.get("terms", []))
             logger.info("epoch %d/%d: loss %.4f%s, acc %.2f%%, lr %.3g (%.1fs)", epoch + 1, epochs, record["loss"],

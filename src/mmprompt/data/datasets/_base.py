@@ -115,8 +115,11 @@ def list_dirs(folder: Path, ignored: Sequence[str] = ()) -> list[str]:
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a text file."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise SplitFileError(f"{path}: not UTF-8 text (byte offset {e.start}); re-download or re-save it") from None
 
 
 def read_json(path: Path) -> Any:
@@ -125,6 +128,8 @@ def read_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise SplitFileError(f"{path}: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise SplitFileError(f"{path}: not UTF-8 text (byte offset {e.start}); re-download or re-save it") from None
 
 
 def read_wnid_classnames(path: Path) -> dict[str, str]:
