@@ -62,6 +62,7 @@ def test_missing_and_corrupt_weights(env, tmp_path: Path, capsys) -> None:
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_refusal_names_the_flag(env, tmp_path: Path, capsys) -> None:
     import torch
 
@@ -70,6 +71,7 @@ def test_torchscript_refusal_names_the_flag(env, tmp_path: Path, capsys) -> None
     _fails(capsys, env["argv"](tmp_path / "r", clip=ts), 4, "TorchScript", "--allow-torchscript")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_and_malicious_training_state(env, tmp_path: Path, capsys) -> None:
     out = tmp_path / "r"
     assert main(env["argv"](out, "--stop-after-epochs", "1")) == 0
@@ -207,3 +209,32 @@ def test_predictor_inputs(env) -> None:
     assert len(p.predict(arr)) == 1 and len(p.predict([arr, tensor, pil])) == 3
     with pytest.raises(ValueError, match="float image must hold values in"):
         p.predict(arr.astype(np.float32))
+
+
+def test_nan_stop_is_a_message_with_exit_1(env, tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    import mmprompt.engine.train as train_mod
+
+    real = train_mod._check_finite
+    monkeypatch.setattr(train_mod, "_check_finite",
+                        lambda loss, *a: real(loss * float("nan") if a[1] == 1 else loss, *a))  # NaN in epoch 2
+    out = tmp_path / "r"
+    _fails(capsys, env["argv"](out), 1, "error (training stopped)", "the training loss is nan at epoch 2",
+           str(out / "checkpoint" / "state.pt"))
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["epoch"] == 1  # last good state kept
+    monkeypatch.undo()
+    _fails(capsys, [*env["argv"](out, "--resume"), "optim.lr=0.001"], 4, "optim.lr: 0.0035 -> 0.001")
+    assert main([*env["argv"](out, "--resume", "--allow-config-change"), "optim.lr=0.001"]) == 0
+
+
+def test_skip_corrupt_on_every_training_command() -> None:
+    from mmprompt.cli import build_parser
+    from mmprompt.commands.train import shortcut_overrides
+
+    for argv in (["train", "--skip-corrupt"], ["benchmark", "base2novel", "--output", "x", "--skip-corrupt"],
+                 ["eval", "--dataset", "d", "--data-root", "r", "--skip-corrupt"]):
+        args = build_parser([argv[0]]).parse_args(argv)
+        assert args.skip_corrupt is True
+        if argv[0] != "eval":
+            assert shortcut_overrides(args)["data.skip_corrupt"] is True
