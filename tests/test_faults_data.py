@@ -187,3 +187,30 @@ def test_loader_workers_follow_the_machine(monkeypatch) -> None:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert default_workers() == expected
     assert default_workers(5) == 5
+
+
+def test_run_check_warns_once_per_dataset_for_16bit(tmp_path: Path, caplog) -> None:
+    from mmprompt.data.preflight import check_run_images
+    from mmprompt.data.samples import DatasetSplits
+
+    samples = []
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 1000 * (i + 1), dtype=np.uint16)).save(tmp_path / f"{i}.png")
+        samples.append(Sample(f"{i}.png", i % 2, f"c{i % 2}"))
+    splits = DatasetSplits("toy", ["c0", "c1"], samples[:2], [], samples[2:], tmp_path, "a photo of a {}.")
+    with caplog.at_level(logging.WARNING, logger="mmprompt.data"):
+        _, _, report = check_run_images(splits, {"base": splits, "novel": splits}, check_train=True,
+                                        skip_corrupt=False)
+    warnings = [r.getMessage() for r in caplog.records if "more than 8 bits" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("toy: 4 images")
+    assert report["splits"]["toy train"]["modes"] == {"I;16": 2}
+
+
+def test_data_check_flags_a_likely_label_typo(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(13):
+        _img(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'cat' if i < 6 else 'dog' if i < 12 else 'dgo'},{'test' if i % 3 == 0 else 'train'}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path / "data.csv")]) == 0
+    assert "single image in all splits (a label typo?): 'dgo' (label 1)" in capsys.readouterr().out
