@@ -149,6 +149,8 @@ def test_bug_keeps_its_traceback_and_debug_shows_all(env, tmp_path: Path, monkey
     monkeypatch.undo()
     with pytest.raises(ConfigError):
         main(["--debug", *env["argv"](tmp_path / "r"), "optim.lrr=1"])
+    with pytest.raises(ConfigError):
+        main([*env["argv"](tmp_path / "r"), "--debug", "--set", "optim.lrr=1"])
     monkeypatch.setenv("MMPROMPT_DEBUG", "1")
     with pytest.raises(ConfigError):
         main([*env["argv"](tmp_path / "r"), "optim.lrr=1"])

@@ -54,6 +54,8 @@ def _debug_env() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug_flag = "--debug" in argv  # accepted anywhere on the line, also after the subcommand
+    argv = [a for a in argv if a != "--debug"]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser([chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    debug = args.debug or _debug_env()
+    debug = debug_flag or _debug_env()
     try:
         module = importlib.import_module(f"mmprompt.commands.{COMMANDS[args.command][0]}")
         return int(module.run(args) or 0)
