@@ -38,10 +38,10 @@ def _write_images(folder: Path, n_classes: int, per_class: int, mode: str = "RGB
 def test_dataset_decodes_to_rgb_and_applies_transform(tmp_path: Path) -> None:
     samples = _write_images(tmp_path, 2, 2, mode="L")  # grey-scale files come out as RGB
     ds = ImageDataset(samples, to_tensor, image_dir=tmp_path)
-    image, label = ds[3]
-    assert image.shape == (3, 6, 8) and label == 1
+    image, label, index, _ = ds[3]
+    assert image.shape == (3, 6, 8) and label == 1 and index == 3
     assert torch.equal(image[0], image[1])
-    raw, _ = ImageDataset(samples, None, image_dir=tmp_path)[0]
+    raw = ImageDataset(samples, None, image_dir=tmp_path)[0][0]
     assert isinstance(raw, Image.Image) and raw.mode == "RGB"
 
 
@@ -67,11 +67,25 @@ def test_loader_order_is_seeded(tmp_path: Path) -> None:
         loader = make_loader(
             samples, to_tensor, 1, shuffle=True, drop_last=False, seed=seed, image_dir=tmp_path
         )
-        return [int(img[0, 0, 0, 0]) * 100 + int(img[0, 1, 0, 0]) for img, _ in loader]
+        return [int(b.images[0, 0, 0, 0]) * 100 + int(b.images[0, 1, 0, 0]) for b in loader]
 
     assert order(3) == order(3)
     assert order(3) != order(4)
     assert sorted(order(3)) == sorted(order(4))
+
+
+def test_make_loader_is_the_training_loader(tmp_path: Path) -> None:
+    """One loading path: make_loader's epochs are the engine's epoch_order, advanced by set_epoch."""
+    from mmprompt.engine.loader import ImageDataset as EngineDataset
+    from mmprompt.engine.loader import epoch_order
+
+    assert EngineDataset is ImageDataset
+    samples = _write_images(tmp_path, 3, 3)
+    loader = make_loader(samples, to_tensor, 2, shuffle=True, drop_last=False, seed=5, image_dir=tmp_path)
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        got = torch.cat([b.indices for b in loader]).tolist()
+        assert got == epoch_order(len(samples), 5, epoch)[0]
 
 
 def test_workers_are_seeded(tmp_path: Path) -> None:
@@ -88,7 +102,7 @@ def test_workers_are_seeded(tmp_path: Path) -> None:
             seed=seed,
             image_dir=tmp_path,
         )
-        return torch.cat([b for b, _ in loader])
+        return torch.cat([b.images for b in loader])
 
     first, again, other = draws(7), draws(7), draws(8)
     assert torch.equal(first, again)
@@ -138,7 +152,7 @@ def test_skip_corrupt_drops_counts_and_logs(tmp_path: Path, caplog) -> None:
         loader = make_loader(samples, to_tensor, 2, True, False, skip_corrupt=True, image_dir=tmp_path)
     assert len(loader.dataset) == 7
     assert any("left out 2 unreadable" in r.getMessage() for r in caplog.records)
-    assert sum(len(labels) for _, labels in loader) == 7
+    assert sum(len(b.labels) for b in loader) == 7
 
 
 def test_class_losing_all_images_is_an_error(tmp_path: Path) -> None:
@@ -153,7 +167,7 @@ def test_class_losing_all_images_is_an_error(tmp_path: Path) -> None:
 
 def test_absolute_sample_paths_need_no_image_dir(tmp_path: Path) -> None:
     samples = [Sample(str(s.resolve(tmp_path)), s.label, s.classname) for s in _write_images(tmp_path, 1, 2)]
-    image, _ = ImageDataset(samples, to_tensor)[1]
+    image = ImageDataset(samples, to_tensor)[1][0]
     assert image.shape == (3, 6, 8)
 
 

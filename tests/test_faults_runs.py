@@ -286,3 +286,17 @@ def test_resume_rules(env, tmp_path: Path, capsys) -> None:
     assert changes == [{"field": "optim.lr", "old": 0.0035, "new": 0.001, "epoch": 2}]
     logged = [r for r in _records(out) if r.get("event") == "config_change"]
     assert logged and logged[0]["changes"][0]["field"] == "optim.lr"
+
+
+def test_stale_temp_cleanup_touches_only_run_files(tmp_path: Path) -> None:
+    from mmprompt.fileio import remove_stale_temp_files
+
+    ours = [tmp_path / ".metrics.json.ab12cd34.tmp", tmp_path / "checkpoint" / ".state.pt.x_y9z0k1.tmp",
+            tmp_path / "tb" / ".events.out.tfevents.1.host.abcdefgh.tmp"]
+    theirs = [tmp_path / ".notes.txt.ab12cd34.tmp", tmp_path / "deep" / "checkpoint" / ".state.pt.ab12cd34.tmp",
+              tmp_path / "metrics.json"]
+    for p in ours + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(ours)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)

@@ -56,6 +56,8 @@ def _debug_env() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug_flag = "--debug" in argv  # accepted anywhere on the line, also after the subcommand
+    argv = [a for a in argv if a != "--debug"]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     chosen = ALIASES.get(chosen, chosen)
     parser = build_parser([chosen] if chosen in COMMANDS else [])
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    debug = args.debug or _debug_env()
+    debug = debug_flag or _debug_env()
     try:
         module = importlib.import_module(f"mmprompt.commands.{COMMANDS[ALIASES.get(args.command, args.command)][0]}")
         return int(module.run(args) or 0)

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,8 +29,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# ".<name>.<random>.tmp", the names mkstemp gives in atomic_write
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+# ".<name>.<8 random characters>.tmp", the names mkstemp gives in atomic_write
+_TEMP_NAME = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+RUN_FILES = frozenset({"config.yaml", "metrics.json", "prompts.json", "prompts.safetensors", "log.jsonl", "state.pt"})
+"""The files of a run folder whose temporaries :func:`remove_stale_temp_files` removes."""
 
 
 class WriteError(OSError):
@@ -99,20 +101,24 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2, *
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
-    """Delete the temporary files that writes killed half-way left in ``folder``; returns them.
+def remove_stale_temp_files(
+    folder: str | os.PathLike[str], names: Collection[str] = RUN_FILES, subfolders: Collection[str] = ("checkpoint", "tb")
+) -> list[Path]:
+    """Delete the temporary files that writes killed half-way left in ``folder`` (and its ``subfolders``);
+    returns them. Only temporaries of the files in ``names`` (or TensorBoard event files) are touched.
 
     Only call this while no other process writes into ``folder`` (hold its run lock).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
     removed = []
-    for p in found:
-        if p.is_file() and _TEMP_NAME.match(p.name):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    for place in (folder, *(folder / sub for sub in subfolders)):
+        if not place.is_dir():
+            continue
+        for p in place.glob(".*.tmp"):
+            m = _TEMP_NAME.match(p.name)
+            if m and p.is_file() and (m.group(1) in names or m.group(1).startswith("events.out.tfevents.")):
+                p.unlink(missing_ok=True)
+                removed.append(p)
     if removed:
         logger.info("removed %d temporary file(s) left by an interrupted write in %s", len(removed), folder)
     return removed

@@ -6,10 +6,10 @@ Typical use::
 
     splits = build_dataset("caltech101", "/data", shots=16, seed=1, subsample="base")
     loader = make_loader(splits.train, transform, batch_size=4, shuffle=True, drop_last=True,
-                         seed=1, image_dir=splits.image_dir)
+                         seed=1, image_dir=splits.image_dir)   # batches: images, labels, indices, size
 
 The loader names (:func:`make_loader`, :class:`ImageDataset`, :func:`seed_worker`) import torch and are
-loaded on first use.
+loaded on first use; they are the same loader that training and evaluation use.
 """
 
 from __future__ import annotations

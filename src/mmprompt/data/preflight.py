@@ -91,6 +91,7 @@ def check_images(
     skip_corrupt: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     write_cache: bool = True,
+    warn_high_bit: bool = True,
 ) -> ImageCheck:
     """Decode every image of ``samples``; raise :class:`CorruptImageError` listing every bad one.
 
@@ -128,7 +129,7 @@ def check_images(
         else:
             result.kept.append(sample)
             result.modes[mode] += 1
-    if result.high_bit():
+    if result.high_bit() and warn_high_bit:
         log.warning("%s: %d of %d images have more than 8 bits per sample (modes %s); they are scaled to 8 bits",
                     what, result.high_bit(), len(samples),
                     ", ".join(sorted(m for m in result.modes if m in HIGH_BIT_MODES)))
@@ -172,7 +173,7 @@ def check_run_images(
         if key not in checked:
             try:
                 checked[key] = check_images(splits.split(split), splits.image_dir, what=f"{splits.name} {label}",
-                                            skip_corrupt=skip_corrupt, write_cache=write_cache)
+                                            skip_corrupt=skip_corrupt, write_cache=write_cache, warn_high_bit=False)
             except DataError as e:
                 errors.append(str(e))
                 return None
@@ -188,6 +189,14 @@ def check_run_images(
     for name, splits in evals.items():
         kept = run(splits, "test", name)
         new_evals[name] = replace(splits, test=kept) if kept is not None and len(kept) != len(splits.test) else splits
+    high: dict[str, Counter] = {}
+    for (_, _), found in checked.items():
+        dataset = found.what.split(" ")[0]
+        high.setdefault(dataset, Counter()).update({m: n for m, n in found.modes.items() if m in HIGH_BIT_MODES})
+    for dataset, modes in high.items():  # one warning per dataset
+        if modes:
+            log.warning("%s: %d images have more than 8 bits per sample (modes %s); they are scaled to 8 bits",
+                        dataset, sum(modes.values()), ", ".join(sorted(modes)))
     if errors:
         raise CorruptImageError("\n".join(errors))
     return new_train, new_evals, report

@@ -37,6 +37,12 @@ def split_findings(
         if both:
             warnings.append(f"{len(both)} image(s) are in both {name} and test (test results would be inflated): "
                             f"{_few(both)}")
+    per_class = Counter((s.label, s.classname) for samples in splits.values() for s in samples)
+    if len(per_class) > 1:
+        typical = sorted(per_class.values())[len(per_class) // 2]
+        lone = [f"{name!r} (label {y})" for (y, name), n in sorted(per_class.items()) if n == 1 and typical > 2]
+        if lone:
+            warnings.append(f"{len(lone)} class(es) have a single image in all splits (a label typo?): {_few(lone)}")
     if splits.get("train"):
         have = {s.label for s in splits["train"]}
         empty = [f"{name!r} (label {y})" for y, name in enumerate(classnames) if y not in have]

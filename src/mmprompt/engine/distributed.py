@@ -50,7 +50,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise DeviceError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N ({exc})") from None
+        raise DeviceError(f"--device {name} is not a device name; use auto, cpu, cuda or cuda:N ({exc})") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
