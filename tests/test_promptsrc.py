@@ -102,6 +102,16 @@ def _loss_and_grads(learner: PromptSRC, steps: int) -> tuple[list[torch.Tensor],
     return losses, grads
 
 
+def test_teacher_text_is_float32_inside_mixed_precision(clip: CLIP) -> None:
+    learner = create_learner("promptsrc", clip, NAMES, SMALL).train()
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = learner(images, labels).tensors["teacher/text_features"]
+    learner.set_classnames(NAMES)  # clears the cache
+    plain = learner(images, labels).tensors["teacher/text_features"]
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
 class _Reencoding(PromptSRC):
     """The teacher text re-encoded from the 60 templates at every step (no cache)."""
 

@@ -192,8 +192,12 @@ class PromptSRC(IVLP):
     # ----- objective ---------------------------------------------------------------------------------
     def teacher_text(self) -> Tensor:
         """The teacher's class text features [C, E] before normalisation: the mean of the frozen CLIP's raw
-        features over :data:`TEACHER_TEMPLATES` (cached per class list)."""
-        return self.teacher_text_mean(TEACHER_TEMPLATES, average="raw")
+        features over :data:`TEACHER_TEMPLATES` (cached per class list). Always computed in float32, also
+        inside a mixed-precision step (as the official code does), so the cache does not depend on where it
+        was first filled."""
+        device = self.clip.token_embedding.weight.device
+        with torch.autocast(device.type, enabled=False):
+            return self.teacher_text_mean(TEACHER_TEMPLATES, average="raw")
 
     def objective(self, images: Tensor, labels: Tensor) -> Objective:
         cfg = self.config
