@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, vpt, zeroshot
+from . import cocoop, coop, ivlp, kgcoop, language, maple, promptsrc, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -37,4 +37,10 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("kgcoop", kgcoop.KgCoOp, kgcoop.KgCoOpConfig, {"base2novel": "kgcoop_b2n"}, kgcoop.OFFICIAL_NAMES,
                kgcoop.from_official, official_folders=("prompt_learner",), quick_overrides=("optim.epochs=20",),
                description="KgCoOp (Yao et al., CVPR 2023)"),
+    MethodSpec("promptsrc", promptsrc.PromptSRC, promptsrc.PromptSRCConfig,
+               {"base2novel": "promptsrc_b2n", "transfer": "promptsrc_xd", "few-shot": "promptsrc_fewshot"},
+               promptsrc.OFFICIAL_NAMES, promptsrc.from_official, official_folders=_VL,
+               description="PromptSRC (Khattak et al., ICCV 2023)",
+               demo_overrides=("method.depth_text=3", "method.depth_vision=3"),
+               quick_overrides=("optim.epochs=4", "method.gpa_mean=3")),
 )}
