@@ -177,7 +177,7 @@ def test_objective_descends_xe_and_steers_with_the_soft_cross_entropy(clip: CLIP
     soft = -(F.softmax(teacher / 2, dim=-1) * F.log_softmax(student / 2, dim=-1)).sum(-1).mean()
     torch.testing.assert_close(objective.terms["kl"], 4 * soft)  # T^2 x soft cross-entropy, not a KL value
     kl_true = 4 * F.kl_div(F.log_softmax(student / 2, -1), F.softmax(teacher / 2, -1), reduction="batchmean")
-    assert float(objective.terms["kl"]) > float(kl_true) + 1e-3
+    assert float(objective.terms["kl"].detach()) > float(kl_true.detach()) + 1e-3
 
 
 def test_projection_decision() -> None:
@@ -220,12 +220,13 @@ def test_accumulated_projection_equals_the_large_batch(ref, ref_clip: CLIP) -> N
     whole = _step_gradient(learner, images, labels, 1)
     assert float(learner.last_cosines["prompt.ctx"]) < 0  # the step's gradients conflict: projected
     accumulated = _step_gradient(learner, images, labels, 2)
-    torch.testing.assert_close(accumulated, whole, rtol=1e-5, atol=1e-7)
+    scale = float(whole.abs().max())
+    torch.testing.assert_close(accumulated, whole, rtol=1e-5, atol=1e-5 * scale)  # float32 summation order only
     # projecting each micro-batch and summing would differ: the test can tell the two apart
     per_micro = torch.zeros_like(whole)
     for idx in torch.arange(4).chunk(2):
         per_micro += 0.5 * _step_gradient(learner, images[idx], labels[idx], 1)
-    assert (per_micro - whole).abs().max() > 1e-3 * whole.abs().max()
+    assert float((per_micro - whole).abs().max()) > 0.1 * scale
 
 
 def test_transform_uses_the_step_gradients_of_the_reference(ref, ref_clip: CLIP) -> None:
@@ -237,12 +238,13 @@ def test_transform_uses_the_step_gradients_of_the_reference(ref, ref_clip: CLIP)
         want = ref.meta["cases"][case]["projection"]["prompt_learner.ctx"]
         cos = float(learner.last_cosines["prompt.ctx"])
         assert (cos < 0) == want["projected"] and cos == pytest.approx(want["cos_ce_kl"], rel=1e-4)
-        torch.testing.assert_close(grad, torch.from_numpy(ref.arrays[f"{case}/grad/prompt_learner.ctx"]),
-                                   rtol=1e-4, atol=1e-6)
+        expected = torch.from_numpy(ref.arrays[f"{case}/grad/prompt_learner.ctx"])
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 # ------------------------------------------------------------------------------- the engine: accumulation, DDP
-PRESET_EXTRA = ["method.lam=1.0", "data.shots=4"]
+# 8 training images; with the random context init this tiny run has both conflicting and agreeing steps
+PRESET_EXTRA = ["method.ctx_init=false", "data.shots=4"]
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +272,7 @@ def test_engine_accumulation_matches_larger_batch(env, tmp_path: Path, monkeypat
         results.append(learner.prompt_state_dict())
         cosines.append(seen)
     assert len(cosines[0]) == len(cosines[1]) == 6  # 8 images, batch 4: 2 steps x 3 epochs
-    assert any(c < 0 for c in cosines[0])  # some steps were projected
+    assert any(c < 0 for c in cosines[0]) and any(c > 0 for c in cosines[0])  # projected and plain steps
     assert cosines[1] == pytest.approx(cosines[0], rel=1e-4, abs=1e-6)
     torch.testing.assert_close(results[1]["prompt.ctx"], results[0]["prompt.ctx"], rtol=1e-5, atol=1e-6)
 
