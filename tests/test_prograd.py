@@ -344,10 +344,14 @@ def test_row_presets_and_speed_command(capsys: pytest.CaptureFixture[str]) -> No
     for dataset in ("oxford_flowers", "dtd", "eurosat"):
         assert load_config("prograd_fs", dataset=dataset).method_config().lam == 0.8
         assert load_config("prograd_fs_ep100", dataset=dataset).method_config().lam == 1.0
-    assert main(["speed", "--method", "prograd", "--arch", "tiny", "--random-weights", "--classes", "4",
-                 "--steps", "1", "--json"]) == 0
+    assert main(["speed", "--method", "prograd", "--arch", "tiny", "--random-weights", "--classes", "4", "--steps", "1",
+                 "--warmup", "0", "--eval-images", "8", "--eval-batch", "8", "--threads", "1", "--no-isolate",
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert "prograd" in json.dumps(report)
+    assert report["settings"]["method"] == "prograd"
+    for path in ("default", "reference"):
+        result = report["results"][0][path]
+        assert not result["error"] and result["config"]["lam"] == 1.0 and result["train_step_s"] > 0
 
 
 def test_train_on_the_demo_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
