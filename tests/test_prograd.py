@@ -303,7 +303,18 @@ def test_two_processes_equal_one(env, tmp_path: Path, monkeypatch: pytest.Monkey
     root, weights = env
     clip, info = resolve_clip(weights, "quick_gelu", "cpu")
     cfg = fast_config(root, weights, "prograd_b2n", extra=[*PRESET_EXTRA, "optim.batch_size=4"])
+    cosines: list[float] = []
+    original = ProGrad.transform_gradients
+
+    def recording(self: ProGrad, held) -> None:  # noqa: ANN001
+        original(self, held)
+        cosines.append(float(self.last_cosines["prompt.ctx"]))
+
+    monkeypatch.setattr(ProGrad, "transform_gradients", recording)
     run_experiment(cfg, clip, info, tmp_path / "single", train_splits=load_splits(cfg), progress=False)
+    monkeypatch.undo()
+    assert any(c < 0 for c in cosines) and any(c > 0 for c in cosines)  # the run has projected and plain steps
+    monkeypatch.setenv("MMPROMPT_CACHE", str(cache))
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(root), str(weights), str(tmp_path / "ddp"), str(cache)),
              nprocs=2, join=True)
     one = load_file(str(tmp_path / "single" / "prompts.safetensors"))
