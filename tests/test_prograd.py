@@ -100,6 +100,23 @@ def test_prompt_text_follows_the_dataset_and_keeps_the_context(clip: CLIP) -> No
     assert learner.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2)
 
 
+def test_vit_b16_trains_8192_context_values() -> None:
+    with torch.device("meta"):
+        vit = CLIP(get_config("ViT-B/16"))
+    learner = create_learner("prograd", vit.to_empty(device="cpu"), ["cat", "dog"], dataset=PETS)
+    assert [(n, p.numel()) for n, p in learner.named_parameters() if p.requires_grad] == [("prompt.ctx", 8192)]
+
+
+def test_front_position_puts_the_class_name_first(clip: CLIP) -> None:
+    learner = create_learner("prograd", clip, NAMES, {"class_token_position": "front"}, dataset=EUROSAT)
+    prompts = learner.assemble(learner.prompt.ctx).detach()
+    dog = learner.tokenizer.encode("dog")
+    assert len(dog) == 1
+    torch.testing.assert_close(prompts[2, 1], embed(clip, learner, "dog")[1])  # [SOS] dog ctx x16 . [EOS]
+    torch.testing.assert_close(prompts[2, 2:18], learner.prompt.ctx.detach())
+    torch.testing.assert_close(prompts[2, 18], embed(clip, learner, ".")[1])
+
+
 def test_prograd_templates_cover_the_datasets_and_are_not_coops() -> None:
     assert set(PROGRAD_TEMPLATES) == set(TEMPLATES) - {"mmprompt_demo"}  # canonical keys
     assert PROGRAD_TEMPLATES["oxford_pets"] == "a type of pet, a photo of a {}."
