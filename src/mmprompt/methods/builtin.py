@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, vpt, zeroshot
+from . import cocoop, coop, ivlp, kgcoop, language, maple, tcp, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -37,4 +37,7 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("kgcoop", kgcoop.KgCoOp, kgcoop.KgCoOpConfig, {"base2novel": "kgcoop_b2n"}, kgcoop.OFFICIAL_NAMES,
                kgcoop.from_official, official_folders=("prompt_learner",), quick_overrides=("optim.epochs=20",),
                description="KgCoOp (Yao et al., CVPR 2023)"),
+    MethodSpec("tcp", tcp.TCP, tcp.TCPConfig, {"base2novel": "tcp_b2n"}, tcp.OFFICIAL_NAMES, tcp.from_official,
+               official_folders=("prompt_learner",), demo_overrides=("method.injection_layer=3",),
+               quick_overrides=("optim.epochs=10",), description="TCP (Yao et al., CVPR 2024)"),
 )}
