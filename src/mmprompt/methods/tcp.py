@@ -40,7 +40,6 @@ import torch
 from torch import Tensor, nn
 
 from ..clip.model import CLIP, QuickGELU
-from .contract import Objective
 from .kgcoop import KgCoOp, KgCoOpConfig
 
 N_CLASS_PROMPTS = 4
@@ -210,13 +209,11 @@ class TCP(KgCoOp):
         deep: list[Tensor | None] = [None] * self.config.injection_layer + [self.class_prompts()]
         return self.encode_text(self.assemble(self.prompt.ctx), self.eot, deep_prompts=deep)
 
-    def objective(self, images: Tensor, labels: Tensor) -> Objective:
-        objective = super().objective(images, labels)  # ce + weight * kg on this method's text features
-        objective.tensors["debug/class_prompts"] = self.class_prompts().detach()
-        return objective
+    # objective: KgCoOp's (ce + weight * kg) on these text features, with teacher/ and student/ tensors
 
     def eval_tensors(self, images: Tensor) -> dict[str, Tensor]:
-        return {"debug/class_prompts": self.class_prompts(), "teacher/text_features": self.teacher_features()}
+        """The class-aware tokens (``debug/class_prompts`` [C, 4, w_t]) of the current classes."""
+        return {"debug/class_prompts": self.class_prompts()}
 
 
 OFFICIAL_NAMES = {
