@@ -273,3 +273,31 @@ def test_speed_command(capsys: pytest.CaptureFixture[str]) -> None:
     [entry] = doc["results"]
     assert doc["settings"]["method"] == "tcp" and not entry["default"]["error"] and not entry["reference"]["error"]
     assert entry["default"]["prompt_tokens"]["shared"] == 1
+
+
+def test_resume_with_adam_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official recipe (Adam eps 1e-3) stopped after an epoch and resumed ends with the same prompts."""
+    from safetensors.torch import load_file
+
+    from mmprompt.engine.checkpoint import load_state, state_path
+    from mmprompt.engine.clip_source import resolve_clip
+    from mmprompt.engine.run import load_splits, run_experiment
+    from test_engine_support import assert_same_prompts, fast_config, make_data_root, save_tiny_clip
+
+    monkeypatch.setenv("MMPROMPT_CACHE", str(tmp_path / "cache"))
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    cfg = fast_config(make_data_root(tmp_path / "data"), weights, preset="tcp_b2n",
+                      extra=["optim.epochs=3", "method.injection_layer=2"])
+    assert cfg.optim.optimizer == "adam" and cfg.optim.adam_eps == 1e-3
+    model, info = resolve_clip(weights, "quick_gelu", "cpu")
+    splits = load_splits(cfg)
+
+    def run(out: Path, **kw):  # noqa: ANN003, ANN202
+        return run_experiment(cfg, model, info, out, train_splits=splits, progress=False, **kw)
+
+    run(tmp_path / "full")
+    assert run(tmp_path / "cut", stop_after_epochs=1) is None
+    assert "exp_avg" in str(load_state(state_path(tmp_path / "cut"))["optimizer"]["state"])  # Adam's moments saved
+    assert run(tmp_path / "cut")["train"]["resumed_from"] == 1
+    assert_same_prompts(load_file(str(tmp_path / "full" / "prompts.safetensors")),
+                        load_file(str(tmp_path / "cut" / "prompts.safetensors")))
