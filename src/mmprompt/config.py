@@ -121,12 +121,21 @@ class DataSection:
         _check_int("data.seed", self.seed)
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass
 class OptimSection:
-    """SGD with a constant warm-up and a per-epoch cosine schedule (Dassl's defaults)."""
+    """SGD (or Adam) with a constant warm-up and a per-epoch cosine schedule (Dassl's defaults)."""
 
     lr: float = 0.0035
     """Base learning rate (after warm-up)."""
+    optimizer: str = "sgd"
+    """``sgd`` (Dassl's default) or ``adam`` (torch Adam, weight decay as L2 on the gradient, as Dassl's)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas (Dassl's ADAM_BETA1 / ADAM_BETA2)."""
+    adam_eps: float = 1e-8
+    """Adam's eps (TCP's README edits Dassl's 1e-8 to 1e-3)."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
     """Applies to the prompt parameters."""
@@ -160,6 +169,15 @@ class OptimSection:
             )
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             raise ConfigError(f"optim.max_grad_norm must be positive or null, got {self.max_grad_norm!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optim.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not _is_number(self.adam_eps) or self.adam_eps <= 0:
+            raise ConfigError(f"optim.adam_eps must be a positive number, got {self.adam_eps!r}")
+        betas = self.adam_betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optim.adam_betas must be two numbers in [0, 1), got {betas!r}")
+        self.adam_betas = (float(betas[0]), float(betas[1]))
         self.lr, self.warmup_lr = float(self.lr), float(self.warmup_lr)
         self.momentum, self.weight_decay = float(self.momentum), float(self.weight_decay)
 

@@ -1,4 +1,4 @@
-"""SGD over the prompt parameters and Dassl's constant warm-up + per-epoch cosine schedule.
+"""SGD (or Adam) over the prompt parameters and Dassl's constant warm-up + per-epoch cosine schedule.
 
 With ``e`` the 0-based epoch index, ``W`` warm-up epochs and ``T`` the total number of epochs::
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["WarmupCosineLR", "build_optimizer", "lr_at"]
@@ -36,9 +36,16 @@ ParamGroups = Sequence[tuple[Sequence[nn.Parameter], float]]
 
 
 def build_optimizer(
-    params: Iterable[nn.Parameter] | ParamGroups, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
-) -> SGD:
-    """Plain SGD (no Nesterov, no dampening) over the learner's trainable parameters only.
+    params: Iterable[nn.Parameter] | ParamGroups,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+) -> Optimizer:
+    """Plain SGD (no Nesterov, no dampening), or with ``optimizer="adam"`` torch Adam (weight decay added
+    to the gradient, no AMSGrad, as Dassl's; ``momentum`` unused), over the learner's trainable parameters.
 
     ``params`` is a list of parameters (one group at ``lr``) or of (parameters, multiplier) groups, each
     at ``lr * multiplier`` (the schedule then anneals every group from its own rate).
@@ -54,6 +61,10 @@ def build_optimizer(
     if len({id(p) for p in flat}) != len(flat):
         raise ValueError("a parameter appears in more than one parameter group")
     param_groups = [{"params": list(group), "lr": lr * float(mult)} for group, mult in groups if list(group)]
+    if optimizer == "adam":
+        return Adam(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)
+    if optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: sgd, adam")
     return SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, dampening=0.0)
 
 

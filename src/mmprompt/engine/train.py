@@ -213,7 +213,8 @@ def setup_training(
     grouped = {id(p) for group, _ in groups for p in group}
     if grouped != {id(p) for p in params}:
         raise ValueError(f"{learner.method}.parameter_groups() must hold every trainable parameter exactly once")
-    optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay)
+    optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay, opt.optimizer, opt.adam_betas,
+                                opt.adam_eps)
     values = resume_values(cfg, samples)
     return TrainSession(
         learner=learner,

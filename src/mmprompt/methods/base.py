@@ -249,7 +249,9 @@ class PromptLearner(nn.Module):
         and (``share_text_prefix``) the leading positions all prompts share are computed once
         (exact under the causal mask, see :meth:`CLIP.encode_text_embeddings`). ``prefix_groups``:
         the rows are that many consecutive groups whose prompts may share more within each group
-        (CoCoOp: the class prompts of one image).
+        (CoCoOp: the class prompts of one image). ``deep_prompts`` entries are one set ([n, Dt]) or
+        one set per prompt ([N, n, Dt], e.g. class-aware tokens); per-prompt sets follow their rows
+        into the chunks.
         """
         truncate = self.encoder.truncate_text
         chunks = self.text_chunks(eot, embeddings.shape[1])
@@ -281,12 +283,15 @@ class PromptLearner(nn.Module):
             return run(embeddings, eot, *deep)
         checkpointed = torch.is_grad_enabled()
         outputs = []
+        n = embeddings.shape[0]
         for idx in chunks:
             x, e = embeddings.index_select(0, idx), eot.index_select(0, idx)
+            rows = tuple(p.index_select(0, idx) if p is not None and p.dim() == 3 and p.shape[0] == n > 1 else p
+                         for p in deep)  # per-prompt deep prompts follow their rows
             if checkpointed:
-                outputs.append(checkpoint(run, x, e, *deep, use_reentrant=False))
+                outputs.append(checkpoint(run, x, e, *rows, use_reentrant=False))
             else:
-                outputs.append(run(x, e, *deep))
+                outputs.append(run(x, e, *rows))
         order = torch.cat(chunks)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, prograd, promptsrc, vpt, zeroshot
+from . import cocoop, coop, ivlp, kgcoop, language, maple, prograd, promptsrc, tcp, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -46,4 +46,7 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("prograd", prograd.ProGrad, prograd.ProGradConfig, {"base2novel": "prograd_b2n", "few-shot": "prograd_fs"},
                prograd.OFFICIAL_NAMES, prograd.from_official, official_folders=("prompt_learner",),
                quick_overrides=("optim.epochs=20",), description="ProGrad (Zhu et al., ICCV 2023)"),
+    MethodSpec("tcp", tcp.TCP, tcp.TCPConfig, {"base2novel": "tcp_b2n"}, tcp.OFFICIAL_NAMES, tcp.from_official,
+               official_folders=("prompt_learner",), demo_overrides=("method.injection_layer=3",),
+               quick_overrides=("optim.epochs=10",), description="TCP (Yao et al., CVPR 2024)"),
 )}
