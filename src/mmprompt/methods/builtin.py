@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, vpt, zeroshot
+from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -37,4 +37,9 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("kgcoop", kgcoop.KgCoOp, kgcoop.KgCoOpConfig, {"base2novel": "kgcoop_b2n"}, kgcoop.OFFICIAL_NAMES,
                kgcoop.from_official, official_folders=("prompt_learner",), quick_overrides=("optim.epochs=20",),
                description="KgCoOp (Yao et al., CVPR 2023)"),
+    MethodSpec("dept", dept.DePT, dept.DePTConfig, {"base2novel": "dept_maple_b2n"}, dept.official_names(),
+               dept.from_official, official_folders=("PromptLearner", "MultiModalPromptLearner"),
+               aliases=("dept_coop", "dept_maple"), demo_overrides=("method.base_options.depth=3",),
+               quick_overrides=("optim.epochs=5",),
+               description="DePT (Zhang et al., CVPR 2024): FiLM + linear head over a base learner (method.base)"),
 )}
