@@ -259,8 +259,7 @@ def test_import_official_gives_reference_logits(case: str, folder: str, tmp_path
     with pytest.raises(ValueError, match="tied to their 5 training class names"):
         main(argv)
     names = ",".join(ref.meta["classnames"])
-    sets: list[str] = []  # the official defaults (CoOp: random init; MaPLe: "a photo of a") need no --set
-    assert main([*argv, "--classnames", names, *sets]) == 0
+    assert main([*argv, "--classnames", names]) == 0  # the official defaults need no --set
     meta = read_prompt_meta(tmp_path / "imported")
     assert meta["config"]["base"] == case.removeprefix("dept_")
     learner = load_prompts(tmp_path / "imported", reference_clip(ref)).eval()
@@ -286,7 +285,11 @@ def test_trains_on_the_demo_world(tmp_path: Path) -> None:
 
 def test_bench_runs_for_dept(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "--method", "dept", "--random-weights", "--arch", "tiny", "--classes", "4", "--steps", "1",
-                 "--json"])
+                 "--warmup", "0", "--eval-images", "4", "--eval-batch", "4", "--no-isolate", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["settings"]["method"] == "dept"
-    assert all(not entry.get("error") for entry in doc["results"])
+    [entry] = doc["results"]
+    for path in ("default", "reference"):
+        assert not entry[path]["error"] and entry[path]["train_step_s"] > 0
+    assert entry["default"]["prompt_tokens"]  # the base learner's prompts are counted
+    assert entry["comparison"]["first_loss_abs_diff"] < 1e-4  # the fast text paths give the same loss

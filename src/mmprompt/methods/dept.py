@@ -192,6 +192,12 @@ class DePT(PromptLearner):
         """The wrapped learner."""
         return self.prompt.base  # type: ignore[return-value]
 
+    @property
+    def eot(self) -> Tensor | None:
+        """The base learner's EOT positions of the class prompts (None when it has none), for benchmarks."""
+        eot = getattr(self.base, "eot", None)
+        return eot if isinstance(eot, Tensor) else None
+
     @classmethod
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
         """The base (MaPLe when its coupling layers are present, else CoOp: the official DePT bases), its
