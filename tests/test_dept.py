@@ -117,6 +117,21 @@ def test_a_subset_of_the_head_classes_uses_their_rows(clip: CLIP) -> None:
     assert not learner.head_active
 
 
+def test_a_class_name_the_head_holds_twice(clip: CLIP) -> None:
+    """The same list uses the rows in order; a subset naming the duplicate cannot be resolved by name."""
+    learner = dept(clip, "coop", names=["crane", "dog", "crane"]).eval()
+    assert learner.head_active
+    x = images()
+    with torch.no_grad():
+        full = learner.eval_tensors(x)["logits_linear"]
+        torch.testing.assert_close(full, learner.prompt.head(learner.prompt.film_img(learner.image_features(x))))
+        learner.set_classnames(["dog"])
+        assert learner.head_active
+        torch.testing.assert_close(learner.eval_tensors(x)["logits_linear"], full[:, [1]])
+        learner.set_classnames(["crane"])
+    assert not learner.head_active
+
+
 def test_training_on_other_classes_than_the_heads_is_refused(clip: CLIP) -> None:
     learner = dept(clip, "coop")
     learner.set_classnames(NOVEL)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -51,6 +52,8 @@ from torch import Tensor, nn
 from ..clip.model import CLIP, BlockAdapters
 from .base import MethodConfig, PromptLearner, clean_classnames
 from .contract import Objective
+
+logger = logging.getLogger(__name__)
 
 HEADS = ("linear", "similarity")
 OFFICIAL_BASES = {"COOP": "coop", "MAPLE": "maple", "KGCOOP": "kgcoop"}
@@ -229,11 +232,22 @@ class DePT(PromptLearner):
             self._refresh_head_rows()
 
     def _refresh_head_rows(self) -> None:
-        """Which head row serves each current class; None when some class is unknown to the head."""
-        trained = {name: i for i, name in enumerate(clean_classnames(self.head_classnames))}
+        """Which head row serves each current class; None when some class is unknown to the head (or a
+        subset names a class that the head holds twice, which cannot be resolved by name)."""
+        trained = clean_classnames(self.head_classnames)
         current = clean_classnames(self.classnames)
-        rows = [trained.get(name) for name in current]
-        self._head_rows: list[int] | None = None if None in rows else rows  # type: ignore[assignment]
+        self._head_rows: list[int] | None = None
+        if current == trained:
+            self._head_rows = list(range(len(trained)))
+            return
+        if not set(current) <= set(trained):
+            return
+        ambiguous = sorted({n for n in current if trained.count(n) > 1})
+        if ambiguous:
+            logger.warning("DePT head: class name(s) %s occur more than once among its %d classes; using the "
+                           "similarity logits only for this class list", ambiguous[:5], len(trained))
+            return
+        self._head_rows = [trained.index(n) for n in current]
 
     @property
     def head_active(self) -> bool:
