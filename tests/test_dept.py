@@ -16,20 +16,22 @@ from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
 from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
-from mmprompt.methods import config_from_official, create_learner, list_methods, make_config
+from mmprompt.config import load_config
+from mmprompt.methods import config_from_official, create_learner, get_method, list_methods, make_config
 from mmprompt.parity import load_reference, reference_clip
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "dept_reference.npz"
 NAMES = ["sea_or_lake", "Forest", "dog"]
 NOVEL = ["cat", "river bank", "bird", "car"]
-SMALL = {  # small base options for the tiny CLIP (2 layers per tower)
-    "coop": {"n_ctx": 4},
-    "maple": {"n_ctx": 2, "depth": 2},
-    "ivlp": {"n_ctx_text": 2, "n_ctx_vision": 2, "depth_text": 2, "depth_vision": 2},
-    "kgcoop": {},
-    "promptsrc": {},
-}
+
+
+def base_options(base: str) -> dict[str, object]:
+    """The base's own base-to-novel preset with its demo overrides (depths for the 4-layer tiny/demo CLIP)."""
+    spec = get_method(base)
+    return dict(load_config(spec.preset_for("base2novel"), list(spec.demo_overrides)).method.options)
+
+
 WRAPPED = ["ivlp", "kgcoop", pytest.param("promptsrc", marks=pytest.mark.skipif(
     "promptsrc" not in list_methods(), reason="promptsrc is not in the method table on this branch"))]
 
@@ -42,7 +44,7 @@ def clip() -> CLIP:
 
 def dept(clip: CLIP, base: str, names: list[str] = NAMES, **options: object):  # noqa: ANN201
     torch.manual_seed(1)
-    learner = create_learner("dept", clip, names, {"base": base, "base_options": SMALL.get(base, {}), **options})
+    learner = create_learner("dept", clip, names, {"base": base, "base_options": base_options(base), **options})
     with torch.no_grad():  # a head that is not at its init, so that fused and similarity logits differ
         for name, p in learner.named_parameters():
             if p.requires_grad and not name.startswith("prompt.base."):
@@ -69,7 +71,7 @@ def test_trainable_tensors_sit_under_prompt(clip: CLIP) -> None:
 @pytest.mark.parametrize("base", ["coop", "maple"])
 def test_new_class_names_give_exactly_the_base_methods_logits(clip: CLIP, base: str) -> None:
     learner = dept(clip, base).eval()
-    plain = create_learner(base, clip, NOVEL, SMALL[base]).eval()
+    plain = create_learner(base, clip, NOVEL, base_options(base)).eval()
     plain.load_prompt_state_dict({k.removeprefix("prompt.base."): v for k, v in learner.prompt_state_dict().items()
                                   if k.startswith("prompt.base.")})
     x = images()
@@ -173,7 +175,7 @@ def test_dept_wraps_other_learners(clip: CLIP, base: str) -> None:
     """The base's own terms keep their weights; its ce is split with the head's; the head trains; the base's
     logits on new classes are unchanged."""
     learner = dept(clip, base).train()
-    plain = create_learner(base, clip, NAMES, SMALL[base]).train()
+    plain = create_learner(base, clip, NAMES, base_options(base)).train()
     plain.load_prompt_state_dict({k.removeprefix("prompt.base."): v for k, v in learner.prompt_state_dict().items()
                                   if k.startswith("prompt.base.")})
     x, y = images(), torch.tensor([0, 2])
