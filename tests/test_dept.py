@@ -64,6 +64,9 @@ def test_trainable_tensors_sit_under_prompt(clip: CLIP) -> None:
     assert {"prompt.base.prompt.ctx", "prompt.film_img.scale", "prompt.film_text.bias", "prompt.head.weight"} <= set(names)
     assert learner.prompt.head.weight.shape == (len(NAMES), clip.config.embed_dim)
     assert not any(n.startswith("prompt.base.clip") for n, _ in learner.named_parameters())
+    n_base = len(learner.base.trainable_parameters())  # the base's come first (transform_gradients slices them)
+    assert all(n.startswith("prompt.base.") for n in names[:n_base])
+    assert not any(n.startswith("prompt.base.") for n in names[n_base:])
     no_film = create_learner("dept", clip, NAMES, {"base": "coop", "film": False, "head": "similarity"})
     assert [n for n, p in no_film.named_parameters() if p.requires_grad] == ["prompt.base.prompt.ctx"]
 

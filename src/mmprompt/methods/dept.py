@@ -34,6 +34,14 @@ trainable tensors are ``prompt.base.prompt.*``), the FiLM layers at ``prompt.fil
 Text fast paths are the base learner's (it gets the same encoder options), so they apply wherever they
 apply to the base. Image-conditioned bases (CoCoOp) are refused: their class text features are
 per image, which the head does not model here.
+
+How the base is reused: DePT calls the base's own ``objective`` (training) and ``logits`` /
+``predict_logits`` (evaluation) and records the raw features the base computes on the way through its
+``text_features()`` / ``image_features()`` (each must run once per call; a base that computes them
+otherwise gets a clear error). The head therefore sees exactly the base's features, with no second
+encoder pass, and the base's extra terms, teachers, ``grad_terms`` / ``transform_gradients`` (on the
+base's parameters, which come first), ``on_epoch_end`` and training state work unchanged. The base
+objective must report its similarity cross-entropy as the term ``ce``.
 """
 
 from __future__ import annotations
