@@ -313,3 +313,16 @@ def test_bench_runs_for_dept(capsys: pytest.CaptureFixture[str]) -> None:
         assert not entry[path]["error"] and entry[path]["train_step_s"] > 0
     assert entry["default"]["prompt_tokens"]  # the base learner's prompts are counted
     assert entry["comparison"]["first_loss_abs_diff"] < 1e-4  # the fast text paths give the same loss
+
+
+def test_a_base_that_encodes_images_twice_gets_a_clear_error(clip: CLIP) -> None:
+    learner = dept(clip, "coop").train()
+    base = learner.base
+
+    def twice(images: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
+        base.image_features(images)
+        return type(base).objective(base, images, labels)
+
+    object.__setattr__(base, "objective", twice)
+    with pytest.raises(RuntimeError, match="image features once per call"):
+        learner(images(), torch.tensor([0, 1]))
