@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, prograd, promptsrc, tcp, vpt, zeroshot
+from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, prograd, promptsrc, tcp, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -49,4 +49,9 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("tcp", tcp.TCP, tcp.TCPConfig, {"base2novel": "tcp_b2n"}, tcp.OFFICIAL_NAMES, tcp.from_official,
                official_folders=("prompt_learner",), demo_overrides=("method.injection_layer=3",),
                quick_overrides=("optim.epochs=10",), description="TCP (Yao et al., CVPR 2024)"),
+    MethodSpec("dept", dept.DePT, dept.DePTConfig, {"base2novel": "dept_maple_b2n"}, dept.official_names(),
+               dept.from_official, official_folders=("PromptLearner", "MultiModalPromptLearner"),
+               aliases=("dept_coop", "dept_maple"), demo_overrides=("method.base_options.depth=3",),
+               quick_overrides=("optim.epochs=5",),
+               description="DePT (Zhang et al., CVPR 2024): FiLM + linear head over a base learner (method.base)"),
 )}
