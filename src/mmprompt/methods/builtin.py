@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, ivlp, kgcoop, language, maple, vpt, zeroshot
+from . import cocoop, coop, ivlp, kgcoop, language, maple, mma, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -37,4 +37,8 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("kgcoop", kgcoop.KgCoOp, kgcoop.KgCoOpConfig, {"base2novel": "kgcoop_b2n"}, kgcoop.OFFICIAL_NAMES,
                kgcoop.from_official, official_folders=("prompt_learner",), quick_overrides=("optim.epochs=20",),
                description="KgCoOp (Yao et al., CVPR 2023)"),
+    MethodSpec("mma", mma.MMA, mma.MMAConfig, {"base2novel": "mma_b2n"}, mma.OFFICIAL_NAMES, mma.from_official,
+               official_folders=("adapter_learner",), aliases=("multimodal_adapter", "mmadapter"),
+               description="MMA: multi-modal adapter (Yang et al., CVPR 2024)",
+               demo_overrides=("method.adapter_start=2", "method.adapter_end=4")),
 )}
