@@ -331,3 +331,20 @@ def test_train_on_the_demo_world(tmp_path: Path) -> None:
     assert main(argv) == 0
     meta = read_prompt_meta(out)
     assert meta["method"] == "mma" and meta["config"]["adapter_end"] == 4
+
+
+def test_reduced_precision_training_runs_and_stays_close(batch) -> None:  # noqa: ANN001
+    """Under bf16 autocast the adapters run in bf16; their 1/s gradient scaling happens on the fp32 weights."""
+    images, labels = batch
+    torch.manual_seed(0)
+    tiny = CLIP(get_config("tiny")).eval().requires_grad_(False)
+    learner = create_learner("mma", tiny, NAMES, {**SMALL, "adapter_scale": 0.5})
+    _, grads32 = train_step(learner, images.float(), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, grads16 = train_step(learner, images.float(), labels)
+        learner.eval()
+        with torch.no_grad():
+            assert learner(images.float()).shape == (3, 5)
+    for a, b in zip(grads16, grads32, strict=True):
+        assert a.dtype == torch.float32 and a.isfinite().all()
+        assert (a - b).abs().max() <= 0.1 * b.abs().max()
