@@ -345,6 +345,6 @@ def test_reduced_precision_training_runs_and_stays_close(batch) -> None:  # noqa
         learner.eval()
         with torch.no_grad():
             assert learner(images.float()).shape == (3, 5)
-    for a, b in zip(grads16, grads32, strict=True):
-        assert a.dtype == torch.float32 and a.isfinite().all()
-        assert (a - b).abs().max() <= 0.1 * b.abs().max()
+    assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads16)
+    flat16, flat32 = torch.cat([g.flatten() for g in grads16]), torch.cat([g.flatten() for g in grads32])
+    assert F.cosine_similarity(flat16, flat32, dim=0) > 0.95
