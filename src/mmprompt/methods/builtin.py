@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, prograd, promptsrc, tcp, vpt, zeroshot
+from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, prograd, promptsrc, tcp, vpt, zeroshot
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -54,4 +54,8 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                aliases=("dept_coop", "dept_maple"), demo_overrides=("method.base_options.depth=3",),
                quick_overrides=("optim.epochs=5",),
                description="DePT (Zhang et al., CVPR 2024): FiLM + linear head over a base learner (method.base)"),
+    MethodSpec("mma", mma.MMA, mma.MMAConfig, {"base2novel": "mma_b2n"}, mma.OFFICIAL_NAMES, mma.from_official,
+               official_folders=("adapter_learner",), aliases=("multimodal_adapter", "mmadapter"),
+               description="MMA: multi-modal adapter (Yang et al., CVPR 2024)",
+               demo_overrides=("method.adapter_start=2", "method.adapter_end=4")),
 )}
