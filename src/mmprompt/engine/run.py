@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..methods import PromptLearner, create_learner
 from .checkpoint import seed_everything
+from .cost import CostMeter, count_parameters
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
 from .train import TrainResult, train
@@ -177,11 +178,14 @@ def run_experiment(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)
     start = time.perf_counter()
+    meter = CostMeter(ctx.device)  # cost accounting
     seed_everything(cfg.data.seed)
     learner = build_learner(cfg, clip, list(train_splits.classnames), train_splits.template)
+    n_trainable, n_train = count_parameters(learner.trainable_parameters()), 0  # cost accounting
     trained: TrainResult | None = None
     if learner.trainable_parameters():
         samples = _checked_train_samples(train_splits, cfg)
+        n_train = len(samples)  # cost accounting
         trained = train(
             learner, samples, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
             stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
@@ -209,6 +213,8 @@ def run_experiment(
         "eval": results,
         "train": _train_summary(trained),
         "seconds": time.perf_counter() - start,
+        "cost": meter.finish(n_trainable, n_train, cfg.optim.batch_size, len(trained.history) if trained else 0,
+                             trained.seconds if trained else 0.0),  # cost accounting
     }
     if ctx.is_main:
         atomic_write_json(run_dir / METRICS_FILE, metrics)
