@@ -41,10 +41,10 @@ WORKER_FILE = "worker.json"
 _NOT_RETURNED = ("checkpoint/", WORKER_FILE, "error.log")
 
 
-def staging_folder(root: str | None, spec: RunSpec) -> Path:
-    """The node-local folder where ``spec`` runs (one per run folder of the sweep)."""
+def staging_folder(root: str | None, run_folder: str) -> Path:
+    """The node-local folder where the run of ``run_folder`` (absolute, in the sweep's output) runs."""
     base = Path(root) if root else Path(tempfile.gettempdir()) / "mmprompt-staging"
-    return base / hashlib.sha1(spec.folder.encode("utf-8")).hexdigest()[:20]
+    return base / hashlib.sha1(run_folder.encode("utf-8")).hexdigest()[:20]
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -73,7 +73,7 @@ def run_task(spec_dict: dict[str, Any], clip_spec: str, clip_activation: str | N
     from .plan import execute
 
     spec = RunSpec(**{**spec_dict, "targets": tuple(spec_dict["targets"])})
-    stage = staging_folder(staging_root, spec)
+    stage = staging_folder(staging_root, spec.folder)
     stage.mkdir(parents=True, exist_ok=True)
     for rel, data in seed_files.items():  # what the output folder already holds of this run
         if not (stage / rel).exists():
@@ -132,12 +132,13 @@ class RayLauncher:
                 slots = min(slots, math.floor(resources.get("GPU", 0) / gpus))
             logger.info("%d runs as Ray tasks (%.3g CPU, %.3g GPU each; %d at a time on this cluster)",
                         len(specs), opts.cpus_per_run, gpus, slots)
-            task = ray.remote(run_task).options(num_cpus=opts.cpus_per_run, num_gpus=gpus, max_retries=0)
+            task = ray.remote(run_task)
             clip_arg = str(clip_spec)
 
             def submit(spec: RunSpec, attempt: int) -> None:
                 seed = folder_files(Path(spec.folder))
-                ref = task.options(name=f"mmprompt:{spec.name}").remote(
+                ref = task.options(num_cpus=opts.cpus_per_run, num_gpus=gpus, max_retries=0,
+                                   name=f"mmprompt:{spec.name}").remote(
                     spec.to_dict(), clip_arg, clip_activation, seed, opts.staging_dir)
                 pending[ref] = (spec, attempt)
 
