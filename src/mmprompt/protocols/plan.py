@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,9 +214,11 @@ def sweep_results(
     average_over: list[str],
     roles: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    keep: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The protocol's results from a launcher's outcome: accuracies (by method, dataset, seed, in the order of
-    ``specs``), the measured cost of each run (``costs``) and the runs that failed for good (``failed``)."""
+    ``specs``), the measured cost of each run (``costs``) and the runs that failed for good (``failed``).
+    ``keep``: only these datasets (a transfer run evaluated for two protocols)."""
     from .results import aggregate, aggregate_costs
 
     runs: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
@@ -226,11 +228,15 @@ def sweep_results(
         if payload is None:
             continue
         for dataset, values in payload_values(spec, payload).items():
+            if keep is not None and dataset not in keep:
+                continue
             runs.setdefault(spec.method, {}).setdefault(dataset, {})[spec.seed] = values
         if "cost" in payload["metrics"]:
             costs.setdefault(spec.method, {}).setdefault(spec.dataset, []).append(payload["metrics"]["cost"])
     results = aggregate(protocol, runs, metrics, average_over=average_over, roles=roles, extra=extra)
     results["costs"] = aggregate_costs(costs)
-    if outcome.failed:
-        results["failed"] = [{k: f[k] for k in ("run", "cause", "attempts")} for f in outcome.failed]
+    folders = {s.folder for s in specs}
+    failed = [{k: f[k] for k in ("run", "cause", "attempts")} for f in outcome.failed if f["folder"] in folders]
+    if failed:
+        results["failed"] = failed
     return results

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "aggregate",
     "aggregate_costs",
+    "fmt_cost",
     "format_costs",
     "format_failures",
     "format_table",
@@ -138,12 +139,12 @@ def format_costs(results: Mapping[str, Any]) -> str:
              "| --- | --- |" + "|".join([" ---: "] * (len(COST_COLUMNS) + 1)) + "|"]
     for method, per_dataset in costs.items():
         for dataset, row in per_dataset.items():
-            cells = [_fmt_cost(row.get(key)) for key, _, _ in COST_COLUMNS]
+            cells = [fmt_cost(row.get(key)) for key, _, _ in COST_COLUMNS]
             lines.append(f"| {method} | {_label(dataset)} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _fmt_cost(value: Any) -> str:
+def fmt_cost(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
