@@ -130,3 +130,32 @@ def test_reproduce_on_the_demo_world_writes_the_side_by_side_report(tmp_path: Pa
     assert _cli(argv)[0] == 0
     after = (out / "base2novel" / "maple" / "mmprompt_demo" / "base2novel-4shots" / "seed1" / "metrics.json").stat()
     assert before.st_mtime_ns == after.st_mtime_ns
+
+
+def test_reproduce_transfer_trains_one_source_run_per_seed_for_both_protocols(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cross-dataset and domain generalisation share one ImageNet run per seed; each table keeps its targets."""
+    from test_engine_support import make_data_root, save_tiny_clip
+
+    monkeypatch.setenv("MMPROMPT_CACHE", str(tmp_path / "cache"))
+    root = make_data_root(tmp_path / "data", ("imagenet", "caltech101", "imagenet_a"))
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    out = tmp_path / "repro"
+    code, _ = _cli(["reproduce", "maple", "--datasets", "imagenet", "caltech101", "imagenet_a", "--protocols",
+                    "cross-dataset", "domain-generalization", "--data-root", str(root), "--clip", str(weights),
+                    "--clip-activation", "quick_gelu", "--output", str(out), "--seeds", "1", "--shots", "2",
+                    "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.depth=2",
+                    "data.num_workers=0"])
+    assert code == 0
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("metrics.json"))
+    assert runs == ["transfer/maple/imagenet/source-2shots/seed1"]
+    source = out / "transfer" / "maple" / "imagenet" / "source-2shots" / "seed1"
+    assert {p.name for p in (source / "eval").iterdir()} == {"caltech101.json", "imagenet_a.json"}
+    xd = json.loads((out / "cross-dataset" / "results.json").read_text())
+    dg = json.loads((out / "domain-generalization" / "results.json").read_text())
+    assert list(xd["methods"]["maple"]["datasets"]) == ["imagenet", "caltech101"]
+    assert list(dg["methods"]["maple"]["datasets"]) == ["imagenet", "imagenet_a"]
+    accuracy = json.loads((source / "eval" / "imagenet_a.json").read_text())["accuracy"]
+    assert dg["methods"]["maple"]["datasets"]["imagenet_a"]["mean"]["accuracy"] == accuracy
+    report = (out / "report.md").read_text()
+    assert re.search(r"^\| maple \| ImageNet-A \| [\d.]+ \| 50\.90 \| [+-][\d.]+ \| spec \|", report, re.M)
