@@ -19,6 +19,8 @@ from mmprompt.cli import main
 from mmprompt.demo.protocol import COMMON_OVERRIDES
 from mmprompt.demo.world import generate_demo_dataset
 from mmprompt.protocols import format_table, run_base2novel
+from mmprompt.protocols.base2novel import plan_base2novel
+from mmprompt.protocols.common import SweepOptions
 from mmprompt.protocols.launch import LaunchOptions
 from mmprompt.protocols.ray_launcher import WORKER_FILE, staging_folder
 from mmprompt.protocols.results import COST_HEADING
@@ -127,7 +129,9 @@ def test_killed_worker_is_retried_and_the_table_is_unchanged(cluster: Any, demo_
     staging = tmp_path / "staging"
     out = tmp_path / "ray"
     run = out / "maple" / "mmprompt_demo" / "base2novel-4shots" / "seed1"
-    stage = staging_folder(str(staging), str(run.absolute()))
+    spec = plan_base2novel(SweepOptions(["maple"], ["mmprompt_demo"], [1], demo_root, "demo", out, {}, overrides,
+                                        4, None, "cpu", False))[0]
+    stage = staging_folder(str(staging), spec.folder, spec.config)
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_when_training, args=(stage, done, killed), daemon=True)
     watcher.start()

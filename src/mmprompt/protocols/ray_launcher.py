@@ -1,7 +1,7 @@
 """The Ray launcher: each run is a Ray task; results come back through Ray, so only data must be shared.
 
 A task loads the CLIP (a registry name, a path or ``demo``), runs its :class:`RunSpec` into a node-local
-staging folder (``<staging>/<hash of the run folder>``, where a retried task on the same node resumes from
+staging folder (``<staging>/<hash of the run folder and config>``, where a retried task on the same node resumes from
 the last epoch's checkpoint), and returns the run's files (everything but ``checkpoint/``). The driver
 writes them into the sweep's output folder, ``metrics.json`` last and every file atomically. So only the
 data root (and CLIP weights given as a path) must exist on every node, at the same path; the output folder
@@ -41,10 +41,12 @@ WORKER_FILE = "worker.json"
 _NOT_RETURNED = ("checkpoint/", WORKER_FILE, "error.log")
 
 
-def staging_folder(root: str | None, run_folder: str) -> Path:
-    """The node-local folder where the run of ``run_folder`` (absolute, in the sweep's output) runs."""
+def staging_folder(root: str | None, run_folder: str, config: dict[str, Any] | None = None) -> Path:
+    """The node-local folder where the run of ``run_folder`` (absolute, in the sweep's output) runs with
+    ``config``: a changed config gets a fresh folder instead of resuming another config's checkpoint."""
     base = Path(root) if root else Path(tempfile.gettempdir()) / "mmprompt-staging"
-    return base / hashlib.sha1(run_folder.encode("utf-8")).hexdigest()[:20]
+    key = run_folder + "\n" + json.dumps(config or {}, sort_keys=True)
+    return base / hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -73,7 +75,7 @@ def run_task(spec_dict: dict[str, Any], clip_spec: str, clip_activation: str | N
     from .plan import execute
 
     spec = RunSpec(**{**spec_dict, "targets": tuple(spec_dict["targets"])})
-    stage = staging_folder(staging_root, spec.folder)
+    stage = staging_folder(staging_root, spec.folder, spec.config)
     stage.mkdir(parents=True, exist_ok=True)
     for rel, data in seed_files.items():  # what the output folder already holds of this run
         if not (stage / rel).exists():
