@@ -169,3 +169,36 @@ def test_a_failing_run_is_reported_and_the_others_complete(cluster: Any, demo_ro
     assert "- coop on eurosat, seed 2 (base2novel):" in (out / "results.md").read_text()
     error_log = (out / "coop" / "eurosat" / "base2novel-4shots" / "seed1" / "error.log").read_text()
     assert "== attempt 1:" in error_log and "== attempt 2:" in error_log
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_sweep_and_the_same_command_finishes_it(cluster: Any, sequential: Path, demo_root: Path,
+                                                                   tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "ray"
+    argv = _argv(demo_root, out, "--launcher", "ray")
+    proc = subprocess.Popen([sys.executable, "-m", "mmprompt.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.rglob("metrics.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "cancelling" in err
+    finished = list(out.rglob("metrics.json"))
+    assert 0 < len(finished) < 6  # interrupted with runs in flight
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no half-written file
+    assert not (out / "results.json").exists()
+    for path in finished:
+        assert json.loads(path.read_text())["status"] == "done"
+    # the same command finishes the sweep: the same table as the sequential launcher
+    assert _cli(argv)[0] == 0
+    assert _without_costs(out) == _without_costs(sequential)
