@@ -101,6 +101,7 @@ def test_ray_launcher_gives_the_sequential_table(cluster: Any, sequential: Path,
     assert not (maple / "checkpoint").exists()  # the checkpoint stays in the task's staging folder
     cost = json.loads((maple / "metrics.json").read_text())["cost"]
     assert cost["trainable_parameters"] > 0 and cost["train_images_per_second"] > 0
+    assert cost["train_images"] == 13 * 4 * 2  # 13 base classes x 4 shots, 2 epochs of full batches of 4
     assert cost["peak_rss_mib"] > 0 and cost["torch_threads"] == 1
     assert "maple on mmprompt_demo, seed 2" in (maple / "run.log").read_text()
     # the same command again: every run is finished, nothing runs, the same results
