@@ -60,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_dry_run(plan), end="")
         return 0
-    report = run_reproduce(plan, args.clip, args.clip_activation, launch=launch)
+    from ..protocols.launch import LaunchError
+
+    try:
+        report = run_reproduce(plan, args.clip, args.clip_activation, launch=launch)
+    except LaunchError as exc:
+        logger.error("%s", exc)
+        return 2
     print((plan.output / "report.md").read_text(encoding="utf-8"), end="")
     print(f"\nreport: {plan.output / 'report.md'} (+ report.json); results per protocol in {plan.output}/<protocol>/")
     return 1 if report["failed"] else 0

@@ -21,12 +21,16 @@ from ..engine.distributed import DistContext
 from ..fileio import atomic_write_bytes
 from .plan import RunSpec, completed_payload, execute
 
-__all__ = ["ERROR_LOG", "LaunchOptions", "SequentialLauncher", "SweepOutcome", "get_launcher", "run_specs"]
+__all__ = ["ERROR_LOG", "LaunchError", "LaunchOptions", "SequentialLauncher", "SweepOutcome", "get_launcher", "run_specs"]
 
 logger = logging.getLogger(__name__)
 
 ERROR_LOG = "error.log"
 LAUNCHERS = ("sequential", "ray")
+
+
+class LaunchError(RuntimeError):
+    """The launcher cannot run (no Ray installed, no cluster at the address, a CLIP it cannot ship)."""
 
 
 @dataclass

@@ -235,8 +235,9 @@ def sweep_results(
             costs.setdefault(spec.method, {}).setdefault(spec.dataset, []).append(payload["metrics"]["cost"])
     results = aggregate(protocol, runs, metrics, average_over=average_over, roles=roles, extra=extra)
     results["costs"] = aggregate_costs(costs)
-    folders = {s.folder for s in specs}
-    failed = [{k: f[k] for k in ("run", "cause", "attempts")} for f in outcome.failed if f["folder"] in folders]
+    order = {s.folder: i for i, s in enumerate(specs)}  # in plan order, whatever order they failed in
+    failed = [{k: f[k] for k in ("run", "cause", "attempts")}
+              for f in sorted((f for f in outcome.failed if f["folder"] in order), key=lambda f: order[f["folder"]])]
     if failed:
         results["failed"] = failed
     return results

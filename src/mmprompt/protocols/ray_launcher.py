@@ -29,7 +29,7 @@ from typing import Any
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext
 from ..fileio import atomic_write_bytes
-from .launch import LaunchOptions, Progress, SweepOutcome, clear_error, describe, write_error
+from .launch import LaunchError, LaunchOptions, Progress, SweepOutcome, clear_error, describe, write_error
 from .plan import RunSpec
 
 __all__ = ["RayLauncher", "WORKER_FILE"]
@@ -103,7 +103,11 @@ class RayLauncher:
             return False
         if self.options.ray_address:
             logger.info("connecting to the Ray cluster at %s", self.options.ray_address)
-            ray.init(address=self.options.ray_address, log_to_driver=False)
+            try:
+                ray.init(address=self.options.ray_address, log_to_driver=False)
+            except ConnectionError as exc:
+                raise LaunchError(f"no Ray cluster at --ray-address {self.options.ray_address} ({exc}); start one "
+                                  "with `ray start --head`, or leave out --ray-address for a local one") from None
         else:
             logger.info("starting a local Ray cluster on 127.0.0.1")
             ray.init(address="local", num_cpus=self.options.local_cpus, include_dashboard=False,
@@ -113,14 +117,14 @@ class RayLauncher:
     def run(self, specs: Sequence[RunSpec], clip_spec: ClipSpec, clip_activation: str | None,
             ctx: DistContext) -> SweepOutcome:
         if ctx.enabled:
-            raise ValueError("the ray launcher runs each run as one process; do not start it under torchrun")
+            raise LaunchError("the ray launcher runs each run as one process; do not start it under torchrun")
         if not isinstance(clip_spec, (str, Path)):
-            raise ValueError("the ray launcher loads the CLIP in each task: give it as a name (ViT-B/16, demo) "
-                             "or a path, not as a model object")
+            raise LaunchError("the ray launcher loads the CLIP in each task: give it as a name (ViT-B/16, demo) "
+                              "or a path, not as a model object")
         try:
             import ray
         except ImportError:
-            raise ImportError("the ray launcher needs Ray: pip install 'mmprompt[ray]'") from None
+            raise LaunchError("the ray launcher needs Ray: pip install 'mmprompt[ray]'") from None
         opts = self.options
         started = self._connect()
         outcome = SweepOutcome()
@@ -134,6 +138,11 @@ class RayLauncher:
                 slots = min(slots, math.floor(resources.get("GPU", 0) / gpus))
             logger.info("%d runs as Ray tasks (%.3g CPU, %.3g GPU each; %d at a time on this cluster)",
                         len(specs), opts.cpus_per_run, gpus, slots)
+            workers = max(int(sp.config.get("data", {}).get("num_workers", 0)) for sp in specs)
+            if workers + 1 > opts.cpus_per_run:
+                logger.warning("runs start up to %d data-loader workers but ask Ray for %.3g CPUs each: give "
+                               "--cpus-per-run %d (or --set data.num_workers=...) to keep the CPUs from being "
+                               "oversubscribed", workers, opts.cpus_per_run, workers + 1)
             task = ray.remote(run_task)
             clip_arg = str(clip_spec)
 

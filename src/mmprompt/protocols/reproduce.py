@@ -317,7 +317,7 @@ def run_reproduce(
         note = f"not run: {entry['skipped']}" if entry.get("skipped") else ""
         sections.append({"protocol": protocol, "rows": rows, "results": results, "note": note})
     report = {"methods": plan.methods, "sections": [{k: v for k, v in s.items() if k != "results"} for s in sections],
-              "failed": [{k: f[k] for k in ("run", "cause", "attempts")} for f in outcome.failed]}
+              "failed": list({f["run"]: f for s in sections for f in (s["results"] or {}).get("failed", [])}.values())}
     if ctx.is_main:
         unavailable = sorted({r.method for r in plan.runs if r.spec is None})
         notes = [f"Methods not in the method table yet (published numbers only): {', '.join(unavailable)}."] \
