@@ -184,3 +184,17 @@ def test_sequential_launcher_retries_then_reports_a_failing_run(env, tmp_path: P
     cost = json.loads((out / "zeroshot" / "eurosat" / "base2novel-2shots" / "seed1" / "metrics.json").read_text())["cost"]
     assert cost["trainable_parameters"] == 0 and cost["train_images"] == 0 and cost["wall_seconds"] > 0
     assert results["costs"]["zeroshot"]["eurosat"]["runs"] == 1
+
+
+def test_run_settings_apply_to_the_run_only() -> None:
+    from mmprompt.protocols.launch import LaunchOptions
+    from mmprompt.protocols.plan import run_settings
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with run_settings(threads=2, deterministic=True):
+        assert torch.get_num_threads() == 2 and torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    for bad in ({"launcher": "slurm"}, {"max_retries": -1}, {"cpus_per_run": 0}, {"gpus_per_run": -0.5}):
+        with pytest.raises(ValueError):
+            LaunchOptions(**bad)
