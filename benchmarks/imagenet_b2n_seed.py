@@ -3,9 +3,10 @@
     python benchmarks/imagenet_b2n_seed.py --work /tmp/b2n --precision bf16 --num-workers 12
 
 What runs is the real command, ``mmprompt benchmark base2novel --config maple_b2n --datasets imagenet
---seeds 1``: 16-shot sampling of the 500 base classes, 5 epochs of batch 4 (2,000 steps), then
-evaluation on the base and the novel halves of the validation set (50 images per class, 25,000 each),
-with JPEG decoding, resizing and the data loader included. Only the inputs are stand-ins:
+--seeds 1``: 16-shot sampling of the 500 base classes (8,000 images), 5 epochs of batch 4 (2,000 steps per
+epoch, 10,000 in all), then evaluation on the base and the novel halves of the validation set (50 images
+per class: 25,000 each), with JPEG decoding, resizing and the data loader included. Only the inputs are
+stand-ins:
 
 * an ImageNet folder in CoOp's layout (``imagenet/classnames.txt``, ``images/train|val/<wnid>/``) with
   JPEGs of 500 x 375 pixels (ImageNet's typical size; smooth random colour fields, 20-40 KB each) and

@@ -41,3 +41,21 @@ def test_imagenet_b2n_seed_script_times_a_real_run(tmp_path: Path, capsys: pytes
     image = next((data / "images" / "val").rglob("*.JPEG"))
     with Image.open(image) as im:
         assert im.size == script.SIZE and im.format == "JPEG"
+
+
+@pytest.mark.slow
+def test_gpu_packing_script_runs_concurrent_sweeps_through_ray(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    script = _load("gpu_packing")
+    args = ["--work", str(tmp_path), "--arch", "tiny", "--classes", "4", "--shots", "2", "--val-per-class", "2",
+            "--precision", "fp32", "--device", "cpu", "--cpus-per-run", "1", "--num-workers", "0",
+            "--concurrency", "1", "2", "--set", "method.depth=3"]
+    assert script.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "packing.json").read_text()) == report
+    rows = {r["concurrent_runs"]: r for r in report["rows"]}
+    assert set(rows) == {1, 2}
+    assert rows[2]["finished_runs"] == 2 and rows[2]["failed"] == []
+    assert rows[2]["aggregate_train_img_s"] >= rows[2]["per_run_train_img_s"] > 0
+    assert rows[1]["max_run_peak_gpu_mib"] is None  # CPU: no GPU figure is made up

@@ -160,3 +160,41 @@ def test_transfer_trains_once_and_uses_target_classes(env, tmp_path: Path) -> No
     assert (tmp_path / "dg" / "results.json").is_file()
     assert not math.isnan(dg["methods"]["maple"]["datasets"]["imagenet"]["mean"]["accuracy"])
     assert os.path.isfile(tmp_path / "dg" / "results.md")
+
+
+def test_sequential_launcher_retries_then_reports_a_failing_run(env, tmp_path: Path, capsys) -> None:
+    """A run whose dataset is missing is tried 1 + --max-retries times, then named with its cause under the
+    table, in results.json and in the exit code; the other runs complete."""
+    root, weights = env
+    out = tmp_path / "sweep"
+    argv = ["benchmark", "base2novel", "--method", "zeroshot", "--datasets", "eurosat", "stanford_cars", "--seeds", "1",
+            "--data-root", str(root), "--clip", str(weights), "--clip-activation", "quick_gelu", "--output", str(out),
+            "--shots", "2", "--no-progress", "--max-retries", "2", "--set", "data.num_workers=0"]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]["zeroshot"]["datasets"]) == ["eurosat"]
+    (failed,) = results["failed"]
+    assert failed["run"] == "zeroshot on stanford_cars, seed 1 (base2novel)" and failed["attempts"] == 3
+    assert "stanford_cars" in failed["cause"].lower()
+    assert f"- {failed['run']}: {failed['cause']} (after 3 attempts)" in printed
+    log = (out / "zeroshot" / "stanford_cars" / "base2novel-2shots" / "seed1" / "error.log").read_text()
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("==")] == [
+        "== attempt 1", "== attempt 2", "== attempt 3"]
+    cost = json.loads((out / "zeroshot" / "eurosat" / "base2novel-2shots" / "seed1" / "metrics.json").read_text())["cost"]
+    assert cost["trainable_parameters"] == 0 and cost["train_images"] == 0 and cost["wall_seconds"] > 0
+    assert results["costs"]["zeroshot"]["eurosat"]["runs"] == 1
+
+
+def test_run_settings_apply_to_the_run_only() -> None:
+    from mmprompt.protocols.launch import LaunchOptions
+    from mmprompt.protocols.plan import run_settings
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with run_settings(threads=2, deterministic=True):
+        assert torch.get_num_threads() == 2 and torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    for bad in ({"launcher": "slurm"}, {"max_retries": -1}, {"cpus_per_run": 0}, {"gpus_per_run": -0.5}):
+        with pytest.raises(ValueError):
+            LaunchOptions(**bad)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
     "predict": ("predict", "classify images with trained prompts and class names given now"),
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
+    "reproduce": ("reproduce", "run every protocol of the paper for methods; report beside the published numbers"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
     "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
 }

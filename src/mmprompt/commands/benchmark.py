@@ -6,13 +6,16 @@
     mmprompt benchmark domain-generalization --method maple --source-runs sweeps/xd ... --output sweeps/dg
 
 Finished runs are skipped, so an interrupted sweep is continued by running the same command again.
-Results: ``<output>/results.{json,md,csv,png}``.
+Results: ``<output>/results.{json,md,csv,png}``. ``--launcher ray`` runs each (method, dataset, seed) run as
+a Ray task (a local cluster, or ``--ray-address``); runs that still fail after ``--max-retries`` are listed
+with their cause and make the exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from .train import add_config_arguments
 
@@ -32,6 +35,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="sweep folder")
     parser.add_argument("--source", default="imagenet", help="source dataset of the transfer protocols")
     parser.add_argument("--source-runs", help="sweep folder holding already trained source runs (transfer)")
+    add_launcher_arguments(parser)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and its options (shared by the sweep commands)."""
+    g = parser.add_argument_group("launcher")
+    g.add_argument("--launcher", choices=("sequential", "ray"), default="sequential",
+                   help="sequential: one run after another in this process (default); ray: one Ray task per run")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (default: start a local one on 127.0.0.1)")
+    g.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs per run, fractional packs runs on a GPU, e.g. 0.25 (default: 1 if the cluster has GPUs)")
+    g.add_argument("--cpus-per-run", type=float, default=1.0,
+                   help="CPUs per run: its main process and data-loader workers (default 1)")
+    g.add_argument("--max-retries", type=int, default=1, help="attempts after the first for a failed run (default 1)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: sequential keeps torch's; ray: --cpus-per-run)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) in every run")
+
+
+def launch_options(args: argparse.Namespace) -> Any:
+    """The :class:`~mmprompt.protocols.launch.LaunchOptions` of the parsed arguments."""
+    from ..protocols.launch import LaunchOptions
+
+    return LaunchOptions(
+        launcher=args.launcher, ray_address=args.ray_address, gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run, max_retries=args.max_retries, threads=args.threads,
+        deterministic=args.deterministic, progress=not args.no_progress,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed
     from ..methods import canonical_method
     from ..protocols import format_table, run_base2novel, run_few_shot, run_transfer
+    from ..protocols.launch import LaunchError
     from ..protocols.transfer import CROSS_DATASET_TARGETS, DG_TARGETS
     from .train import quiet_other_ranks, shortcut_overrides
 
@@ -63,27 +97,36 @@ def run(args: argparse.Namespace) -> int:
     for key in ("clip.weights", "clip.activation", "data.root", "data.shots", "output", "device"):
         extra.pop(key, None)  # passed as the protocol's own arguments
     overrides = {**dict(parse_override(o) for o in args.overrides), **extra}
+    try:
+        launch = launch_options(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     ctx = init_distributed(args.device or "auto")
     quiet_other_ranks(ctx)
     common = dict(
         presets=presets, overrides=overrides, progress=not args.no_progress, shots=args.shots or 16,
-        clip_activation=args.clip_activation, device=args.device or "auto", ctx=ctx,
+        clip_activation=args.clip_activation, device=args.device or "auto", ctx=ctx, launch=launch,
     )
-    if args.protocol == "base2novel":
-        if not args.datasets:
-            logger.error("--datasets is needed for base2novel")
-            return 2
-        results = run_base2novel(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
-    elif args.protocol == "few-shot":
-        if not args.datasets:
-            logger.error("--datasets is needed for few-shot")
-            return 2
-        results = run_few_shot(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
-    else:
-        default = CROSS_DATASET_TARGETS if args.protocol == "cross-dataset" else DG_TARGETS
-        results = run_transfer(args.protocol, methods, args.datasets or default, args.seeds, args.data_root,
-                               args.clip, args.output, source=args.source, source_runs=args.source_runs, **common)
+    try:
+        if args.protocol == "base2novel":
+            if not args.datasets:
+                logger.error("--datasets is needed for base2novel")
+                return 2
+            results = run_base2novel(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
+        elif args.protocol == "few-shot":
+            if not args.datasets:
+                logger.error("--datasets is needed for few-shot")
+                return 2
+            results = run_few_shot(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
+        else:
+            default = CROSS_DATASET_TARGETS if args.protocol == "cross-dataset" else DG_TARGETS
+            results = run_transfer(args.protocol, methods, args.datasets or default, args.seeds, args.data_root,
+                                   args.clip, args.output, source=args.source, source_runs=args.source_runs, **common)
+    except LaunchError as exc:
+        logger.error("%s", exc)
+        return 2
     if ctx.is_main:
         print(format_table(results, with_std=True))
         print(f"results in {args.output}/results.{{json,md,csv,png}}")
-    return 0
+    return 1 if results.get("failed") else 0

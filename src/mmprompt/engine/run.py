@@ -21,6 +21,7 @@ from ..data.preflight import check_run_images
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..methods import DatasetContext, PromptLearner, create_learner
 from .checkpoint import saved_train_summary, seed_everything
+from .cost import CostMeter, count_parameters
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
 from .train import TrainResult, train
@@ -201,13 +202,16 @@ def _run_experiment(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)
     start = time.perf_counter()
+    meter = CostMeter(ctx.device)  # cost accounting
     seed_everything(cfg.data.seed)
     learner = build_learner(cfg, clip, train_splits)
     train_splits, evals, data_check = check_run_images(  # issue 15: pre-flight image check
         train_splits, evals, check_train=bool(learner.trainable_parameters()), skip_corrupt=cfg.data.skip_corrupt,
         write_cache=ctx.is_main)
+    n_trainable, n_train = count_parameters(learner.trainable_parameters()), 0  # cost accounting
     trained: TrainResult | None = None
     if learner.trainable_parameters():
+        n_train = len(train_splits.train)  # cost accounting
         trained = train(
             learner, train_splits.train, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
             stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
@@ -235,6 +239,8 @@ def _run_experiment(
         "train": _train_summary(trained, run_dir),
         "data_check": data_check,
         "seconds": time.perf_counter() - start,
+        "cost": meter.finish(n_trainable, n_train, cfg.optim.batch_size, len(trained.history) if trained else 0,
+                             trained.seconds if trained else 0.0),  # cost accounting
     }
     if ctx.is_main:
         atomic_write_json(run_dir / METRICS_FILE, metrics)

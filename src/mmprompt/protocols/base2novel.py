@@ -15,14 +15,26 @@ from typing import Any
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext, barrier
-from ..engine.run import load_splits, run_experiment
-from .common import ClipProvider, SweepOptions, canonical_dataset, finished_metrics, run_config, run_folder
-from .results import B2N_METRICS, aggregate, write_results
+from .common import SweepOptions, canonical_dataset, run_config, run_folder
+from .launch import LaunchOptions, run_specs
+from .plan import RunSpec, sweep_results
+from .results import B2N_METRICS, write_results
 
-__all__ = ["run_base2novel"]
+__all__ = ["plan_base2novel", "run_base2novel"]
 
 logger = logging.getLogger(__name__)
 PROTOCOL = "base2novel"
+
+
+def plan_base2novel(opts: SweepOptions) -> list[RunSpec]:
+    """One spec per (method, dataset, seed), in that order."""
+    setting = f"{PROTOCOL}-{opts.shots}shots"
+    output = Path(opts.output).absolute()
+    return [
+        RunSpec(PROTOCOL, method, dataset, int(seed), str(run_folder(output, method, dataset, setting, seed)),
+                run_config(opts, method, PROTOCOL, dataset, seed, subsample="base").to_dict())
+        for method in opts.methods for dataset in opts.datasets for seed in opts.seeds
+    ]
 
 
 def run_base2novel(
@@ -40,6 +52,7 @@ def run_base2novel(
     clip_activation: str | None = None,
     device: str = "auto",
     ctx: DistContext | None = None,
+    launch: LaunchOptions | None = None,
     stop_after_runs: int | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the base-to-novel sweep and return the aggregated results.
@@ -52,42 +65,22 @@ def run_base2novel(
         output: the sweep folder (run folders and ``results.{json,md,csv,png}``).
         presets: method -> preset name / YAML path / :class:`RunConfig` (default: the method's b2n preset).
         overrides: dotted overrides for every run (``["optim.epochs=2"]``).
+        launch: how the runs are executed (default: one after another in this process).
         stop_after_runs: stop after this many newly finished runs (for tests; the sweep can resume).
 
     Returns:
-        The results dict (see :func:`mmprompt.protocols.results.aggregate`), also written to ``output``.
+        The results dict (see :func:`mmprompt.protocols.results.aggregate`), also written to ``output``;
+        runs that failed for good are listed under ``failed``.
     """
     opts = SweepOptions(methods, [canonical_dataset(d) for d in datasets], seeds, data_root, clip_spec, output,
                         presets or {}, overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    clip = ClipProvider(opts.clip_spec, opts.clip_activation, opts.ctx)
-    setting = f"{PROTOCOL}-{shots}shots"
-    runs: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    total = len(opts.methods) * len(opts.datasets) * len(opts.seeds)
-    k = new = 0
-    for method in opts.methods:
-        for dataset in opts.datasets:
-            for seed in opts.seeds:
-                k += 1
-                cfg = run_config(opts, method, "base2novel", dataset, seed, subsample="base")
-                folder = run_folder(opts.output, method, dataset, setting, seed)
-                metrics = finished_metrics(folder)
-                if metrics is None and (stop_after_runs is None or new < stop_after_runs):
-                    logger.info("run %d/%d: %s on %s, seed %d -> %s", k, total, method, dataset, seed, folder)
-                    base = load_splits(cfg, subsample="base", ctx=opts.ctx)
-                    novel = load_splits(cfg, subsample="new", ctx=opts.ctx)
-                    model, info = clip.get()
-                    metrics = run_experiment(
-                        cfg, model, info, folder, train_splits=base, evals={"base": base, "novel": novel},
-                        ctx=opts.ctx, progress=progress, extra={"protocol": PROTOCOL},
-                    )
-                    new += 1
-                if metrics is not None:
-                    runs.setdefault(method, {}).setdefault(dataset, {})[seed] = {
-                        "base": metrics["eval"]["base"]["accuracy"], "novel": metrics["eval"]["novel"]["accuracy"],
-                    }
-    results = aggregate(PROTOCOL, runs, B2N_METRICS, average_over=opts.datasets,
-                        extra={"seeds": list(opts.seeds), "shots": shots, "expected_datasets": list(opts.datasets)})
+    specs = plan_base2novel(opts)
+    launch = launch or LaunchOptions(progress=progress)
+    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch, stop_after_runs)
+    results = sweep_results(PROTOCOL, specs, outcome, B2N_METRICS, list(opts.datasets),
+                            extra={"seeds": list(opts.seeds), "shots": shots,
+                                   "expected_datasets": list(opts.datasets)})
     if opts.ctx.is_main:
         write_results(results, opts.output)
     barrier(opts.ctx)

@@ -129,13 +129,6 @@ def run_config(
     return cfg.with_overrides(fixed)
 
 
-def finished_metrics(folder: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run folder, or None."""
-    from ..engine.run import is_done, read_metrics
-
-    return read_metrics(folder) if is_done(folder) else None
-
-
 def run_folder(output: Path, method: str, dataset: str, setting: str, seed: int) -> Path:
     return output / method / dataset / setting / f"seed{seed}"
 

@@ -10,14 +10,26 @@ from typing import Any
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext, barrier
-from ..engine.run import load_splits, run_experiment
-from .common import ClipProvider, SweepOptions, canonical_dataset, finished_metrics, run_config, run_folder
-from .results import ACC_METRICS, aggregate, write_results
+from .common import SweepOptions, canonical_dataset, run_config, run_folder
+from .launch import LaunchOptions, run_specs
+from .plan import RunSpec, sweep_results
+from .results import ACC_METRICS, write_results
 
-__all__ = ["run_few_shot"]
+__all__ = ["plan_few_shot", "run_few_shot"]
 
 logger = logging.getLogger(__name__)
 PROTOCOL = "few-shot"
+
+
+def plan_few_shot(opts: SweepOptions) -> list[RunSpec]:
+    """One spec per (method, dataset, seed), in that order."""
+    setting = f"{PROTOCOL}-{opts.shots}shots"
+    output = Path(opts.output).absolute()
+    return [
+        RunSpec(PROTOCOL, method, dataset, int(seed), str(run_folder(output, method, dataset, setting, seed)),
+                run_config(opts, method, PROTOCOL, dataset, seed, subsample="all").to_dict())
+        for method in opts.methods for dataset in opts.datasets for seed in opts.seeds
+    ]
 
 
 def run_few_shot(
@@ -35,31 +47,16 @@ def run_few_shot(
     clip_activation: str | None = None,
     device: str = "auto",
     ctx: DistContext | None = None,
+    launch: LaunchOptions | None = None,
 ) -> dict[str, Any]:
     """Train with ``shots`` images per class and test on all classes, per (method, dataset, seed)."""
     opts = SweepOptions(methods, [canonical_dataset(d) for d in datasets], seeds, data_root, clip_spec, output,
                         presets or {}, overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    clip = ClipProvider(opts.clip_spec, opts.clip_activation, opts.ctx)
-    runs: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    for method in opts.methods:
-        for dataset in opts.datasets:
-            for seed in opts.seeds:
-                cfg = run_config(opts, method, PROTOCOL, dataset, seed, subsample="all")
-                folder = run_folder(opts.output, method, dataset, f"{PROTOCOL}-{shots}shots", seed)
-                metrics = finished_metrics(folder)
-                if metrics is None:
-                    logger.info("few-shot: %s on %s, seed %d -> %s", method, dataset, seed, folder)
-                    splits = load_splits(cfg, subsample="all", ctx=opts.ctx)
-                    model, info = clip.get()
-                    metrics = run_experiment(cfg, model, info, folder, train_splits=splits, evals={"test": splits},
-                                             ctx=opts.ctx, progress=progress, extra={"protocol": PROTOCOL})
-                if metrics is not None:
-                    runs.setdefault(method, {}).setdefault(dataset, {})[seed] = {
-                        "accuracy": metrics["eval"]["test"]["accuracy"]
-                    }
-    results = aggregate(PROTOCOL, runs, ACC_METRICS, average_over=opts.datasets,
-                        extra={"seeds": list(opts.seeds), "shots": shots})
+    specs = plan_few_shot(opts)
+    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch or LaunchOptions(progress=progress))
+    results = sweep_results(PROTOCOL, specs, outcome, ACC_METRICS, list(opts.datasets),
+                            extra={"seeds": list(opts.seeds), "shots": shots})
     if opts.ctx.is_main:
         write_results(results, opts.output)
     barrier(opts.ctx)

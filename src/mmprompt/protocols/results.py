@@ -19,6 +19,10 @@ from typing import Any
 
 __all__ = [
     "aggregate",
+    "aggregate_costs",
+    "fmt_cost",
+    "format_costs",
+    "format_failures",
     "format_table",
     "harmonic_mean",
     "plot_results",
@@ -26,6 +30,7 @@ __all__ = [
 ]
 
 B2N_METRICS = ("base", "novel")
+COST_HEADING = "Cost per run (measured)"
 ACC_METRICS = ("accuracy",)
 
 
@@ -98,6 +103,65 @@ def aggregate(
     return out
 
 
+# ------------------------------------------------------------------------------------------------- costs
+COST_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (key, heading, how runs are combined)
+    ("wall_seconds", "wall s / run", "mean"),
+    ("train_images_per_second", "train img/s", "mean"),
+    ("peak_gpu_mib", "peak GPU MiB", "max"),
+    ("peak_rss_mib", "peak RSS MiB", "max"),
+    ("trainable_parameters", "trainable params", "max"),
+)
+
+
+def aggregate_costs(costs: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> dict[str, Any]:
+    """Per method and dataset, the measured cost of its runs: mean wall time and training throughput, peak
+    memory (max over runs), trainable parameters and the total wall time (``runs[method][dataset]`` lists
+    each run's ``cost`` entry of ``metrics.json``)."""
+    out: dict[str, Any] = {}
+    for method, per_dataset in costs.items():
+        for dataset, entries in per_dataset.items():
+            row: dict[str, Any] = {"runs": len(entries),
+                                   "total_wall_seconds": sum(e.get("wall_seconds") or 0.0 for e in entries)}
+            for key, _, how in COST_COLUMNS:
+                values = [e[key] for e in entries if e.get(key) is not None]
+                row[key] = (max(values) if how == "max" else _mean(values)) if values else None
+            out.setdefault(method, {})[dataset] = row
+    return out
+
+
+def format_costs(results: Mapping[str, Any]) -> str:
+    """The ``costs`` of ``results`` as a Markdown table (empty when there are none)."""
+    costs = results.get("costs") or {}
+    if not costs:
+        return ""
+    lines = ["| Method | Dataset | runs | " + " | ".join(h for _, h, _ in COST_COLUMNS) + " |",
+             "| --- | --- |" + "|".join([" ---: "] * (len(COST_COLUMNS) + 1)) + "|"]
+    for method, per_dataset in costs.items():
+        for dataset, row in per_dataset.items():
+            cells = [fmt_cost(row.get(key)) for key, _, _ in COST_COLUMNS]
+            lines.append(f"| {method} | {_label(dataset)} | {row['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fmt_cost(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.1f}"
+
+
+def format_failures(results: Mapping[str, Any]) -> str:
+    """The runs that failed for good, by name and cause (empty when none failed)."""
+    failed = results.get("failed") or []
+    if not failed:
+        return ""
+    lines = [f"FAILED ({len(failed)} runs, not in the table):"]
+    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempts)" for f in failed]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------- tables
 def _label(key: str) -> str:
     from .common import dataset_label
@@ -133,7 +197,12 @@ def _rows(results: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any],
 
 def format_table(results: Mapping[str, Any], with_std: bool = False) -> str:
     """A Markdown table laid out like the paper's: Dataset | Base | Novel | HM for base-to-novel (with
-    a Method column when there are several methods), Dataset | accuracy per method otherwise."""
+    a Method column when there are several methods), Dataset | accuracy per method otherwise; the runs that
+    failed for good are listed below the table."""
+    return _format_accuracy(results, with_std) + (("\n" + format_failures(results)) if results.get("failed") else "")
+
+
+def _format_accuracy(results: Mapping[str, Any], with_std: bool) -> str:
     methods = list(results["methods"])
     b2n = tuple(results["metrics"]) == B2N_METRICS
     rows = _rows(results)
@@ -235,7 +304,9 @@ def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "r
              "png": output / f"{stem}.png"}
     atomic_write_json(paths["json"], json.loads(json.dumps(results)))
     title = f"# {results['protocol']}\n\n"
-    atomic_write_bytes(paths["md"], (title + format_table(results, with_std=True)).encode("utf-8"))
+    costs = format_costs(results)
+    cost_section = f"\n## {COST_HEADING}\n\n{costs}" if costs else ""
+    atomic_write_bytes(paths["md"], (title + format_table(results, with_std=True) + cost_section).encode("utf-8"))
     atomic_write_bytes(paths["csv"], to_csv(results).encode("utf-8"))
     if results["methods"] and results.get("datasets"):
         plot_results(results, paths["png"])

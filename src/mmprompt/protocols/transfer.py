@@ -16,12 +16,15 @@ from typing import Any
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext, barrier
-from ..engine.run import evaluate_split, learner_for_eval, load_splits, read_metrics, run_experiment
-from ..fileio import atomic_write_json
-from .common import ClipProvider, SweepOptions, canonical_dataset, finished_metrics, run_config, run_folder
-from .results import ACC_METRICS, aggregate, write_results
+from .common import SweepOptions, canonical_dataset, run_config, run_folder
+from .launch import LaunchOptions, run_specs
+from .plan import RunSpec, sweep_results
+from .results import ACC_METRICS, write_results
 
-__all__ = ["CROSS_DATASET_TARGETS", "DG_TARGETS", "run_cross_dataset", "run_domain_generalization", "run_transfer"]
+__all__ = [
+    "CROSS_DATASET_TARGETS", "DG_TARGETS", "plan_transfer", "run_cross_dataset", "run_domain_generalization",
+    "run_transfer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,19 @@ CROSS_DATASET_TARGETS: tuple[str, ...] = (
     "eurosat", "ucf101",
 )
 DG_TARGETS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+def plan_transfer(opts: SweepOptions, source: str, targets: Sequence[str],
+                  source_runs: str | Path | None = None) -> list[RunSpec]:
+    """One spec per (method, seed): train on ``source`` (its folder under ``source_runs``, default the sweep's
+    output), evaluate on its test set and on every target."""
+    base = Path(source_runs or opts.output).absolute()
+    return [
+        RunSpec("transfer", method, source, int(seed),
+                str(run_folder(base, method, source, f"source-{opts.shots}shots", seed)),
+                run_config(opts, method, "transfer", source, seed, subsample="all").to_dict(), tuple(targets))
+        for method in opts.methods for seed in opts.seeds
+    ]
 
 
 def run_transfer(
@@ -50,6 +66,7 @@ def run_transfer(
     clip_activation: str | None = None,
     device: str = "auto",
     ctx: DistContext | None = None,
+    launch: LaunchOptions | None = None,
 ) -> dict[str, Any]:
     """Train on ``source`` per (method, seed) and evaluate on every target.
 
@@ -64,51 +81,15 @@ def run_transfer(
     opts = SweepOptions(methods, [source, *targets], seeds, data_root, clip_spec, output, presets or {},
                         overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    clip = ClipProvider(opts.clip_spec, opts.clip_activation, opts.ctx)
-    runs: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    for method in opts.methods:
-        for seed in opts.seeds:
-            cfg = run_config(opts, method, "transfer", source, seed, subsample="all")
-            folder = run_folder(Path(source_runs or opts.output), method, source, f"source-{shots}shots", seed)
-            metrics = finished_metrics(folder)
-            if metrics is None:
-                logger.info("%s: training %s on %s, seed %d -> %s", protocol, method, source, seed, folder)
-                splits = load_splits(cfg, subsample="all", ctx=opts.ctx)
-                model, info = clip.get()
-                metrics = run_experiment(cfg, model, info, folder, train_splits=splits, evals={"test": splits},
-                                         ctx=opts.ctx, progress=progress, extra={"protocol": "transfer"})
-            if metrics is None:
-                continue
-            per = runs.setdefault(method, {})
-            per.setdefault(source, {})[seed] = {"accuracy": metrics["eval"]["test"]["accuracy"]}
-            for target in targets:
-                result = _evaluate_target(cfg, folder, target, clip, opts)
-                per.setdefault(target, {})[seed] = {"accuracy": result["accuracy"]}
+    specs = plan_transfer(opts, source, targets, source_runs)
+    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch or LaunchOptions(progress=progress))
     roles = {source: "source", **{t: "target" for t in targets}}
-    results = aggregate(protocol, runs, ACC_METRICS, average_over=targets, roles=roles,
-                        extra={"seeds": list(opts.seeds), "shots": shots, "source": source, "targets": targets})
+    results = sweep_results(protocol, specs, outcome, ACC_METRICS, targets, roles=roles,
+                            extra={"seeds": list(opts.seeds), "shots": shots, "source": source, "targets": targets})
     if opts.ctx.is_main:
         write_results(results, opts.output)
     barrier(opts.ctx)
     return results
-
-
-def _evaluate_target(cfg: RunConfig, folder: Path, target: str, clip: ClipProvider, opts: SweepOptions) -> dict:
-    """The accuracy of the run's prompts on one target (cached in ``<run>/eval/<target>.json``)."""
-    assert opts.ctx is not None
-    name = f"eval/{target}.json"
-    cached = read_metrics(folder, name)
-    if cached is not None:
-        return cached
-    splits = load_splits(cfg, subsample="all", shots=0, dataset=target, ctx=opts.ctx)
-    model, _ = clip.get()
-    learner = learner_for_eval(folder, cfg, model, splits)
-    result = evaluate_split(learner, splits, cfg, opts.ctx, opts.progress, desc=f"{target} test").to_dict()
-    result["dataset"] = target
-    if opts.ctx.is_main:
-        atomic_write_json(folder / name, result)
-    barrier(opts.ctx)
-    return result
 
 
 def run_cross_dataset(
