@@ -176,6 +176,8 @@ class CLIP(nn.Module):
             self.logit_bias = nn.Parameter(torch.zeros([]))
         self.tokenizer: Any = None
         """The tokenizer that came with the weights (None: CLIP's BPE, see :meth:`get_tokenizer`)."""
+        self.weights_info: Any = None
+        """How :func:`mmprompt.clip.load` read the weights (:class:`~mmprompt.clip.loading.WeightsInfo`)."""
         self.init_weights()
 
     @property
