@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from _torchvision_stub import import_open_clip
 from safetensors.torch import save_file
 
 import mmprompt.clip as mclip
+from _torchvision_stub import import_open_clip
 
 open_clip = import_open_clip()
 pytestmark = pytest.mark.skipif(open_clip is None, reason="open_clip is not installed")
