@@ -247,3 +247,44 @@ def test_hf_weights_away_from_their_config_need_the_fields(tmp_path: Path) -> No
         mclip.load(bare / "model.safetensors")
     ours = mclip.load(bare / "model.safetensors", config=tmp_path / "hf" / "config.json")
     assert_same(ours, ref, text_ids(eos=99))
+
+
+# -------------------------------------------------------------------------------------- preprocessing
+def odd_images() -> list[Any]:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    sizes = [(37, 53), (64, 31), (32, 32), (101, 77), (20, 45)]
+    return [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+            for w, h in sizes]
+
+
+def _processor(name: str) -> Any:
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+def test_siglip_preprocessing_equals_its_image_processor(siglip_folder: tuple[Path, torch.nn.Module]) -> None:
+    from mmprompt.clip.transforms import transform_for
+
+    folder, _ = siglip_folder
+    ours = transform_for(mclip.load(folder).config, train=False)
+    assert (ours.resize_mode, ours.interpolation, ours.mean) == ("squash", "bicubic", (0.5, 0.5, 0.5))
+    processor = _processor("SiglipImageProcessor").from_pretrained(folder)
+    for image in odd_images():
+        expected = torch.as_tensor(processor(image, return_tensors="np").pixel_values[0])
+        assert torch.allclose(ours(image), expected, atol=1e-5), (ours(image) - expected).abs().max()
+
+
+def test_clip_preprocessing_equals_its_image_processor(tmp_path: Path) -> None:
+    from mmprompt.clip.transforms import transform_for
+
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_towers(), projection_dim=24))
+    ref.save_pretrained(tmp_path)
+    processor = _processor("CLIPImageProcessor")(size={"shortest_edge": IMAGE}, crop_size=IMAGE,
+                                                 image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25])
+    processor.save_pretrained(tmp_path)
+    ours = transform_for(mclip.load(tmp_path).config, train=False)
+    assert (ours.resize_mode, ours.mean) == ("shortest", (0.4, 0.5, 0.6))
+    for image in odd_images():
+        expected = torch.as_tensor(processor(image, return_tensors="np").pixel_values[0])
+        assert torch.allclose(ours(image), expected, atol=1e-5), (ours(image) - expected).abs().max()

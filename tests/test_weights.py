@@ -743,3 +743,48 @@ def test_matches_transformers_clipmodel(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = hf(input_ids=tokens, pixel_values=images).logits_per_image
         torch.testing.assert_close(ours(images, tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_uses_the_preprocessing_of_the_weights(tmp_path: Path) -> None:
+    """A squash resize and statistics stated beside the weights reach the Predictor with no user input."""
+    from mmprompt import Predictor
+
+    model = make_model(get_config("tiny"))
+    folder = tmp_path / "dfn"
+    folder.mkdir()
+    save_open_clip_safetensors(model, folder / "open_clip_model.safetensors")
+    pre = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear", "resize_mode": "squash"}
+    config = {"model_cfg": open_clip_model_cfg(model.config), "preprocess_cfg": pre}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    transform = Predictor.zero_shot(folder, ["cat", "dog"]).transform
+    assert (transform.resize_mode, transform.interpolation, transform.mean, transform.std) == (
+        "squash", "bilinear", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert transform.size == model.config.vision.image_size
+
+
+def test_list_models_marks_the_test_only_architectures() -> None:
+    models = mclip.list_models()
+    assert set(models) == set(mclip.list_architectures())
+    for name in ("tiny", "tiny-parity"):
+        assert models[name].startswith("test-only")
+    assert not any(models[n].startswith("test-only") for n in mclip.list_architectures(include_test_only=False))
+    assert {"ViT-H/14", "ViT-g/14", "ViT-bigG/14"} <= set(mclip.list_architectures(include_test_only=False))
+
+
+def test_architectures_have_named_fields() -> None:
+    vit_l = get_config("ViT-L/14")
+    assert (vit_l.vision.width, vit_l.vision.layers, vit_l.vision.heads, vit_l.vision.patch_size) == (1024, 24, 16, 14)
+    assert (vit_l.text.width, vit_l.text.layers, vit_l.text.heads, vit_l.embed_dim) == (768, 12, 12, 768)
+    assert get_config("ViT-bigG/14").text.heads == 20 and get_config("ViT-bigG/14").vision.heads == 16
+
+
+def test_prompt_positions_and_fast_paths_follow_the_text_tower() -> None:
+    """Causal towers with a start token: prompts after it, fast paths exact; bidirectional: neither."""
+    causal = build_model(TINY)
+    assert (causal.prompt_start, causal.text_fast_paths_exact) == (1, True)
+    bidirectional = build_model(TINY.replace(text=dataclasses.replace(TINY.text, causal=False, start_token=False,
+                                                                      pool="last")))
+    assert (bidirectional.prompt_start, bidirectional.text_fast_paths_exact) == (0, False)
+    tokens = inputs(TINY)[1]
+    assert bidirectional.text_pool_index(tokens).tolist() == [TINY.text.context_length - 1] * 3
+    assert causal.text_pool_index(tokens).tolist() == [4, 8, 13]
