@@ -6,6 +6,7 @@ that changes the computation without adding weights, saved in every layout open_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,26 @@ def test_named_vit_h_g_bigG_match_open_clip_configs() -> None:
         assert ours.vision.heads == v["width"] // v["head_width"] == 16
         assert int(ours.vision.width * ours.vision.mlp_ratio) == int(v["width"] * v.get("mlp_ratio", 4.0))
         assert (ours.text.width, ours.text.layers, ours.text.heads) == (t["width"], t["layers"], t["heads"])
+
+
+def test_open_clip_config_written_by_mmprompt_builds_the_same_model_in_open_clip(tmp_path: Path) -> None:
+    """open_clip_config() states a mmprompt config so that open_clip builds an equal model, and load() reads
+    it back without arguments."""
+    from mmprompt.clip.openclip import open_clip_config
+
+    ref = build(CASES["text_no_causal_mask_pool_last"])
+    ours = mclip.load(save_folder(ref, CASES["text_no_causal_mask_pool_last"], tmp_path / "a"))
+    cfg = ours.config.replace(vision=dataclasses.replace(ours.config.vision, pool="avg", final_ln_after_pool=True,
+                                                          ln_eps=1e-3, activation="gelu_tanh"))
+    model = mclip.CLIP(cfg).eval()
+    model.load_state_dict(ours.state_dict())
+    written = open_clip_config(cfg)
+    rebuilt = open_clip.model.CLIP(**written["model_cfg"]).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert_same(model, rebuilt)
+    folder = tmp_path / "b"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "w.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps(written))
+    again = mclip.load(folder / "w.safetensors")
+    assert again.config.replace(preprocess=None) == cfg.replace(preprocess=None)

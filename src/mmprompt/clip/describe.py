@@ -199,7 +199,7 @@ def assemble(
         start_token=bool(values.get("text.start_token", True)),
         **t_shape,
     )
-    activation = vision.activation if vision.activation == text.activation else "quick_gelu"
+    activation = text.activation  # the model's; a vision tower that differs keeps its own
     config = CLIPConfig(
         embed_dim=shapes["embed_dim"],
         vision=dataclasses.replace(vision, activation=None) if vision.activation == activation else vision,

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import OPENAI_MEAN, OPENAI_STD, Preprocess
+from .config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, Preprocess
 from .describe import Stated, UnsupportedCheckpointError
 
-__all__ = ["OPEN_CLIP_TEXT_DEFAULTS", "OPEN_CLIP_VISION_DEFAULTS", "open_clip_preprocess", "read_open_clip_config"]
+__all__ = ["OPEN_CLIP_TEXT_DEFAULTS", "OPEN_CLIP_VISION_DEFAULTS", "open_clip_config", "open_clip_preprocess",
+           "read_open_clip_config"]
 
 _BLOCK_OPTIONS = {"block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
                   "scale_attn_inner": False, "scale_attn": False, "scale_fc": False}
@@ -185,3 +186,42 @@ def open_clip_preprocess(config: Mapping[str, Any], image_size: int, name: str =
     source = f"{name} preprocess_cfg" if given else f"open_clip defaults ({name} has no preprocess_cfg)"
     return Preprocess(resize_mode=p["resize_mode"], interpolation=p["interpolation"], mean=p["mean"], std=p["std"],
                       source=source)
+
+
+def open_clip_config(config: CLIPConfig) -> dict[str, Any]:
+    """The ``open_clip_config.json`` content that states ``config`` (heads, activations, eps, pooling,
+    preprocessing), to save beside weights in OpenAI's layout so that :func:`mmprompt.clip.load` reads them
+    back without arguments. Only what open_clip's ``CLIP`` can express is accepted."""
+    v, t = config.vision, config.text
+    if not (v.class_token and v.ln_pre and v.projection and not v.patch_bias and v.pool in ("tok", "avg")):
+        raise ValueError("only OpenAI-style image towers (class token, ln_pre, projection, tok/avg pooling) "
+                         "have an open_clip config")
+    if config.logit_bias:
+        raise ValueError("a learned logit_bias has no open_clip config value (its init value is not the weight)")
+
+    def act(name: str) -> dict[str, Any] | None:
+        return {"approximate": "tanh"} if name == "gelu_tanh" else None
+
+    quick = {config.vision_activation, config.text_activation}
+    if "quick_gelu" in quick and len(quick) > 1:
+        raise ValueError("open_clip has one quick_gelu flag for both towers")
+    vision: dict[str, Any] = {
+        "image_size": v.image_size, "layers": v.layers, "width": v.width, "head_width": v.width // v.heads,
+        "patch_size": v.patch_size, "mlp_ratio": v.mlp_ratio, "pool_type": v.pool,
+        "final_ln_after_pool": v.final_ln_after_pool, "act_kwargs": act(config.vision_activation),
+        "norm_kwargs": {"eps": v.ln_eps},
+    }
+    text: dict[str, Any] = {
+        "context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
+        "layers": t.layers, "mlp_ratio": t.mlp_ratio, "no_causal_mask": not t.causal, "pool_type": t.pool,
+        "proj_bias": t.proj_bias, "act_kwargs": act(config.text_activation), "norm_kwargs": {"eps": t.ln_eps},
+    }
+    if t.pool == "eos":
+        text["eos_id"] = t.eos_id
+    p = config.image_preprocess
+    return {
+        "model_cfg": {"embed_dim": config.embed_dim, "quick_gelu": quick == {"quick_gelu"},
+                      "vision_cfg": vision, "text_cfg": text},
+        "preprocess_cfg": {"mean": list(p.mean), "std": list(p.std), "interpolation": p.interpolation,
+                           "resize_mode": p.resize_mode},
+    }
