@@ -108,6 +108,17 @@ def test_clip_model_folders(case: str, tmp_path: Path) -> None:
     assert (ours.config.vision.heads, ours.config.text.heads) == (6, 4)
 
 
+def test_clip_folder_uses_clips_bpe_tokenizer(tmp_path: Path) -> None:
+    from mmprompt.clip.tokenizer import Tokenizer
+
+    config = transformers.CLIPConfig(**tiny_towers(vocab_size=49408, eos_token_id=49407, bos_token_id=49406),
+                                     projection_dim=24)
+    transformers.CLIPModel(config).save_pretrained(tmp_path)
+    ours = mclip.load(tmp_path)
+    assert isinstance(ours.get_tokenizer(), Tokenizer)
+    assert (ours.config.text.pool, ours.config.text.eos_id, ours.prompt_start) == ("eos", 49407, 1)
+
+
 def test_text_config_dict_is_merged_as_transformers_merges_it(tmp_path: Path) -> None:
     ref = perturbed(transformers.CLIPModel(transformers.CLIPConfig(**tiny_towers(), projection_dim=24)))
     ref.save_pretrained(tmp_path)

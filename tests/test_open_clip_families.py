@@ -226,3 +226,24 @@ def test_open_clip_config_written_by_mmprompt_builds_the_same_model_in_open_clip
     (folder / "open_clip_config.json").write_text(json.dumps(written))
     again = mclip.load(folder / "w.safetensors")
     assert again.config.replace(preprocess=None) == cfg.replace(preprocess=None)
+
+
+def test_worldwide_config_takes_its_tokenizer_from_tokenizer_json(tmp_path: Path) -> None:
+    """ViT-H-14-worldwide style: eos pooling at id 2 and a Hugging Face tokenizer instead of CLIP's BPE."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    cfg = model_cfg(text={"hf_tokenizer_name": "facebook/xlm-v-base", "pool_type": "eos", "eos_id": 2})
+    ref = build(cfg)
+    folder = save_folder(ref, cfg, tmp_path / "oc")
+    words = ["<s>", "<pad>", "</s>", "<unk>", "a", "photo", "of", "cat"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    ours = mclip.load(folder)
+    assert (ours.config.text.pool, ours.config.text.eos_id, ours.prompt_start) == ("eos", 2, 1)
+    ids = ours.get_tokenizer()(["a photo of a cat"], context_length=CONTEXT)
+    assert ids[0, :7].tolist() == [0, 4, 5, 6, 4, 7, 2] and set(ids[0, 7:].tolist()) == {1}
+    with torch.no_grad():
+        assert rel_err(ours.encode_text(ids), ref.encode_text(ids)) <= REL

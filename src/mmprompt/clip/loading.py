@@ -59,6 +59,8 @@ class WeightsInfo:
     """Where each non-shape field was read: ``{"vision.heads": "config.json vision_config....", ...}``."""
     tokenizer_file: Path | None = None
     hf_pad_token_id: int | None = None
+    hf_tokenizer_name: str | None = None
+    """open_clip's ``text_cfg.hf_tokenizer_name`` (the text tower does not use CLIP's BPE)."""
 
 
 def _read_config_file(ckpt: CheckpointFile, config: str | Path) -> None:
@@ -133,7 +135,7 @@ def load_state_dict_any(
 
     stated: Stated = {}
     preprocess: Preprocess | None = None
-    family, pad_token_id = "clip", None
+    family, pad_token_id, hf_tokenizer_name = "clip", None, None
     if is_hf and ckpt.hf_config is not None:
         stated, family, expected = read_hf_config(ckpt.hf_config)
         _check_expected(shapes, expected, str(path))
@@ -142,6 +144,7 @@ def load_state_dict_any(
     elif not is_hf and ckpt.open_clip_config is not None:
         stated, expected = read_open_clip_config(ckpt.open_clip_config)
         _check_expected(shapes, expected, str(path))
+        hf_tokenizer_name = expected.get("hf_tokenizer_name")
         preprocess = open_clip_preprocess(ckpt.open_clip_config, image_size)
     has_config = bool(stated)
     matched = _entry_for_digest(digest, registry) or pretrained
@@ -174,6 +177,7 @@ def load_state_dict_any(
         sources=sources,
         tokenizer_file=ckpt.tokenizer_file,
         hf_pad_token_id=pad_token_id,
+        hf_tokenizer_name=hf_tokenizer_name,
     )
     return sd, info
 
@@ -181,11 +185,12 @@ def load_state_dict_any(
 def _attach_tokenizer(model: CLIP, info: WeightsInfo) -> CLIP:
     """The tokenizer of ``tokenizer.json`` for towers that do not use CLIP's BPE (SigLIP, MetaCLIP 2)."""
     cfg = model.config
-    if cfg.family == "clip" and cfg.text.vocab_size == 49408 and cfg.text.start_token:
+    if cfg.family == "clip" and cfg.text.vocab_size == 49408 and info.hf_tokenizer_name is None:
         return model  # CLIP's BPE (mmprompt.clip.tokenizer), identical to OpenAI's
     if info.tokenizer_file is None:
-        logger.warning("%s: no tokenizer.json beside the weights; tokenize the texts yourself "
-                       "(model.get_tokenizer() will refuse)", info.path)
+        named = f" (open_clip names {info.hf_tokenizer_name}: put its tokenizer.json there)" if info.hf_tokenizer_name else ""
+        logger.warning("%s: no tokenizer.json beside the weights%s; tokenize the texts yourself "
+                       "(model.get_tokenizer() will refuse)", info.path, named)
         return model
     from .hf_tokenizer import HFTokenizer
 

@@ -200,7 +200,8 @@ class CLIP(nn.Module):
         if self.tokenizer is not None:
             return self.tokenizer
         t = self.config.text
-        if t.vocab_size == 49408 and t.pool == "argmax" and t.start_token:
+        clip_eot = t.pool == "argmax" or (t.pool == "eos" and t.eos_id == 49407)
+        if t.vocab_size == 49408 and clip_eot and t.start_token:
             from .tokenizer import get_tokenizer
 
             return get_tokenizer()

@@ -158,9 +158,9 @@ def read_open_clip_config(config: Mapping[str, Any], name: str = "open_clip_conf
         "vision.final_ln_after_pool": (bool(v["final_ln_after_pool"]), src("vision", "final_ln_after_pool")),
         "text.causal": (not t["no_causal_mask"], src("text", "no_causal_mask")),
         "text.pool": (t["pool_type"], src("text", "pool_type")),
-        "text.start_token": (t["hf_tokenizer_name"] is None, src("text", "hf_tokenizer_name")
-                             + " (CLIP's BPE puts SOT first)"),
     }
+    if t["hf_tokenizer_name"] is None:  # CLIP's BPE puts SOT first; another tokenizer says it itself
+        stated["text.start_token"] = (True, src("text", "hf_tokenizer_name") + ": CLIP's BPE, SOT first")
     if t["pool_type"] == "eos":
         stated["text.eos_id"] = (int(t["eos_id"]), src("text", "eos_id"))
     expected = {
