@@ -71,7 +71,6 @@ class CheckpointFile:
         open_clip_config: Mapping[str, Any] | None = None,
         preprocess: Mapping[str, Any] | None = None,
         tokenizer_file: Path | None = None,
-        torchscript_heads: dict[str, int] | None = None,
     ) -> None:
         self.state_dict = state_dict
         self.file_format = file_format
@@ -86,8 +85,6 @@ class CheckpointFile:
         """Hugging Face ``preprocessor_config.json``, when present."""
         self.tokenizer_file = tokenizer_file
         """``tokenizer.json`` in the folder or beside the file, when present."""
-        self.torchscript_heads = torchscript_heads
-        """Heads per tower read from a TorchScript archive's attention modules."""
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -207,24 +204,10 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool) -> CheckpointFile
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # OpenAI's releases are TorchScript archives
             module = torch.jit.load(str(path), map_location="cpu")
-        return CheckpointFile(dict(module.state_dict()), fmt, path, torchscript_heads=_torchscript_heads(module))
+        return CheckpointFile(dict(module.state_dict()), fmt, path)
     # A file taken from a folder keeps the folder's configs (config.json / open_clip_config.json).
     reader = _load_safetensors if fmt == "safetensors" else _load_torch
     return CheckpointFile(reader(path), fmt, path, **_beside(path.parent))
-
-
-def _torchscript_heads(module: Any) -> dict[str, int] | None:
-    """The ``num_heads`` of the first attention module of each tower of a scripted CLIP, if it has them."""
-    heads: dict[str, int] = {}
-    for tower, owner in (("vision", "visual.transformer"), ("text", "transformer")):
-        try:
-            obj = module
-            for part in (*owner.split("."), "resblocks"):
-                obj = getattr(obj, part)
-            heads[tower] = int(getattr(obj, "0").attn.num_heads)
-        except (AttributeError, RuntimeError, ValueError, TypeError):
-            return None
-    return heads
 
 
 # -------------------------------------------------------------------------------------------- conversions

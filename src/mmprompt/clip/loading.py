@@ -155,9 +155,6 @@ def load_state_dict_any(
         where = f"registry entry {matched.name}"
         stated["vision.activation"] = stated["text.activation"] = (matched.activation, where)
         preprocess = Preprocess(interpolation=matched.interpolation, mean=matched.mean, std=matched.std, source=where)
-    if ckpt.torchscript_heads and not has_config:
-        for tower, heads in ckpt.torchscript_heads.items():
-            stated.setdefault(f"{tower}.heads", (heads, "TorchScript archive: attn.num_heads"))
 
     args = {"activation": activation, **fields}
     cfg, sources = assemble(shapes, stated, args, str(path), architecture=architecture, preprocess=preprocess,
