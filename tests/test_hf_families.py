@@ -299,3 +299,33 @@ def test_clip_preprocessing_equals_its_image_processor(tmp_path: Path) -> None:
     for image in odd_images():
         expected = torch.as_tensor(processor(image, return_tensors="np").pixel_values[0])
         assert torch.allclose(ours(image), expected, atol=1e-5), (ours(image) - expected).abs().max()
+
+
+# ------------------------------------------------------------------------------------- prompt positions
+@pytest.mark.parametrize("family", ["siglip", "clip"])
+def test_deep_text_prompts_go_where_the_tower_puts_prompts(family: str, tmp_path: Path) -> None:
+    """Deep prompts equal to the states they replace leave the features unchanged, at position 0 without a
+    start token (SigLIP) and after it (CLIP); as trainable tensors they receive gradients."""
+    if family == "siglip":
+        transformers.SiglipModel(siglip_config()).save_pretrained(tmp_path)
+        write_siglip_tokenizer(tmp_path)
+        ours = mclip.load(tmp_path)
+        tokens = ours.get_tokenizer()(["a photo of a cat", "dog"], context_length=CONTEXT)
+    else:
+        transformers.CLIPModel(transformers.CLIPConfig(**tiny_towers(), projection_dim=24)).save_pretrained(tmp_path)
+        ours = mclip.load(tmp_path)
+        tokens = text_ids(eos=99)[:2]
+    start, n = ours.prompt_start, 3
+    assert start == (0 if family == "siglip" else 1)
+    states: dict[str, torch.Tensor] = {}
+    hook = ours.transformer.resblocks[1].register_forward_pre_hook(
+        lambda module, args: states.__setitem__("x", args[0].detach().clone()))
+    x, pool = ours.embed_tokens(tokens), ours.text_pool_index(tokens)
+    with torch.no_grad():
+        plain = ours.encode_text_embeddings(x, pool, truncate=False)
+    hook.remove()
+    deep = states["x"][:, start : start + n].clone().requires_grad_(True)
+    prompted = ours.encode_text_embeddings(x, pool, deep_prompts=[None, deep], truncate=False)
+    assert torch.allclose(prompted, plain, atol=1e-6)
+    prompted.sum().backward()
+    assert deep.grad is not None and float(deep.grad.abs().sum()) > 0

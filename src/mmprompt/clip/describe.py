@@ -4,8 +4,7 @@ Three kinds of knowledge, in increasing priority:
 
 1. the tensors' shapes (widths, depths, patch size, resolution, vocabulary, which optional tensors exist);
 2. what the checkpoint states: its Hugging Face ``config.json`` or ``open_clip_config.json``
-   (:mod:`mmprompt.clip.hf`, :mod:`mmprompt.clip.openclip`), the registry entry its SHA-256 matches, a
-   TorchScript archive's attention modules;
+   (:mod:`mmprompt.clip.hf`, :mod:`mmprompt.clip.openclip`) or the registry entry its SHA-256 matches;
 3. explicit arguments of :func:`mmprompt.clip.load` (``architecture=`` states every field of a named
    architecture; ``heads=``, ``activation=``, ``eps=``, ``text_pool=``, ... one field each).
 
