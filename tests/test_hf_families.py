@@ -188,6 +188,7 @@ def test_siglip_features_and_logits_equal_transformers(siglip_folder: tuple[Path
     assert (c.family, c.text.causal, c.text.pool, c.vision.pool, c.text.proj_bias) == ("siglip", False, "last",
                                                                                          "map", True)
     assert (c.vision.ln_eps, c.text.ln_eps, c.activation) == (1e-6, 1e-6, "gelu_tanh")
+    assert mclip.CLIPConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c  # survives a JSON round trip
     tokens = ours.get_tokenizer()(["a photo of a cat", "the red car", "dog"], context_length=CONTEXT)
     assert_same(ours, ref, tokens, logit_bias=True)
     # the logit bias is SigLIP's: a constant on every logit, so a softmax over classes ignores it
