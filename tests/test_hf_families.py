@@ -8,7 +8,6 @@ relative error <= 1e-5), and every field it cannot implement must be refused by 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,12 @@ import pytest
 import torch
 
 import mmprompt.clip as mclip
+from _compare import rel_err
 
 transformers = pytest.importorskip("transformers")
 
 REL = 1e-5
 VOCAB, CONTEXT, IMAGE = 100, 16, 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 def features(out: Any) -> torch.Tensor:

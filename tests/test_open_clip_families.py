@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import mmprompt.clip as mclip
+from _compare import rel_err
 from _torchvision_stub import import_open_clip
 
 open_clip = import_open_clip()
@@ -24,18 +24,6 @@ pytestmark = pytest.mark.skipif(open_clip is None, reason="open_clip is not inst
 
 REL = 1e-5
 VOCAB, CONTEXT, IMAGE, SOT, EOT = 100, 16, 32, 98, 99
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 def model_cfg(vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from typing import Any
 
 from .config import CLIPConfig, Preprocess, TextConfig, VisionConfig, get_config
 
-__all__ = ["FIELD_ARGUMENTS", "MissingFieldError", "Stated", "UnsupportedCheckpointError", "assemble",
-           "architecture_fields", "argument_fields"]
+__all__ = ["FIELD_ARGUMENTS", "MissingFieldError", "Stated", "UnsupportedCheckpointError", "architecture_fields",
+           "argument_fields", "assemble", "square_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,16 @@ class UnsupportedCheckpointError(ValueError):
 
 class MissingFieldError(ValueError):
     """A field that changes the computation is stated nowhere; the message names the ``load()`` argument."""
+
+
+def square_size(value: Any, what: str, source: str) -> int:
+    """An image or patch size stated as one int or ``[h, w]``; non-square sizes are refused by name."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise UnsupportedCheckpointError(f"{source}: {what} = {list(value)} is not square; non-square image "
+                                             "sizes and patches are not supported")
+        value = value[0]
+    return int(value)
 
 
 FIELD_ARGUMENTS: dict[str, str] = {

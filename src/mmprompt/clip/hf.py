@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import OPENAI_MEAN, OPENAI_STD, Preprocess
-from .describe import Stated, UnsupportedCheckpointError
+from .describe import Stated, UnsupportedCheckpointError, square_size
 
 __all__ = ["HF_DEFAULTS", "hf_preprocess", "hf_tower", "read_hf_config"]
 
@@ -71,15 +71,6 @@ def hf_tower(config: Mapping[str, Any], tower: str, defaults: Mapping[str, Any])
     return merged
 
 
-def _square(value: Any, what: str, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise UnsupportedCheckpointError(f"{name}: {what} = {list(value)} is not square; non-square image "
-                                             "sizes and patches are not supported")
-        value = value[0]
-    return int(value)
-
-
 def read_hf_config(config: Mapping[str, Any], name: str = "config.json") -> tuple[Stated, str, dict[str, Any]]:
     """The fields ``config.json`` states (with their sources), the family, and checks for the shapes.
 
@@ -128,8 +119,8 @@ def read_hf_config(config: Mapping[str, Any], name: str = "config.json") -> tupl
             stated["text.eos_id"] = (int(eos), where("text", "eos_token_id"))
     vision = towers["vision"]
     expected = {
-        "vision.image_size": _square(vision["image_size"], "vision_config.image_size", name),
-        "vision.patch_size": _square(vision["patch_size"], "vision_config.patch_size", name),
+        "vision.image_size": square_size(vision["image_size"], "vision_config.image_size", name),
+        "vision.patch_size": square_size(vision["patch_size"], "vision_config.patch_size", name),
     }
     expected["text.pad_token_id"] = text.get("pad_token_id")
     family = {"siglip": "siglip", "metaclip_2": "metaclip_2"}.get(model_type, "clip")
@@ -164,13 +155,13 @@ def hf_preprocess(
     if isinstance(size, Mapping) and "shortest_edge" in size:
         mode, side = "shortest", int(size["shortest_edge"])
     elif isinstance(size, Mapping) and "height" in size:
-        side = _square([size["height"], size["width"]], "size", name)
+        side = square_size([size["height"], size["width"]], "size", name)
         mode = "squash"
     else:
         mode, side = ("shortest" if p.get("do_center_crop") else "squash"), int(size)
     if mode == "shortest":
         crop = p.get("crop_size", side)
-        crop_side = _square([crop["height"], crop["width"]], "crop_size", name) if isinstance(crop, Mapping) else int(crop)
+        crop_side = square_size([crop["height"], crop["width"]], "crop_size", name) if isinstance(crop, Mapping) else int(crop)
         if not p.get("do_center_crop") or crop_side != side:
             raise UnsupportedCheckpointError(f"{name}: a shortest-edge resize to {side} must be followed by a "
                                              f"centre crop of the same size (do_center_crop, crop_size)")

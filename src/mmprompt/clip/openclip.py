@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, Preprocess
-from .describe import Stated, UnsupportedCheckpointError
+from .describe import Stated, UnsupportedCheckpointError, square_size
 
 __all__ = ["OPEN_CLIP_TEXT_DEFAULTS", "OPEN_CLIP_VISION_DEFAULTS", "open_clip_config", "open_clip_preprocess",
            "read_open_clip_config"]
@@ -106,15 +106,6 @@ def _eps(norm_kwargs: Mapping[str, Any] | None, tower: str, name: str) -> float:
     return float(eps)
 
 
-def _square(value: Any, what: str, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise UnsupportedCheckpointError(f"{name}: {what} = {list(value)} is not square; non-square image "
-                                             "sizes are not supported")
-        value = value[0]
-    return int(value)
-
-
 def read_open_clip_config(config: Mapping[str, Any], name: str = "open_clip_config.json") -> tuple[Stated, dict[str, Any]]:
     """The fields ``open_clip_config.json`` states, with their sources, and sizes the weights must have."""
     model_cfg = config.get("model_cfg", config)
@@ -164,8 +155,8 @@ def read_open_clip_config(config: Mapping[str, Any], name: str = "open_clip_conf
     if t["pool_type"] == "eos":
         stated["text.eos_id"] = (int(t["eos_id"]), src("text", "eos_id"))
     expected = {
-        "vision.image_size": _square(v["image_size"], "vision_cfg.image_size", name),
-        "vision.patch_size": _square(v["patch_size"], "vision_cfg.patch_size", name),
+        "vision.image_size": square_size(v["image_size"], "vision_cfg.image_size", name),
+        "vision.patch_size": square_size(v["patch_size"], "vision_cfg.patch_size", name),
         "text.proj_bias": bool(t["proj_bias"]),
         "hf_tokenizer_name": t["hf_tokenizer_name"],
     }
@@ -181,7 +172,7 @@ def open_clip_preprocess(config: Mapping[str, Any], image_size: int, name: str =
     if p["resize_mode"] not in ("shortest", "squash"):
         raise UnsupportedCheckpointError(f"{name}: preprocess_cfg.resize_mode = {p['resize_mode']!r} is not supported "
                                          "(shortest, squash)")
-    if "size" in p and _square(p["size"], "preprocess_cfg.size", name) != image_size:
+    if "size" in p and square_size(p["size"], "preprocess_cfg.size", name) != image_size:
         raise UnsupportedCheckpointError(f"{name}: preprocess_cfg.size {p['size']} differs from the model's {image_size}")
     source = f"{name} preprocess_cfg" if given else f"open_clip defaults ({name} has no preprocess_cfg)"
     return Preprocess(resize_mode=p["resize_mode"], interpolation=p["interpolation"], mean=p["mean"], std=p["std"],
