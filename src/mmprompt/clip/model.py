@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from .transformer import (
     Transformer,
     attention,
     frozen_cast,
-    make_activation,
+    make_mlp,
     replace_packed,
     replace_tokens,
 )
@@ -72,16 +71,10 @@ class AttentionPool(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, eps: float) -> None:
         super().__init__()
-        hidden = int(round(width * mlp_ratio))
         self.probe = nn.Parameter(torch.zeros(1, 1, width))
         self.attn = Attention(width, heads)
         self.ln = LayerNorm(width, eps=eps)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [("c_fc", nn.Linear(width, hidden)), ("gelu", make_activation(activation)),
-                 ("c_proj", nn.Linear(hidden, width))]
-            )
-        )
+        self.mlp = make_mlp(width, mlp_ratio, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled features [B, D] of tokens ``x`` [B, L, D]."""

@@ -46,6 +46,15 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
+def make_mlp(width: int, mlp_ratio: float, activation: str) -> nn.Sequential:
+    """The transformer MLP with OpenAI's names: ``c_fc`` (width -> hidden), ``gelu``, ``c_proj`` (hidden -> width)."""
+    hidden = int(round(width * mlp_ratio))
+    return nn.Sequential(
+        OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", make_activation(activation)),
+                     ("c_proj", nn.Linear(hidden, width))])
+    )
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast runs matrix products in on this device type now, or None when it is off."""
     try:
@@ -199,14 +208,10 @@ class ResidualAttentionBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, eps: float = 1e-5) -> None:
         super().__init__()
-        hidden = int(round(width * mlp_ratio))
-        act = make_activation(activation)
         self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
         self.ln_2 = LayerNorm(width, eps=eps)
-        self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
-        )
+        self.mlp = make_mlp(width, mlp_ratio, activation)
 
     def forward(
         self,
