@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import Preprocess, shapes_from_state_dict
+from .config import CLIPConfig, Preprocess, shapes_from_state_dict
 from .convert import CheckpointFile, check_state_dict, convert_to_openai, read_checkpoint, sniff_format
 from .describe import Stated, UnsupportedCheckpointError, architecture_fields, assemble
 from .hf import hf_preprocess, read_hf_config
@@ -51,7 +51,7 @@ class WeightsInfo:
     conversions: list[str]
     activation: str
     activation_source: str
-    config: Any
+    config: CLIPConfig
     sha256: str | None = None
     pretrained: str | None = None
     """The registry entry the file is (by its digest, or as named), if any."""
