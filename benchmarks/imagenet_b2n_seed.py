@@ -82,19 +82,27 @@ def make_imagenet(root: Path, classes: int, train_per_class: int, val_per_class:
 
 
 def make_weights(path: Path, arch: str) -> None:
-    """A randomly initialised CLIP of ``arch``, saved as an OpenAI state dict."""
+    """A randomly initialised CLIP of ``arch``, saved as an OpenAI state dict with the open_clip_config.json
+    beside it that states its heads, activation and pooling."""
+    import json
+
     import torch
 
     from mmprompt.clip.config import get_config
     from mmprompt.clip.model import build_model
+    from mmprompt.clip.openclip import open_clip_config
 
-    if path.exists():
+    config_file = path.parent / "open_clip_config.json"
+    if path.exists() and config_file.exists():
         return
     torch.manual_seed(0)
     model = build_model(get_config(arch))
     tmp = path.with_suffix(".part")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
+    tmp = config_file.with_suffix(".part")
+    tmp.write_text(json.dumps(open_clip_config(model.config), indent=1))
+    os.replace(tmp, config_file)
 
 
 def main(argv: list[str] | None = None) -> int:

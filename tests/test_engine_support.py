@@ -6,6 +6,7 @@ fake datasets in the official layouts from ``fake_datasets``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,19 @@ def one_thread():
 
 
 def save_tiny_clip(path: Path, seed: int = 0) -> Path:
-    """A random tiny CLIP's state dict (OpenAI key layout) at ``path``."""
+    """A random tiny CLIP's state dict (OpenAI key layout) at ``path``, with the ``open_clip_config.json``
+    that states its heads, activation, pooling (a bare state dict does not say them)."""
     torch.manual_seed(seed)
-    torch.save(CLIP(get_config("tiny")).state_dict(), path)
+    config = get_config("tiny")
+    torch.save(CLIP(config).state_dict(), path)
+    v, t = config.vision, config.text
+    model_cfg = {
+        "embed_dim": config.embed_dim, "quick_gelu": True,
+        "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
+                       "head_width": v.width // v.heads, "patch_size": v.patch_size},
+        "text_cfg": {"context_length": t.context_length, "width": t.width, "heads": t.heads, "layers": t.layers},
+    }
+    (path.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     return path
 
 

@@ -181,6 +181,9 @@ def hf_config(model: CLIPConfig, hidden_act: str | None = "quick_gelu") -> dict[
         "intermediate_size": int(t.width * t.mlp_ratio),
         "max_position_embeddings": t.context_length,
         "vocab_size": t.vocab_size,
+        # transformers pools at the first eos_token_id (argmax(ids) only for the legacy value 2)
+        "bos_token_id": t.vocab_size - 2,
+        "eos_token_id": t.vocab_size - 1,
     }
     vision = {
         "hidden_size": v.width,
@@ -198,6 +201,19 @@ def hf_config(model: CLIPConfig, hidden_act: str | None = "quick_gelu") -> dict[
         "projection_dim": model.embed_dim,
         "text_config": text,
         "vision_config": vision,
+    }
+
+
+def open_clip_model_cfg(config: CLIPConfig, **text_extra: Any) -> dict[str, Any]:
+    """An open_clip ``model_cfg`` describing ``config`` (written independently of open_clip)."""
+    v, t = config.vision, config.text
+    return {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.activation == "quick_gelu",
+        "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
+                       "head_width": v.width // v.heads, "patch_size": v.patch_size, "mlp_ratio": v.mlp_ratio},
+        "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
+                     "heads": t.heads, "layers": t.layers, **text_extra},
     }
 
 
@@ -223,25 +239,25 @@ FORMATS: dict[str, tuple[Callable[[CLIP, Path], Path], dict[str, Any], str, str]
     # name: (writer, load kwargs, expected file_format, expected source_layout)
     "openai_state_dict": (
         lambda m, d: save_openai(m, d / "m.pt"),
-        {"activation": "quick_gelu"},
+        {"architecture": "tiny"},
         "torch",
         "openai",
     ),
     "torchscript": (
         lambda m, d: save_torchscript(m, d / "m.pt"),
-        {"activation": "quick_gelu", "allow_torchscript": True},
+        {"architecture": "tiny", "allow_torchscript": True},
         "torchscript",
         "openai",
     ),
     "open_clip_pt": (
         lambda m, d: save_open_clip(m, d / "epoch_32.pt"),
-        {"activation": "quick_gelu"},
+        {"architecture": "tiny"},
         "torch",
         "openai",
     ),
     "open_clip_safetensors": (
         lambda m, d: save_open_clip_safetensors(m, d / "open_clip.safetensors"),
-        {"activation": "quick_gelu"},
+        {"architecture": "tiny"},
         "safetensors",
         "openai",
     ),
@@ -254,7 +270,7 @@ FORMATS: dict[str, tuple[Callable[[CLIP, Path], Path], dict[str, Any], str, str]
     ),
     "hf_bare_safetensors": (
         lambda m, d: save_hf_bare(m, d / "bare" / "model.safetensors"),
-        {"activation": "quick_gelu"},
+        {"architecture": "tiny"},
         "safetensors",
         "hf",
     ),
@@ -276,7 +292,10 @@ def test_every_format_gives_identical_logits(
     path = writer(model, tmp_path)
     loaded = mclip.load(path, **kwargs)
     assert torch.equal(logits(loaded), expected)
-    assert loaded.config == model.config
+    stated = model.config
+    if "architecture" not in kwargs:  # config.json: transformers pools at the first eos_token_id
+        stated = stated.replace(text=dataclasses.replace(stated.text, pool="eos", eos_id=EOT))
+    assert loaded.config.replace(preprocess=None) == stated
     assert not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     sd, info = mclip.load_state_dict_any(path, **kwargs)
@@ -287,7 +306,7 @@ def test_every_format_gives_identical_logits(
 def test_string_paths_load_too(reference: tuple[CLIP, torch.Tensor], tmp_path: Path) -> None:
     model, expected = reference
     path = save_openai(model, tmp_path / "m.pt")
-    assert torch.equal(logits(mclip.load(str(path), activation="quick_gelu")), expected)
+    assert torch.equal(logits(mclip.load(str(path), architecture="tiny")), expected)
 
 
 def test_hf_config_sets_heads_and_activation(tmp_path: Path) -> None:
@@ -303,7 +322,8 @@ def test_hf_config_sets_heads_and_activation(tmp_path: Path) -> None:
     assert (loaded.config.vision.heads, loaded.config.text.heads, loaded.config.activation) == (4, 2, "gelu")
     assert torch.equal(logits(loaded), logits(model))
     _, info = mclip.load_state_dict_any(folder)
-    assert info.activation_source == "config.json hidden_act"
+    assert info.activation_source == "config.json vision_config.hidden_act"
+    assert info.sources["vision.heads"] == "config.json vision_config.num_attention_heads"
     # The weights file taken out of its folder by path still reads the folder's config.json.
     assert mclip.load(folder / "model.safetensors").config == loaded.config
 
@@ -350,7 +370,7 @@ def test_open_clip_folder_reads_activation_from_its_config(tmp_path: Path) -> No
     folder = tmp_path / "oc"
     folder.mkdir()
     save_open_clip_safetensors(model, folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 32}}))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": open_clip_model_cfg(model.config)}))
     loaded = mclip.load(folder)
     assert loaded.config.activation == "gelu"
     assert torch.equal(logits(loaded), logits(model))
@@ -359,12 +379,12 @@ def test_open_clip_folder_reads_activation_from_its_config(tmp_path: Path) -> No
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_dtype_and_device(dtype: torch.dtype, reference: tuple[CLIP, torch.Tensor], tmp_path: Path) -> None:
     path = save_openai(reference[0], tmp_path / "m.pt")
-    loaded = mclip.load(path, device=torch.device("cpu"), dtype=dtype, activation="quick_gelu")
+    loaded = mclip.load(path, device=torch.device("cpu"), dtype=dtype, architecture="tiny")
     assert {p.dtype for p in loaded.parameters()} == {dtype}
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
     assert not any(p.requires_grad for p in loaded.parameters())
     with pytest.raises(ValueError, match="floating point"):
-        mclip.load(path, dtype=torch.int64, activation="quick_gelu")
+        mclip.load(path, dtype=torch.int64, architecture="tiny")
 
 
 # ----------------------------------------------------------------------------------------- refusals
@@ -392,8 +412,21 @@ def test_activation_is_never_guessed(reference: tuple[CLIP, torch.Tensor], tmp_p
         save_open_clip(reference[0], tmp_path / "oc.pt"),
         save_hf_bare(reference[0], tmp_path / "bare" / "model.safetensors"),
     ):
-        with pytest.raises(ValueError, match="activation='quick_gelu'.*activation='gelu'"):
-            mclip.load(path)
+        with pytest.raises(mclip.MissingFieldError, match=r"vision\.activation.*activation='quick_gelu' \| 'gelu'"):
+            mclip.load(path, heads=1, eps=1e-5, text_causal=True, text_pool="argmax", vision_pool="tok")
+        # with every field given one by one, it loads
+        loaded = mclip.load(path, heads=1, eps=1e-5, text_causal=True, text_pool="argmax", vision_pool="tok",
+                            activation="quick_gelu")
+        assert torch.equal(logits(loaded), reference[1])
+
+
+def test_heads_are_never_guessed(reference: tuple[CLIP, torch.Tensor], tmp_path: Path) -> None:
+    """Without a config, the heads (and every other field the shapes do not show) must be passed."""
+    path = save_openai(reference[0], tmp_path / "m.pt")
+    with pytest.raises(mclip.MissingFieldError, match=r"vision\.heads, text\.heads.*heads=\(vision_heads, text_heads\)"):
+        mclip.load(path, activation="quick_gelu")
+    with pytest.raises(ValueError, match="architecture='ViT-B/16' has vision/text widths"):
+        mclip.load(path, architecture="ViT-B/16")
 
 
 def test_plain_state_dict_matching_a_registry_digest_needs_no_activation(
@@ -461,7 +494,7 @@ def test_loading_is_strict(
     edit(sd)
     torch.save(sd, tmp_path / "m.pt")
     with pytest.raises(RuntimeError, match=message):
-        mclip.load(tmp_path / "m.pt", activation="quick_gelu")
+        mclip.load(tmp_path / "m.pt", architecture="tiny")
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -710,3 +743,48 @@ def test_matches_transformers_clipmodel(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = hf(input_ids=tokens, pixel_values=images).logits_per_image
         torch.testing.assert_close(ours(images, tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_uses_the_preprocessing_of_the_weights(tmp_path: Path) -> None:
+    """A squash resize and statistics stated beside the weights reach the Predictor with no user input."""
+    from mmprompt import Predictor
+
+    model = make_model(get_config("tiny"))
+    folder = tmp_path / "dfn"
+    folder.mkdir()
+    save_open_clip_safetensors(model, folder / "open_clip_model.safetensors")
+    pre = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear", "resize_mode": "squash"}
+    config = {"model_cfg": open_clip_model_cfg(model.config), "preprocess_cfg": pre}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    transform = Predictor.zero_shot(folder, ["cat", "dog"]).transform
+    assert (transform.resize_mode, transform.interpolation, transform.mean, transform.std) == (
+        "squash", "bilinear", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert transform.size == model.config.vision.image_size
+
+
+def test_list_models_marks_the_test_only_architectures() -> None:
+    models = mclip.list_models()
+    assert set(models) == set(mclip.list_architectures())
+    for name in ("tiny", "tiny-parity"):
+        assert models[name].startswith("test-only")
+    assert not any(models[n].startswith("test-only") for n in mclip.list_architectures(include_test_only=False))
+    assert {"ViT-H/14", "ViT-g/14", "ViT-bigG/14"} <= set(mclip.list_architectures(include_test_only=False))
+
+
+def test_architectures_have_named_fields() -> None:
+    vit_l = get_config("ViT-L/14")
+    assert (vit_l.vision.width, vit_l.vision.layers, vit_l.vision.heads, vit_l.vision.patch_size) == (1024, 24, 16, 14)
+    assert (vit_l.text.width, vit_l.text.layers, vit_l.text.heads, vit_l.embed_dim) == (768, 12, 12, 768)
+    assert get_config("ViT-bigG/14").text.heads == 20 and get_config("ViT-bigG/14").vision.heads == 16
+
+
+def test_prompt_positions_and_fast_paths_follow_the_text_tower() -> None:
+    """Causal towers with a start token: prompts after it, fast paths exact; bidirectional: neither."""
+    causal = build_model(TINY)
+    assert (causal.prompt_start, causal.text_fast_paths_exact) == (1, True)
+    bidirectional = build_model(TINY.replace(text=dataclasses.replace(TINY.text, causal=False, start_token=False,
+                                                                      pool="last")))
+    assert (bidirectional.prompt_start, bidirectional.text_fast_paths_exact) == (0, False)
+    tokens = inputs(TINY)[1]
+    assert bidirectional.text_pool_index(tokens).tolist() == [TINY.text.context_length - 1] * 3
+    assert causal.text_pool_index(tokens).tolist() == [4, 8, 13]

@@ -67,15 +67,15 @@ class Predictor:
     """
 
     def __init__(self, learner: PromptLearner, precision: str = "fp32", batch_size: int = 64) -> None:
-        from .clip.transforms import build_transform
+        from .clip.transforms import transform_for
 
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.learner = learner.eval()
         self.precision = precision
         self.batch_size = batch_size
-        c = learner.clip.config
-        self.transform = build_transform(c.vision.image_size, train=False, mean=c.mean, std=c.std)
+        # the preprocessing of the weights (resolution, resize mode, interpolation, statistics)
+        self.transform = transform_for(learner.clip.config, train=False)
         self._text: Tensor | None = None
 
     # --------------------------------------------------------------------------------------------- builders

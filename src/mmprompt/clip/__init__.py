@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import CLIPConfig, get_config, list_architectures
+from .config import CLIPConfig, Preprocess, get_config, list_architectures, list_models
+from .describe import MissingFieldError, UnsupportedCheckpointError
+from .loading import WeightsInfo, load, load_state_dict_any
 from .model import CLIP, build_model
-from .weights import PretrainedEntry, WeightsInfo, get_pretrained, list_pretrained, load, load_state_dict_any
+from .weights import PretrainedEntry, get_pretrained, list_pretrained
 
 if TYPE_CHECKING:
     from .tokenizer import get_tokenizer
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "MissingFieldError",
+    "Preprocess",
+    "UnsupportedCheckpointError",
     "PretrainedEntry",
     "WeightsInfo",
     "build_model",
@@ -29,6 +34,7 @@ __all__ = [
     "get_pretrained",
     "get_tokenizer",
     "list_architectures",
+    "list_models",
     "list_pretrained",
     "load",
     "load_state_dict_any",

@@ -9,7 +9,8 @@ when its layout applies. The result must be in OpenAI's layout, which is the one
 2. OpenAI state dict;
 3. open_clip checkpoint of a ViT CLIP (OpenAI keys, possibly under ``state_dict``, with ``module.``
    prefixes and an ``attn_mask`` buffer), ``.pt`` or ``.safetensors``;
-4. Hugging Face ``CLIPModel`` (``text_model.*`` / ``vision_model.*``, separate q/k/v projections).
+4. Hugging Face ``CLIPModel``, ``MetaClip2Model`` and ``SiglipModel`` (``text_model.*`` / ``vision_model.*``,
+   separate q/k/v projections).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ LAYOUTS_UNDERSTOOD = (
     "OpenAI CLIP ViT (visual.conv1.weight, visual.transformer.resblocks.N.*, transformer.resblocks.N.*, "
     "token_embedding.weight, ...), as a TorchScript archive or a state dict; "
     "open_clip ViT checkpoints (the same keys, optionally under 'state_dict', with 'module.' prefixes); "
-    "Hugging Face CLIPModel (text_model.*, vision_model.*, text_projection.weight, visual_projection.weight)"
+    "Hugging Face CLIPModel / MetaClip2Model (text_model.*, vision_model.*, text_projection.weight, "
+    "visual_projection.weight) and SiglipModel (text_model.head.*, vision_model.head.*)"
 )
 
 
@@ -58,7 +60,7 @@ class UnknownLayoutError(ValueError):
 
 
 class CheckpointFile:
-    """What :func:`read_checkpoint` found: the raw tensors and any configuration beside them."""
+    """What :func:`read_checkpoint` found: the raw tensors and the configuration files beside them."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class CheckpointFile:
         hf_config: Mapping[str, Any] | None = None,
         open_clip_config: Mapping[str, Any] | None = None,
         preprocess: Mapping[str, Any] | None = None,
+        tokenizer_file: Path | None = None,
     ) -> None:
         self.state_dict = state_dict
         self.file_format = file_format
@@ -75,54 +78,13 @@ class CheckpointFile:
         self.weights_path = weights_path
         """The file the tensors came from (inside the folder, for a folder)."""
         self.hf_config = hf_config
+        """Hugging Face ``config.json`` in the folder or beside the file."""
         self.open_clip_config = open_clip_config
+        """``open_clip_config.json`` in the folder or beside the file."""
         self.preprocess = preprocess
         """Hugging Face ``preprocessor_config.json``, when present."""
-
-    def _hf_tower(self, tower: str) -> Mapping[str, Any]:
-        assert self.hf_config is not None
-        return self.hf_config.get(f"{tower}_config") or self.hf_config.get(f"{tower}_config_dict") or {}
-
-    def activation(self) -> tuple[str | None, str]:
-        """The MLP activation the checkpoint's own config states, and where it was read; ``None`` if none."""
-        if self.hf_config is not None:
-            # transformers' CLIP default is "quick_gelu", and config.json may omit default values.
-            acts = {t: self._hf_tower(t).get("hidden_act", "quick_gelu") for t in ("text", "vision")}
-            if len(set(acts.values())) != 1 or acts["text"] not in ("quick_gelu", "gelu"):
-                raise ValueError(
-                    f"config.json: hidden_act {acts} is not supported; both towers must use "
-                    "'quick_gelu' or both 'gelu'"
-                )
-            return acts["text"], "config.json hidden_act"
-        if self.open_clip_config is not None:
-            quick = bool((self.open_clip_config.get("model_cfg") or {}).get("quick_gelu", False))
-            return ("quick_gelu" if quick else "gelu"), "open_clip_config.json quick_gelu"
-        return None, ""
-
-    def heads(self) -> dict[str, int]:
-        """Attention heads per tower (``"text"``, ``"vision"``) stated by the config (or its defaults)."""
-        if self.hf_config is not None:
-            return {
-                "text": int(self._hf_tower("text").get("num_attention_heads", 8)),
-                "vision": int(self._hf_tower("vision").get("num_attention_heads", 12)),
-            }
-        model_cfg = (self.open_clip_config or {}).get("model_cfg") or {}
-        out: dict[str, int] = {}
-        if "text_cfg" in model_cfg:
-            out["text"] = int(model_cfg["text_cfg"].get("heads", 8))
-        if "vision_cfg" in model_cfg:
-            v = model_cfg["vision_cfg"]
-            out["vision"] = int(v.get("width", 768)) // int(v.get("head_width", 64))
-        return out
-
-    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """Image normalisation stated beside the weights, if any."""
-        if self.preprocess and "image_mean" in self.preprocess:
-            return tuple(self.preprocess["image_mean"]), tuple(self.preprocess["image_std"])
-        pre = (self.open_clip_config or {}).get("preprocess_cfg") or {}
-        if "mean" in pre:
-            return tuple(pre["mean"]), tuple(pre["std"])
-        return None
+        self.tokenizer_file = tokenizer_file
+        """``tokenizer.json`` in the folder or beside the file, when present."""
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -149,11 +111,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _clip_config(folder: Path) -> dict[str, Any] | None:
-    """``folder/config.json`` when it is a Hugging Face CLIPModel configuration."""
+    """``folder/config.json`` when it is a Hugging Face two-tower (CLIP / SigLIP) configuration."""
     config = _read_json(folder / "config.json")
-    if config is None or not ({"text_config", "vision_config"} & set(config)):
+    towers = {"text_config", "vision_config", "text_config_dict", "vision_config_dict"}
+    if config is None or not (towers & set(config)):
         return None
     return config
+
+
+def _beside(folder: Path) -> dict[str, Any]:
+    """The configuration files a checkpoint in ``folder`` may come with."""
+    tokenizer = folder / "tokenizer.json"
+    return {
+        "hf_config": _clip_config(folder),
+        "open_clip_config": _read_json(folder / "open_clip_config.json"),
+        "preprocess": _read_json(folder / "preprocessor_config.json"),
+        "tokenizer_file": tokenizer if tokenizer.is_file() else None,
+    }
 
 
 def _load_safetensors(path: Path) -> StateDict:
@@ -187,31 +161,21 @@ def _load_sharded(folder: Path, index_file: str) -> StateDict:
 
 
 def _read_folder(folder: Path) -> CheckpointFile:
-    hf_config = _clip_config(folder)
-    preprocess = _read_json(folder / "preprocessor_config.json")
+    beside = _beside(folder)
     for name in HF_WEIGHT_FILES:
         if (folder / name).is_file():
             reader = _load_safetensors if name.endswith(".safetensors") else _load_torch
             fmt = "safetensors" if name.endswith(".safetensors") else "torch"
-            return CheckpointFile(
-                reader(folder / name), fmt, folder / name, hf_config=hf_config, preprocess=preprocess
-            )
+            return CheckpointFile(reader(folder / name), fmt, folder / name, **beside)
     for name in (f"{HF_WEIGHT_FILES[0]}.index.json", f"{HF_WEIGHT_FILES[1]}.index.json"):
         if (folder / name).is_file():
             fmt = "safetensors" if "safetensors" in name else "torch"
-            return CheckpointFile(
-                _load_sharded(folder, name), fmt, folder / name, hf_config=hf_config, preprocess=preprocess
-            )
+            return CheckpointFile(_load_sharded(folder, name), fmt, folder / name, **beside)
     for name in OPEN_CLIP_WEIGHT_FILES:
         if (folder / name).is_file():
             reader = _load_safetensors if name.endswith(".safetensors") else _load_torch
             fmt = "safetensors" if name.endswith(".safetensors") else "torch"
-            return CheckpointFile(
-                reader(folder / name),
-                fmt,
-                folder / name,
-                open_clip_config=_read_json(folder / "open_clip_config.json"),
-            )
+            return CheckpointFile(reader(folder / name), fmt, folder / name, **beside)
     raise FileNotFoundError(
         f"{folder} is a folder but holds none of {HF_WEIGHT_FILES + OPEN_CLIP_WEIGHT_FILES} "
         "(or a sharded *.index.json)"
@@ -241,9 +205,9 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool) -> CheckpointFile
             warnings.simplefilter("ignore", DeprecationWarning)  # OpenAI's releases are TorchScript archives
             module = torch.jit.load(str(path), map_location="cpu")
         return CheckpointFile(dict(module.state_dict()), fmt, path)
-    # A file taken from a Hugging Face folder keeps the folder's config (activation, heads).
+    # A file taken from a folder keeps the folder's configs (config.json / open_clip_config.json).
     reader = _load_safetensors if fmt == "safetensors" else _load_torch
-    return CheckpointFile(reader(path), fmt, path, hf_config=_clip_config(path.parent))
+    return CheckpointFile(reader(path), fmt, path, **_beside(path.parent))
 
 
 # -------------------------------------------------------------------------------------------- conversions
@@ -278,11 +242,15 @@ _HF_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^text_model\.encoder\.layers\.", "transformer.resblocks."),
     (r"^text_model\.final_layer_norm\.", "ln_final."),
     (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
-    (r"^vision_model\.embeddings\.patch_embedding\.weight$", "visual.conv1.weight"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual.conv1."),
     (r"^vision_model\.embeddings\.position_embedding\.weight$", "visual.positional_embedding"),
     (r"^vision_model\.pre_layrnorm\.", "visual.ln_pre."),
     (r"^vision_model\.encoder\.layers\.", "visual.transformer.resblocks."),
     (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
+    # SigLIP's attention-pooling head (an nn.MultiheadAttention: in_proj already merged)
+    (r"^vision_model\.head\.attention\.", "visual.attn_pool.attn."),
+    (r"^vision_model\.head\.layernorm\.", "visual.attn_pool.ln."),
+    (r"^vision_model\.head\.", "visual.attn_pool."),
     (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
     (r"\.layer_norm1\.", ".ln_1."),
     (r"\.layer_norm2\.", ".ln_2."),
@@ -290,19 +258,27 @@ _HF_RENAMES: tuple[tuple[str, str], ...] = (
     (r"\.mlp\.fc2\.", ".mlp.c_proj."),
 )
 _HF_QKV = re.compile(r"^(.*)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+# Linear(width, embed).weight is [embed, width]; OpenAI keeps x @ proj: [width, embed]
+_HF_PROJECTIONS = {
+    "text_projection.weight": "text_projection",  # CLIP
+    "visual_projection.weight": "visual.proj",  # CLIP
+    "text_model.head.weight": "text_projection",  # SigLIP
+}
 
 
 def hf_to_openai(sd: StateDict) -> StateDict:
-    """Hugging Face ``CLIPModel`` keys to OpenAI's: renames, q/k/v merged, projections transposed."""
+    """Hugging Face ``CLIPModel`` / ``SiglipModel`` keys to OpenAI's: renames, q/k/v merged, projections
+    transposed (SigLIP's text head bias becomes ``text_projection_bias``)."""
     if not any(k.startswith(("text_model.", "vision_model.")) for k in sd):
         return sd
     out: StateDict = {}
     qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
     for key, value in sd.items():
-        if key in ("text_projection.weight", "visual_projection.weight"):
-            # Linear(width, embed, bias=False).weight is [embed, width]; OpenAI keeps x @ proj: [width, embed]
-            name = "text_projection" if key.startswith("text") else "visual.proj"
-            out[name] = value.t().contiguous()
+        if key in _HF_PROJECTIONS:
+            out[_HF_PROJECTIONS[key]] = value.t().contiguous()
+            continue
+        if key == "text_model.head.bias":
+            out["text_projection_bias"] = value
             continue
         new = key
         for pattern, repl in _HF_RENAMES:
@@ -319,15 +295,48 @@ def hf_to_openai(sd: StateDict) -> StateDict:
     return out
 
 
+def linear_text_projection(sd: StateDict) -> StateDict:
+    """open_clip's ``proj_bias`` text projection (an ``nn.Linear``) to ``text_projection`` [width, embed]
+    and ``text_projection_bias``."""
+    if "text_projection.weight" not in sd or "visual.conv1.weight" not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if not k.startswith("text_projection.")}
+    out["text_projection"] = sd["text_projection.weight"].t().contiguous()
+    if "text_projection.bias" in sd:
+        out["text_projection_bias"] = sd["text_projection.bias"]
+    return out
+
+
+def scalar_logit_parameters(sd: StateDict) -> StateDict:
+    """``logit_scale`` / ``logit_bias`` of shape [1] (SigLIP, open_clip ``nonscalar_logit_scale``) as scalars."""
+    if not any(k in sd and isinstance(sd[k], Tensor) and sd[k].dim() == 1 for k in ("logit_scale", "logit_bias")):
+        return sd
+    out = dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        value = sd.get(key)
+        if isinstance(value, Tensor) and value.shape == (1,):
+            out[key] = value.reshape(())
+    return out
+
+
 Conversion = Callable[[StateDict], StateDict]
 
-CONVERSIONS: tuple[Conversion, ...] = (unwrap_state_dict, strip_module_prefix, drop_non_weights, hf_to_openai)
+CONVERSIONS: tuple[Conversion, ...] = (
+    unwrap_state_dict,
+    strip_module_prefix,
+    drop_non_weights,
+    hf_to_openai,
+    linear_text_projection,
+    scalar_logit_parameters,
+)
 """Applied in order; each returns its input unchanged when its layout does not apply."""
 
 
 def detect_layout(sd: Mapping[str, Any]) -> str:
     """``"openai"``, ``"hf"``, or a short name of a layout that is recognised but not supported."""
     keys = set(sd)
+    if "visual.trunk.conv1.weight" in keys or any(k.startswith("visual.trunk.") for k in keys):
+        return "open_clip-timm"
     if {"visual.conv1.weight", "token_embedding.weight", "text_projection"} <= keys:
         return "openai"
     if any(k.startswith(("text_model.", "vision_model.")) for k in keys):

@@ -1,469 +1,119 @@
-"""One CLIP implementation (OpenAI architecture), batch-first, for every size.
+"""One CLIP implementation, batch-first, for every size and every supported family (CLIP, SigLIP).
 
 The encoders accept prompt tokens at explicit insertion points and know nothing about the methods
 that make them:
 
 * ``VisionTransformer.forward(images, prompts=..., deep_prompts=...)``: ``prompts`` are appended after
   the patch tokens (after the positional embedding, before ``ln_pre``); ``deep_prompts[i]``, when not
-  ``None``, replaces the last ``n`` tokens of the sequence before block ``i`` runs.
-* ``CLIP.encode_text_embeddings(x, eot, deep_prompts=..., prompt_start=1)``: the caller gives the token
-  embeddings (with any learned context already in place); ``deep_prompts[i]`` replaces positions
-  ``prompt_start .. prompt_start + n`` before block ``i``.
+  ``None``, replaces the last ``n`` tokens of the sequence before block ``i`` runs. Pooling (class token,
+  patch mean or attention pooling) reads the image's own tokens, never the prompts.
+* ``CLIP.encode_text_embeddings(x, eot, deep_prompts=..., prompt_start=...)``: the caller gives the token
+  embeddings (with any learned context already in place) and the pooled position of each text
+  (:meth:`CLIP.text_pool_index`); ``deep_prompts[i]`` replaces positions ``prompt_start .. prompt_start + n``
+  before block ``i``. :attr:`CLIP.prompt_start` says where prompts go in this text tower, and
+  :attr:`CLIP.text_fast_paths_exact` whether truncation at the pooled token and a shared prefix are exact.
 * Both towers also take ``adapters``: ``adapters[i]``, when not ``None``, is a function of block ``i``'s
   normalised input ``ln_1(x)`` (token-wise) whose output is added to the block's output, in parallel
   with the whole block: ``out = h + mlp(ln_2(h)) + adapter(ln_1(x))`` with ``h = x + attn(ln_1(x))``.
 
-Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly.
+Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly; what other families add
+has names in the same style (``visual.conv1.bias``, ``visual.attn_pool.*``, ``text_projection_bias``,
+``logit_bias``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CLIPConfig
+from .transformer import (
+    Adapter,
+    Attention,
+    BlockAdapters,
+    DeepPrompts,
+    LayerNorm,
+    PackedLayout,
+    QuickGELU,
+    ResidualAttentionBlock,
+    Transformer,
+    attention,
+    frozen_cast,
+    make_mlp,
+    replace_packed,
+    replace_tokens,
+)
 
-DeepPrompts = Sequence[Tensor | None]
-Adapter = Callable[[Tensor], Tensor]
-BlockAdapters = Sequence[Adapter | None]
+__all__ = [
+    "CLIP",
+    "Adapter",
+    "Attention",
+    "BlockAdapters",
+    "AttentionPool",
+    "DeepPrompts",
+    "LayerNorm",
+    "PackedLayout",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "attention",
+    "build_model",
+    "frozen_cast",
+    "replace_packed",
+    "replace_tokens",
+]
 
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input and parameter dtype."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast runs matrix products in on this device type now, or None when it is off."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4: no per-device-type queries
-        if device_type == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        if device_type == "cuda":
-            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-        return None
-
-
-def frozen_cast(module: nn.Module, name: str) -> Tensor:
-    """``module.<name>`` as autocast would cast it for a matrix product, kept across calls when frozen.
-
-    Autocast casts a frozen fp32 weight to bf16 / fp16 again in every forward pass (its own cache
-    holds only tensors that require gradients); for a frozen CLIP that is the whole model, every
-    step. The cast here is the same one, made once while the weight stays unchanged (same storage,
-    same version); outside autocast, or for a weight that trains, the tensor itself is returned.
-    """
-    t: Tensor = getattr(module, name)
-    dtype = _autocast_dtype(t.device.type)
-    if dtype is None or t.requires_grad or t.dtype == dtype:
-        return t
-    casts: dict[str, tuple[tuple[object, ...], Tensor]] = module.__dict__.setdefault("_frozen_casts", {})
-    stamp = (t.data_ptr(), t._version, t.device, dtype)
-    hit = casts.get(name)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    with torch.inference_mode(False), torch.no_grad():  # a cast made in inference mode must serve training
-        cast = t.detach().to(dtype)
-    casts[name] = (stamp, cast)
-    return cast
+logger = logging.getLogger(__name__)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-    """Scaled dot-product attention of ``q`` [..., Lq, Dh] over ``k`` / ``v`` [..., Lk, Dh]; ``mask``
-    (bool, True = attend) or ``causal`` (query ``i`` attends keys ``<= i``).
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (SigLIP's MAP head): one learned query attends over the tokens, then a
+    residual MLP on its LayerNorm: ``h = attn(probe, x); h + mlp(ln(h))``."""
 
-    PyTorch's SDPA, except when training in bf16 / fp16 on CPU: there its kernels are slower than
-    fp32 (the flash backward, and the math kernel, which computes in fp32), so the attention is
-    computed as autocast computes an explicit one: products in the low precision, the softmax in
-    fp32 (as the official code's ``nn.MultiheadAttention`` under autocast).
-    """
-    low = q.dtype in (torch.bfloat16, torch.float16)
-    if not (low and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [..., Lq, Lk]
-    if causal and mask is None:
-        lq, lk = scores.shape[-2:]
-        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()  # as SDPA's is_causal
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with OpenAI's parameter names, computed by SDPA."""
-
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, eps: float) -> None:
         super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def heads_of(self, t: Tensor) -> Tensor:
-        """[B, L, parts * D] -> [parts, B, H, L, Dh] (e.g. q, k, v from the input projection)."""
-        b, n, width = t.shape
-        d = self.out_proj.in_features
-        return t.view(b, n, width // d, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-
-    def in_projection(self, x: Tensor, part: slice = slice(None)) -> Tensor:
-        """``x @ in_proj[part].T + bias[part]`` (rows ``0:D`` queries, ``D:2D`` keys, ``2D:3D`` values)."""
-        return F.linear(x, frozen_cast(self, "in_proj_weight")[part], frozen_cast(self, "in_proj_bias")[part])
-
-    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values [B, H, L, Dh] of ``x`` [B, L, D]."""
-        k, v = self.heads_of(self.in_projection(x, slice(x.shape[-1], None)))
-        return k, v
-
-    def forward(
-        self,
-        x: Tensor,
-        causal: bool = False,
-        rows: Tensor | None = None,
-        return_kv: bool = False,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Self-attention of ``x`` [B, L, D] -> [B, L, D].
-
-        With ``rows`` [B] only one query position per sequence is computed (its keys and values are
-        all positions, or those up to it when ``causal``): output [B, 1, D]. With ``return_kv`` the
-        keys and values [B, H, L, Dh] come back too.
-        """
-        b, n, d = x.shape  # [B, L, D]
-        if rows is None:
-            q, k, v = self.heads_of(self.in_projection(x))  # 3 x [B, H, L, Dh]
-        else:
-            x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
-            q = self.heads_of(self.in_projection(x_rows, slice(0, d)))[0]  # [B, H, 1, Dh]
-            k, v = self.key_values(x)  # 2 x [B, H, L, Dh]
-            query_pos = rows.view(b, 1, 1, 1)
-        mask = None
-        if causal and rows is not None:
-            mask = torch.arange(n, device=x.device) <= query_pos  # key <= query: [B, 1, 1, L]
-        out = attention(q, k, v, mask=mask, causal=causal)  # [B, H, L | 1, Dh]
-        out = self.project(out.transpose(1, 2).reshape(b, out.shape[2], d))  # [B, L | 1, D]
-        return (out, (k, v)) if return_kv else out
-
-
-    def forward_packed(
-        self,
-        x: Tensor,
-        layout: PackedLayout,
-        past: tuple[Tensor, Tensor] | None = None,
-        rows: Tensor | None = None,
-    ) -> Tensor:
-        """Causal self-attention of packed tokens ``x`` [T, D] -> [T, D] (or, with ``rows`` [B] packed
-        rows, only those queries: [B, D]). ``past``: keys and values [G, H, P, Dh] of the shared
-        positions before every sequence (``layout.offset`` = P), one set per group of ``B / G``
-        consecutive sequences."""
-        d = x.shape[-1]
-        b = layout.num_sequences
-        if rows is None:
-            q, k, v = self.heads_of(layout.pad(self.in_projection(x)))  # 3 x [B, H, S, Dh]
-            query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
-        else:
-            k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None))))  # 2 x [B, H, S, Dh]
-            q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d)).unsqueeze(1))[0]
-            query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
-        offset = 0
-        if past is not None:
-            offset = past[0].shape[2]
-            k = torch.cat([_per_sequence(past[0], b), k], dim=2)  # [B, H, P + S, Dh]
-            v = torch.cat([_per_sequence(past[1], b), v], dim=2)
-        mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
-        out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
-        out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
-        out = layout.unpad(out) if rows is None else out.squeeze(1)
-        return self.project(out)
-
-    def project(self, x: Tensor) -> Tensor:
-        """The output projection (``out_proj``)."""
-        return F.linear(x, frozen_cast(self.out_proj, "weight"), frozen_cast(self.out_proj, "bias"))
-
-
-class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x))."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str) -> None:
-        super().__init__()
-        hidden = int(round(width * mlp_ratio))
-        act: nn.Module = QuickGELU() if activation == "quick_gelu" else nn.GELU()
-        self.ln_1 = LayerNorm(width)
+        self.probe = nn.Parameter(torch.zeros(1, 1, width))
         self.attn = Attention(width, heads)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
-        )
+        self.ln = LayerNorm(width, eps=eps)
+        self.mlp = make_mlp(width, mlp_ratio, activation)
 
-    def forward(
-        self,
-        x: Tensor,
-        causal: bool = False,
-        rows: Tensor | None = None,
-        return_kv: bool = False,
-        adapter: Adapter | None = None,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D].
-        With ``return_kv``, also the attention's keys and values of ``x`` (:meth:`Attention.forward`).
-        ``adapter``: a residual branch on ``ln_1(x)`` added to the output (see the module docstring)."""
-        normed = self.ln_1(x)
-        h = self.attn(normed, causal=causal, rows=rows, return_kv=return_kv)
-        kv = None
-        if return_kv:
-            h, kv = h
-        if rows is not None:
-            index = torch.arange(x.shape[0], device=x.device)
-            x = x[index, rows].unsqueeze(1)
-            normed = normed[index, rows].unsqueeze(1)
-        x = x + h
-        x = x + self.feed_forward(self.ln_2(x))
-        if adapter is not None:
-            x = x + adapter(normed)
-        return (x, kv) if return_kv else x
-
-    def feed_forward(self, x: Tensor) -> Tensor:
-        """``mlp`` (c_fc, activation, c_proj), with frozen weights cast once under autocast."""
-        fc, proj = self.mlp.c_fc, self.mlp.c_proj
-        x = F.linear(x, frozen_cast(fc, "weight"), frozen_cast(fc, "bias"))
-        return F.linear(self.mlp.gelu(x), frozen_cast(proj, "weight"), frozen_cast(proj, "bias"))
-
-    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The attention's keys and values [B, H, L, Dh] for the block input ``x``."""
-        return self.attn.key_values(self.ln_1(x))
-
-    def forward_packed(
-        self,
-        x: Tensor,
-        layout: PackedLayout,
-        past: tuple[Tensor, Tensor] | None = None,
-        last_only: bool = False,
-        adapter: Adapter | None = None,
-    ) -> Tensor:
-        """The block on packed causal tokens ``x`` [T, D] (see :class:`PackedLayout`) -> [T, D], or
-        with ``last_only`` only each sequence's last token: [B, D]. ``past``: keys and values of the
-        shared positions before every sequence."""
-        rows = layout.last if last_only else None
-        normed = self.ln_1(x)
-        h = self.attn.forward_packed(normed, layout, past=past, rows=rows)
-        if rows is not None:
-            x, normed = x.index_select(0, rows), normed.index_select(0, rows)
-        x = x + h
-        x = x + self.feed_forward(self.ln_2(x))
-        return x if adapter is None else x + adapter(normed)
-
-
-def replace_tokens(x: Tensor, prompts: Tensor, start: int) -> Tensor:
-    """``x`` with positions ``start .. start + n`` replaced by ``prompts`` ([n, D] or [B, n, D]).
-
-    A negative ``start`` counts from the end (``-n`` replaces the last ``n`` tokens).
-    """
-    n = prompts.shape[-2]
-    if start < 0:
-        start = x.shape[1] + start
-    prompts = prompts.to(x.dtype)
-    if prompts.dim() == 2:
-        prompts = prompts.unsqueeze(0)
-    prompts = prompts.expand(x.shape[0], -1, -1)
-    return torch.cat([x[:, :start], prompts, x[:, start + n :]], dim=1)
-
-
-class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str) -> None:
-        super().__init__()
-        self.width = width
-        self.layers = layers
-        self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, activation) for _ in range(layers)]
-        )
-
-    def forward(
-        self,
-        x: Tensor,
-        causal: bool = False,
-        deep_prompts: DeepPrompts | None = None,
-        prompt_start: int = 1,
-        output_rows: Tensor | None = None,
-        adapters: BlockAdapters | None = None,
-    ) -> Tensor:
-        """Run the blocks on ``x`` [B, L, D] -> [B, L, D].
-
-        ``deep_prompts[i]`` (block ``i``), when given and not ``None``, replaces the prompt positions
-        starting at ``prompt_start`` (negative: counted from the end) before that block runs. With
-        ``output_rows`` [B], the last block computes only that position of each sequence: [B, 1, D]
-        (the same numbers, without the work for outputs nobody reads).
-        """
-        if deep_prompts is not None and len(deep_prompts) > self.layers:
-            raise ValueError(f"{len(deep_prompts)} deep prompts for a transformer of {self.layers} layers")
-        adapter_of = self._adapters(adapters)
-        for i, block in enumerate(self.resblocks):
-            if deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
-                x = replace_tokens(x, deep_prompts[i], prompt_start)
-            last = output_rows if i == self.layers - 1 else None
-            x = block(x, causal=causal, rows=last, adapter=adapter_of[i])
-        return x
-
-    def _adapters(self, adapters: BlockAdapters | None) -> list[Adapter | None]:
-        """One adapter slot per block (None where there is none)."""
-        if adapters is None:
-            return [None] * self.layers
-        if len(adapters) > self.layers:
-            raise ValueError(f"{len(adapters)} block adapters for a transformer of {self.layers} layers")
-        return [*adapters, *([None] * (self.layers - len(adapters)))]
-
-    def forward_last(
-        self,
-        x: Tensor,
-        lengths: Tensor,
-        deep_prompts: DeepPrompts | None = None,
-        prompt_start: int = 1,
-        shared_prefix: int = 0,
-        prefix_groups: int = 1,
-        adapters: BlockAdapters | None = None,
-    ) -> Tensor:
-        """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
-
-        The same numbers as ``forward(x, causal=True, output_rows=lengths - 1)``, computed with less
-        work. Positions at or after a sequence's length are never computed (nothing before them reads
-        them), and the others are packed without padding for the position-wise layers (projections,
-        MLP, LayerNorm); only the attention sees them padded to the longest sequence.
-
-        ``shared_prefix`` = ``P`` promises that the first ``P`` positions are the same in every
-        sequence: under the causal mask their states are then the same in every sequence at every
-        block, so they are computed once (from sequence 0) and the other positions attend to their
-        keys and values. ``P`` must be below every length, and a deep prompt must lie either inside
-        the prefix (then it is one set, [n, D] or [1, n, D]) or after it. With ``prefix_groups`` =
-        ``G``, the sequences are ``G`` consecutive groups of ``B / G`` (e.g. the class prompts of
-        ``G`` images in CoCoOp), the prefix shared within each group: computed once per group.
-        """
-        n_seq, length, _ = x.shape
-        deep = list(deep_prompts) if deep_prompts is not None else []
-        if len(deep) > self.layers:
-            raise ValueError(f"{len(deep)} deep prompts for a transformer of {self.layers} layers")
-        if prefix_groups < 1 or n_seq % prefix_groups:
-            raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
-        p = int(shared_prefix)
-        lengths = lengths.to(x.device)
-        if int(lengths.max()) > length or not 0 <= p < int(lengths.min()):
-            raise ValueError(
-                f"lengths {int(lengths.min())}..{int(lengths.max())} and shared prefix {p} do not fit "
-                f"sequences of {length} positions (need shared prefix < every length <= {length})"
-            )
-        layout = PackedLayout.build(lengths - p, p)
-        pos = layout.positions + p  # [T] the position of each packed token
-        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
-        prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
-        adapter_of = self._adapters(adapters)
-        for i, block in enumerate(self.resblocks):
-            prompts = deep[i] if i < len(deep) else None
-            if prompts is not None:
-                n = prompts.shape[-2]
-                if prompt_start < 0:
-                    raise ValueError("deep prompts of causal sequences need a prompt_start >= 0")
-                if prefix is not None and prompt_start + n <= p:
-                    if prompts.dim() == 3 and prompts.shape[0] != 1:
-                        raise ValueError(f"deep prompts {tuple(prompts.shape)} differ per sequence inside the "
-                                         f"shared prefix of {p} positions")
-                    prefix = replace_tokens(prefix, prompts, prompt_start)
-                elif prompt_start >= p:
-                    tokens = replace_packed(tokens, prompts, prompt_start, pos, layout.sequence)
-                else:
-                    raise ValueError(f"deep prompts at positions {prompt_start}..{prompt_start + n} straddle "
-                                     f"the shared prefix of {p} positions")
-            last = i == self.layers - 1
-            kv = None
-            if prefix is not None:
-                if last:
-                    kv = block.key_values(prefix)  # the prefix's own outputs are not read
-                else:
-                    prefix, kv = block(prefix, causal=True, return_kv=True, adapter=adapter_of[i])
-            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last, adapter=adapter_of[i])
-        return tokens
-
-
-def _per_sequence(t: Tensor, n: int) -> Tensor:
-    """``t`` [G, ...] repeated for ``n`` sequences in ``G`` consecutive groups: [n, ...]."""
-    if t.shape[0] == 1:
-        return t.expand(n, *t.shape[1:])
-    return t.repeat_interleave(n // t.shape[0], dim=0)
-
-
-class PackedLayout:
-    """Where the packed tokens of ``B`` causal sequences go when padded for attention.
-
-    Sequence ``b`` has ``lengths[b]`` tokens (after ``offset`` shared positions); packed, the tokens
-    are in sequence order, ``T = lengths.sum()`` rows; padded, they sit in rows of
-    ``[B * longest]``.
-    """
-
-    def __init__(self, lengths: Tensor, offset: int, longest: int, padded_index: Tensor) -> None:
-        self.lengths = lengths  # [B]
-        self.offset = offset
-        self.longest = longest
-        self.padded_index = padded_index  # [T] row of each packed token in [B * longest]
-        self.sequence = padded_index // longest  # [T]
-        self.positions = padded_index % longest  # [T] (counted from the offset)
-        self.last = torch.cumsum(lengths, 0) - 1  # [B] the packed row of each sequence's last token
-
-    @classmethod
-    def build(cls, lengths: Tensor, offset: int = 0) -> PackedLayout:
-        longest = int(lengths.max())
-        valid = torch.arange(longest, device=lengths.device) < lengths.unsqueeze(1)  # [B, longest]
-        return cls(lengths, offset, longest, valid.flatten().nonzero().squeeze(1))
-
-    @property
-    def num_sequences(self) -> int:
-        return self.lengths.shape[0]
-
-    def pad(self, rows: Tensor) -> Tensor:
-        """Packed rows [T, F] -> [B, longest, F] (zeros after each sequence's end)."""
-        padded = rows.new_zeros(self.num_sequences * self.longest, rows.shape[-1])
-        return padded.index_copy(0, self.padded_index, rows).view(self.num_sequences, self.longest, -1)
-
-    def unpad(self, padded: Tensor) -> Tensor:
-        """[B, longest, F] -> packed rows [T, F]."""
-        return padded.reshape(self.num_sequences * self.longest, -1).index_select(0, self.padded_index)
-
-
-def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tensor, sequence: Tensor) -> Tensor:
-    """Packed ``tokens`` [T, D] with positions ``start .. start + n`` replaced by ``prompts`` ([n, D],
-    or [B, n, D] per sequence); ``positions`` / ``sequence`` [T] say where each token belongs."""
-    n = prompts.shape[-2]
-    inside = (positions >= start) & (positions < start + n)
-    index = (positions - start).clamp(0, n - 1)
-    prompts = prompts.to(tokens.dtype)
-    if prompts.dim() == 3 and prompts.shape[0] == 1:
-        prompts = prompts[0]
-    values = prompts[index] if prompts.dim() == 2 else prompts[sequence, index]  # [T, D]
-    return torch.where(inside.unsqueeze(1), values, tokens)
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features [B, D] of tokens ``x`` [B, L, D]."""
+        b, _, d = x.shape
+        probe = self.probe.to(x.dtype).expand(b, 1, d)
+        q = self.attn.heads_of(self.attn.in_projection(probe, slice(0, d)))[0]  # [B, H, 1, Dh]
+        k, v = self.attn.key_values(x)  # 2 x [B, H, L, Dh]
+        h = attention(q, k, v).transpose(1, 2).reshape(b, 1, d)
+        h = self.attn.project(h)[:, 0]  # [B, D]
+        return h + self.mlp(self.ln(h))
 
 
 class VisionTransformer(nn.Module):
+    """The ViT image tower: patches (+ class token) + positions, blocks, pooling, projection."""
+
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         v = config.vision
         self.config = v
+        act = config.vision_activation
         scale = v.width**-0.5
-        self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
+        self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=v.patch_bias)
+        if v.class_token:
+            self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(v.num_positions, v.width))
-        self.ln_pre = LayerNorm(v.width)
-        self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_ratio, config.activation)
-        self.ln_post = LayerNorm(v.width)
-        self.proj = nn.Parameter(scale * torch.randn(v.width, config.embed_dim))
+        self.ln_pre = LayerNorm(v.width, eps=v.ln_eps) if v.ln_pre else None
+        self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_ratio, act, v.ln_eps)
+        self.ln_post = LayerNorm(v.width, eps=v.ln_eps)
+        if v.pool == "map":
+            self.attn_pool = AttentionPool(v.width, v.heads, v.mlp_ratio, act, v.ln_eps)
+        if v.projection:
+            self.proj = nn.Parameter(scale * torch.randn(v.width, config.embed_dim))
 
     def forward(
         self,
@@ -477,48 +127,93 @@ class VisionTransformer(nn.Module):
         ``prompts`` ([n, Dv] or [B, n, Dv]) are appended after the patch tokens; ``deep_prompts[i]``
         replaces the last ``n`` tokens before block ``i`` (index 0 is ignored: block 0 sees ``prompts``).
         """
+        v = self.config
         dtype = self.conv1.weight.dtype
         x = self.conv1(images.to(dtype))  # [B, Dv, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, g*g, Dv]
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, 1+g*g, Dv]
+        if v.class_token:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # [B, 1+g*g, Dv]
+        x = x + self.positional_embedding.to(x.dtype)
+        n_image = x.shape[1]
         n_prompts = 0
         if prompts is not None:
             p = prompts.to(x.dtype)
             p = p.unsqueeze(0).expand(x.shape[0], -1, -1) if p.dim() == 2 else p
             n_prompts = p.shape[1]
-            x = torch.cat([x, p], dim=1)  # [B, 1+g*g+n, Dv]
+            x = torch.cat([x, p], dim=1)  # [B, n_image + n, Dv]
         if deep_prompts is not None and any(p is not None for p in deep_prompts):
             if n_prompts == 0:
                 raise ValueError("deep vision prompts need input prompts (their positions are the last tokens)")
             deep_prompts = [None, *deep_prompts[1:]]
-        x = self.ln_pre(x)
-        cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        x = self.transformer(
-            x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=cls_rows, adapters=adapters
-        )
-        return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)  # the class token
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if v.pool == "tok" else None
+        x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=rows,
+                             adapters=adapters)
+        if v.pool == "tok":
+            pooled = self.ln_post(x[:, 0])  # the class token
+        elif v.pool == "avg":
+            patches = x[:, int(v.class_token) : n_image]
+            pooled = self.ln_post(patches.mean(1)) if v.final_ln_after_pool else self.ln_post(patches).mean(1)
+        else:
+            pooled = self.attn_pool(self.ln_post(x[:, :n_image]))
+        return pooled @ self.proj.to(x.dtype) if v.projection else pooled
 
 
 class CLIP(nn.Module):
-    """OpenAI-architecture CLIP. ``visual`` is the image tower; the text tower's parts sit at the top."""
+    """A CLIP (or SigLIP). ``visual`` is the image tower; the text tower's parts sit at the top."""
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
         t = config.text
         self.visual = VisionTransformer(config)
-        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_ratio, config.activation)
+        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_ratio, config.text_activation, t.ln_eps)
         self.token_embedding = nn.Embedding(t.vocab_size, t.width)
         self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
-        self.ln_final = LayerNorm(t.width)
+        self.ln_final = LayerNorm(t.width, eps=t.ln_eps)
         self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+        if t.proj_bias:
+            self.text_projection_bias = nn.Parameter(torch.zeros(config.embed_dim))
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        if config.logit_bias:
+            self.logit_bias = nn.Parameter(torch.zeros([]))
+        self.tokenizer: Any = None
+        """The tokenizer that came with the weights (None: CLIP's BPE, see :meth:`get_tokenizer`)."""
+        self.weights_info: Any = None
+        """How :func:`mmprompt.clip.load` read the weights (:class:`~mmprompt.clip.loading.WeightsInfo`)."""
         self.init_weights()
 
     @property
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
+
+    @property
+    def prompt_start(self) -> int:
+        """Where learned text prompts go: right after the start token (CLIP's SOT), or at 0 without one."""
+        return self.config.text.prompt_start
+
+    @property
+    def text_fast_paths_exact(self) -> bool:
+        """Whether computing each text only up to its pooled token, and a prefix shared by all texts once,
+        gives the same features: true under a causal mask (no position depends on later ones)."""
+        return self.config.text.causal
+
+    def get_tokenizer(self) -> Any:
+        """The tokenizer of these weights: the one loaded with them, else CLIP's BPE for CLIP-vocabulary towers."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        t = self.config.text
+        clip_eot = t.pool == "argmax" or (t.pool == "eos" and t.eos_id == 49407)
+        if t.vocab_size == 49408 and clip_eot and t.start_token:
+            from .tokenizer import get_tokenizer
+
+            return get_tokenizer()
+        raise ValueError(
+            f"this CLIP's text tower (vocabulary {t.vocab_size}, pooling {t.pool}) does not use CLIP's BPE "
+            "tokenizer and none was loaded with it (a Hugging Face folder brings its tokenizer.json)"
+        )
 
     def init_weights(self) -> None:
         """OpenAI's initialisation, for models trained from scratch."""
@@ -554,32 +249,51 @@ class CLIP(nn.Module):
         """Token embeddings [N, L, Dt] of token ids [N, L]."""
         return self.token_embedding(tokens).to(self.dtype)
 
+    def text_pool_index(self, tokens: Tensor) -> Tensor:
+        """The position [N] each text's feature is read at, from its token ids [N, L]."""
+        t = self.config.text
+        n, length = tokens.shape
+        if t.pool == "argmax":
+            return tokens.argmax(dim=-1)
+        if t.pool == "eos":
+            return (tokens == t.eos_id).int().argmax(dim=-1)
+        position = length - 1 if t.pool == "last" else 0
+        return torch.full((n,), position, dtype=torch.long, device=tokens.device)
+
     def encode_text(self, tokens: Tensor, truncate: bool = True) -> Tensor:
-        """Text features [N, E] of token ids [N, L] (EOT = the largest id), not normalised."""
-        return self.encode_text_embeddings(self.embed_tokens(tokens), tokens.argmax(dim=-1), truncate=truncate)
+        """Text features [N, E] of token ids [N, L], not normalised."""
+        return self.encode_text_embeddings(
+            self.embed_tokens(tokens), self.text_pool_index(tokens), truncate=truncate
+        )
 
     def encode_text_embeddings(
         self,
         x: Tensor,
         eot: Tensor,
         deep_prompts: DeepPrompts | None = None,
-        prompt_start: int = 1,
+        prompt_start: int | None = None,
         truncate: bool = True,
         shared_prefix: int = 0,
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
     ) -> Tensor:
-        """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and EOT positions ``eot`` [N].
+        """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and pooled positions ``eot`` [N].
 
-        With ``truncate`` only the positions up to each prompt's EOT are computed, packed without
-        padding (:meth:`Transformer.forward_last`): under the causal mask no position depends on later
-        ones, so the features are the same as with the full context (``truncate=False``, the official
+        ``prompt_start`` (default :attr:`prompt_start`) is where ``deep_prompts`` go. With ``truncate``
+        only the positions up to each pooled token are computed, packed without padding
+        (:meth:`Transformer.forward_last`): under the causal mask no position depends on later ones, so
+        the features are the same as with the full context (``truncate=False``, the official
         computation). ``shared_prefix`` (with ``truncate``): the number of leading positions the caller
         guarantees equal in every prompt (in every one of ``prefix_groups`` consecutive groups of
-        prompts), computed once (per group).
+        prompts), computed once (per group). Both apply only where they are exact
+        (:attr:`text_fast_paths_exact`); a bidirectional tower always computes the full sequence.
         """
+        if prompt_start is None:
+            prompt_start = self.prompt_start
         eot = eot.to(x.device)
-        if truncate:
+        if not self.text_fast_paths_exact:
+            truncate, shared_prefix = False, 0
+        elif truncate:
             x = x[:, : int(eot.max()) + 1]
         elif shared_prefix:
             raise ValueError("shared_prefix needs truncate=True (the full context is the reference computation)")
@@ -596,16 +310,31 @@ class CLIP(nn.Module):
             )  # [N, Dt]
         else:
             x = self.transformer(
-                x, causal=True, deep_prompts=deep_prompts, prompt_start=prompt_start, output_rows=eot,
+                x,
+                causal=self.config.text.causal,
+                deep_prompts=deep_prompts,
+                prompt_start=prompt_start,
+                output_rows=eot,
                 adapters=adapters,
             )[:, 0]
-        return self.ln_final(x) @ self.text_projection.to(x.dtype)  # the EOT token [N, E]
+        x = self.ln_final(x) @ self.text_projection.to(x.dtype)  # the pooled token [N, E]
+        if self.config.text.proj_bias:
+            x = x + self.text_projection_bias.to(x.dtype)
+        return x
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """Scaled cosine logits [B, N] (plus ``logit_bias`` when the model has one)."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        out = self.logit_scale.exp().float() * img @ txt.t()
+        if self.config.logit_bias:
+            out = out + self.logit_bias.float()
+        return out
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
-        """Zero-shot logits [B, N] of images against texts."""
-        img = F.normalize(self.encode_image(images).float(), dim=-1)
-        txt = F.normalize(self.encode_text(tokens).float(), dim=-1)
-        return self.logit_scale.exp().float() * img @ txt.t()
+        """Zero-shot logits [B, N] of images against texts (with ``logit_bias`` if any: sigmoid them for
+        SigLIP's per-pair probabilities; a softmax over texts is unchanged by the bias)."""
+        return self.logits(self.encode_image(images), self.encode_text(tokens))
 
 
 def build_model(config: CLIPConfig) -> CLIP:

@@ -1,7 +1,11 @@
 """CLIP image preprocessing with Pillow and torch, reproducing torchvision's arithmetic on PIL images.
 
-Eval: resize the shorter side (bicubic) -> center crop -> [0, 1] tensor -> normalise.
-Train: random resized crop (bicubic) -> random horizontal flip -> [0, 1] tensor -> normalise.
+Eval: resize the shorter side -> center crop -> [0, 1] tensor -> normalise (CLIP); or, for weights released
+with a squash resize (DFN, SigLIP), resize both sides to the size, no crop.
+Train: random resized crop -> random horizontal flip -> [0, 1] tensor -> normalise.
+The interpolation (bicubic unless the weights say bilinear), resize mode and statistics of loaded weights
+come with them (:attr:`mmprompt.clip.config.CLIPConfig.image_preprocess`); :func:`transform_for` builds
+the transform from a model's config.
 
 Randomness comes from torch's global RNG (so ``torch.manual_seed`` and DataLoader worker seeding control it),
 or from an explicit ``torch.Generator``. Each step draws the same numbers in the same order as torchvision's
@@ -13,10 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .config import CLIPConfig
 
 __all__ = [
     "CLIP_MEAN",
@@ -31,13 +39,22 @@ __all__ = [
     "random_resized_crop_params",
     "resize_shorter",
     "resized_output_size",
+    "squash",
     "to_tensor",
+    "transform_for",
 ]
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-_BICUBIC = Image.Resampling.BICUBIC
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+RESIZE_MODES = ("shortest", "squash")
+
+
+def _resampling(name: str) -> Image.Resampling:
+    if name not in _RESAMPLING:
+        raise ValueError(f"interpolation must be one of {tuple(_RESAMPLING)}, got {name!r}")
+    return _RESAMPLING[name]
 
 
 def _check_size(size: int) -> None:
@@ -53,12 +70,21 @@ def resized_output_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Bicubic resize so that the shorter side is ``size`` (torchvision ``Resize(size)``); no-op if already."""
+def resize_shorter(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so that the shorter side is ``size`` (torchvision ``Resize(size)``); no-op if already."""
     new_h, new_w = resized_output_size(img.height, img.width, size)
     if (new_h, new_w) == (img.height, img.width):
         return img
-    return img.resize((new_w, new_h), _BICUBIC)
+    return img.resize((new_w, new_h), _resampling(interpolation))
+
+
+def squash(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize to ``size x size`` without keeping the aspect ratio (open_clip ``resize_mode="squash"``,
+    Hugging Face ``size={"height", "width"}``); no-op if already."""
+    _check_size(size)
+    if img.size == (size, size):
+        return img
+    return img.resize((size, size), _resampling(interpolation))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -151,14 +177,15 @@ def random_resized_crop(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
+    interpolation: str = "bicubic",
 ) -> Image.Image:
-    """A random crop (:func:`random_resized_crop_params`) resized bicubically to ``size x size``."""
+    """A random crop (:func:`random_resized_crop_params`) resized to ``size x size``."""
     _check_size(size)
     top, left, h, w = random_resized_crop_params(img.height, img.width, scale, ratio, generator)
     img = img.crop((left, top, left + w, top + h))
     if img.size == (size, size):
         return img
-    return img.resize((size, size), _BICUBIC)
+    return img.resize((size, size), _resampling(interpolation))
 
 
 def random_horizontal_flip(
@@ -176,7 +203,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Eval preprocessing: RGB -> resize shorter side -> center crop -> tensor -> normalise.
+    """Eval preprocessing: RGB -> resize shorter side -> center crop (``resize_mode="shortest"``) or resize
+    both sides (``"squash"``) -> tensor -> normalise.
 
     Returns a float32 ``[3, size, size]`` tensor.
     """
@@ -184,13 +212,22 @@ class EvalTransform:
     size: int = 224
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
         _check_size(self.size)
         _check_stats(self.mean, self.std)
+        _resampling(self.interpolation)
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = center_crop(resize_shorter(_to_rgb(img), self.size), self.size)
+        img = _to_rgb(img)
+        if self.resize_mode == "squash":
+            img = squash(img, self.size, self.interpolation)
+        else:
+            img = center_crop(resize_shorter(img, self.size, self.interpolation), self.size)
         return normalize(to_tensor(img), self.mean, self.std)  # [3, size, size]
 
 
@@ -207,10 +244,12 @@ class TrainTransform:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
+    interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
         _check_size(self.size)
         _check_stats(self.mean, self.std)
+        _resampling(self.interpolation)
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale must be 0 < min <= max, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -219,7 +258,7 @@ class TrainTransform:
             raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = random_resized_crop(_to_rgb(img), self.size, self.scale, self.ratio, generator)
+        img = random_resized_crop(_to_rgb(img), self.size, self.scale, self.ratio, generator, self.interpolation)
         img = random_horizontal_flip(img, self.flip_p, generator)
         return normalize(to_tensor(img), self.mean, self.std)  # [3, size, size]
 
@@ -236,7 +275,24 @@ def build_transform(
     train: bool,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
 ) -> EvalTransform | TrainTransform:
-    """The train (random crop + flip) or eval (resize + center crop) transform for ``size``."""
-    cls = TrainTransform if train else EvalTransform
-    return cls(size=size, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+    """The train (random crop + flip) or eval (resize + center crop, or squash) transform for ``size``."""
+    stats = {"mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std)}
+    if train:
+        return TrainTransform(size=size, interpolation=interpolation, **stats)
+    return EvalTransform(size=size, resize_mode=resize_mode, interpolation=interpolation, **stats)
+
+
+def transform_for(config: CLIPConfig, train: bool, **train_options: Any) -> EvalTransform | TrainTransform:
+    """The transform of a model's weights: its resolution, resize mode, interpolation and statistics
+    (:attr:`CLIPConfig.image_preprocess`). ``train_options`` (``scale``, ``ratio``, ``flip_p``) go to the
+    :class:`TrainTransform`."""
+    p = config.image_preprocess
+    size = config.vision.image_size
+    if train:
+        return TrainTransform(size=size, mean=p.mean, std=p.std, interpolation=p.interpolation, **train_options)
+    if train_options:
+        raise ValueError(f"train options {sorted(train_options)} given for an eval transform")
+    return EvalTransform(size=size, mean=p.mean, std=p.std, resize_mode=p.resize_mode, interpolation=p.interpolation)

@@ -8,12 +8,11 @@
   wrong is kept aside as ``<file>.corrupt-<digest8>`` and never used. Cached files are re-verified on every
   load; the digest is remembered in ``<file>.sha256`` (keyed by size and mtime) so large files are not
   re-hashed each time.
-* Formats: see :mod:`mmprompt.clip.convert`. Every path ends in a strict ``load_state_dict``.
+* Loading: :mod:`mmprompt.clip.loading` (``load`` is re-exported here); formats: :mod:`mmprompt.clip.convert`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import http.client
 import json
@@ -25,26 +24,21 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from .config import ACTIVATIONS, CLIPConfig, config_from_state_dict, get_config
-from .convert import check_state_dict, convert_to_openai, read_checkpoint, sniff_format
-from .model import CLIP
+from .config import ACTIVATIONS
 
 __all__ = [
     "PRETRAINED",
     "ChecksumError",
     "PretrainedEntry",
-    "WeightsInfo",
     "WeightsUnavailableError",
     "default_cache_dir",
     "fetch_pretrained",
     "get_pretrained",
     "list_pretrained",
-    "load",
-    "load_state_dict_any",
     "sha256_file",
 ]
 
@@ -283,166 +277,14 @@ def fetch_pretrained(
     return dest
 
 
-# -------------------------------------------------------------------------------------------------- loading
-@dataclass
-class WeightsInfo:
-    """How a checkpoint was read: format, conversions, where the activation came from, the architecture."""
-
-    path: Path
-    weights_file: Path
-    file_format: str
-    """"torchscript", "torch" or "safetensors"."""
-    source_layout: str
-    """"openai" (OpenAI / open_clip keys) or "hf" (Hugging Face CLIPModel)."""
-    conversions: list[str]
-    activation: str
-    activation_source: str
-    config: CLIPConfig
-    sha256: str | None = None
-    pretrained: str | None = None
-    """The registry entry the file is (by its digest, or as named), if any."""
+# ----------------------------------------------------------------------------------------- loading (lazy)
+_LOADING = ("WeightsInfo", "load", "load_state_dict_any")
 
 
-def load_state_dict_any(
-    path: str | Path,
-    activation: str | None = None,
-    allow_torchscript: bool = False,
-    *,
-    registry: Mapping[str, PretrainedEntry] | None = None,
-    pretrained: PretrainedEntry | None = None,
-    sha256: str | None = None,
-) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
-    """Read any supported checkpoint at ``path`` and return it in OpenAI's key layout, with how it was read.
+def __getattr__(name: str) -> Any:
+    """``load``, ``load_state_dict_any`` and ``WeightsInfo`` live in :mod:`mmprompt.clip.loading`."""
+    if name in _LOADING:
+        from . import loading
 
-    ``activation`` overrides what the checkpoint's config (Hugging Face ``config.json``, open_clip
-    ``open_clip_config.json``) or the registry entry matching the file's SHA-256 says; with none of these a
-    :class:`ValueError` asks for it. A TorchScript archive is read only with ``allow_torchscript`` or when its
-    SHA-256 matches a registry entry. ``pretrained`` is the entry the file is known to be (its activation and
-    preprocessing are used); ``sha256`` is the file's already verified digest, saving a re-hash.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"CLIP weights not found: {path}")
-    registry = PRETRAINED if registry is None else registry
-    digest = sha256
-
-    def file_digest() -> str | None:
-        nonlocal digest
-        if digest is None and path.is_file():
-            digest = sha256_file(path)
-        return digest
-
-    trusted = allow_torchscript
-    if path.is_file() and not trusted and sniff_format(path) == "torchscript":
-        trusted = _entry_for_digest(file_digest(), registry) is not None
-    ckpt = read_checkpoint(path, allow_torchscript=trusted)
-    sd, conversions = convert_to_openai(ckpt.state_dict, source=str(path))
-    matched = _entry_for_digest(digest, registry) or pretrained
-
-    act, source = activation, "argument"
-    found, where = ckpt.activation()
-    if found is None:
-        matched = matched or (_entry_for_digest(file_digest(), registry) if act is None else None)
-        found, where = (matched.activation, f"registry entry {matched.name}") if matched else (None, "")
-    if act is None:
-        act, source = found, where
-    elif found is not None and found != act:
-        logger.warning("%s: using activation=%r although %s says %r", path, act, where, found)
-    if act is None:
-        raise ValueError(
-            f"{path}: the MLP activation cannot be read from the weights. Pass activation='quick_gelu' for "
-            "OpenAI's weights or activation='gelu' for most LAION / open_clip weights."
-        )
-
-    config = config_from_state_dict(sd, act)
-    heads = ckpt.heads()
-    if heads:
-        config = config.replace(
-            vision=dataclasses.replace(config.vision, heads=heads.get("vision", config.vision.heads)),
-            text=dataclasses.replace(config.text, heads=heads.get("text", config.text.heads)),
-        )
-    if matched is not None:
-        config = config.replace(mean=matched.mean, std=matched.std)
-        _check_architecture(config, matched)
-    elif (mean_std := ckpt.mean_std()) is not None:
-        config = config.replace(mean=mean_std[0], std=mean_std[1])
-
-    info = WeightsInfo(
-        path=path,
-        weights_file=ckpt.weights_path,
-        file_format=ckpt.file_format,
-        source_layout="hf" if "hf_to_openai" in conversions else "openai",
-        conversions=conversions,
-        activation=act,
-        activation_source=source,
-        config=config,
-        sha256=digest,
-        pretrained=matched.name if matched else None,
-    )
-    return sd, info
-
-
-def _check_architecture(config: CLIPConfig, entry: PretrainedEntry) -> None:
-    try:
-        expected = get_config(entry.architecture)
-    except KeyError:
-        return
-    if (config.embed_dim, config.vision, config.text) != (expected.embed_dim, expected.vision, expected.text):
-        logger.warning(
-            "weights of %s do not have the shape of architecture %s", entry.name, entry.architecture
-        )
-
-
-def load(
-    name_or_path: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    activation: str | None = None,
-    allow_torchscript: bool = False,
-    cache_dir: str | Path | None = None,
-    *,
-    registry: Mapping[str, PretrainedEntry] | None = None,
-    verify: bool = True,
-    progress: bool = True,
-) -> CLIP:
-    """A pretrained CLIP in eval mode with every parameter frozen (``requires_grad=False``).
-
-    ``name_or_path`` is a registry name (see :func:`list_pretrained`; downloaded once into the cache and
-    verified) or a checkpoint path: an OpenAI TorchScript archive or state dict, an open_clip checkpoint
-    (``.pt`` / ``.safetensors``), a Hugging Face ``CLIPModel`` folder or ``.safetensors`` file. A string is
-    tried as a registry name first; pass a :class:`~pathlib.Path` to force a path. ``activation`` is needed
-    for files that do not say it (see :func:`load_state_dict_any`). ``verify=False`` accepts registry files
-    without (or without checking) a checksum. The model is cast to ``dtype`` and moved to ``device``.
-    """
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating point type, got {dtype}")
-    registry = PRETRAINED if registry is None else registry
-    entry = _find_entry(name_or_path, registry) if isinstance(name_or_path, str) else None
-    if entry is not None:
-        path = fetch_pretrained(entry, cache_dir=cache_dir, verify=verify, progress=progress)
-        digest = entry.sha256 if verify else None
-    else:
-        path, digest = Path(name_or_path), None
-        if not path.exists():
-            raise FileNotFoundError(
-                f"CLIP weights not found: {path} (not a file or folder, nor a registered name: "
-                f"{', '.join(registry)})"
-            )
-    sd, info = load_state_dict_any(
-        path, activation, allow_torchscript, registry=registry, pretrained=entry, sha256=digest
-    )
-    with torch.device("meta"):
-        model = CLIP(info.config)
-    check_state_dict(model, sd, str(path))
-    model.load_state_dict(sd, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype).eval()
-    model.requires_grad_(False)
-    logger.info(
-        "loaded CLIP from %s (%s, %s layout, activation %s from %s)",
-        path,
-        info.file_format,
-        info.source_layout,
-        info.activation,
-        info.activation_source,
-    )
-    return model
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
