@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..bench_system import status_kb
+from ..bench.system import status_kb
 
 __all__ = ["CostMeter", "count_parameters"]
 

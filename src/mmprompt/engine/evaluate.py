@@ -66,14 +66,14 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from ..clip.transforms import build_transform
+    from ..clip.transforms import transform_for
 
     if not samples:
         raise ValueError("no samples to evaluate")
     device = next(learner.parameters()).device
     ctx = ctx or DistContext(device=device)
     c = learner.clip.config
-    transform = build_transform(c.vision.image_size, train=False, mean=c.mean, std=c.std)
+    transform = transform_for(c, train=False)
     dataset = ImageDataset(samples, transform, image_dir, skip_corrupt=skip_corrupt)
     loader = eval_loader(dataset, batch_size, num_workers, ctx.rank, ctx.world_size,
                          pin_memory=device.type == "cuda")

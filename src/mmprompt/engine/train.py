@@ -164,10 +164,9 @@ def _micro_batches(loader: Any) -> Iterator[tuple[int, Any]]:
 
 
 def _train_transform(learner: PromptLearner, crop_scale_min: float = 0.08) -> Callable[..., torch.Tensor]:
-    from ..clip.transforms import TrainTransform
+    from ..clip.transforms import transform_for
 
-    c = learner.clip.config
-    return TrainTransform(size=c.vision.image_size, mean=tuple(c.mean), std=tuple(c.std), scale=(crop_scale_min, 1.0))
+    return transform_for(learner.clip.config, train=True, scale=(crop_scale_min, 1.0))
 
 
 def _wrap_ddp(learner: PromptLearner, ctx: DistContext, device: torch.device) -> nn.Module:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..clip.model import CLIP, BlockAdapters, DeepPrompts
-from ..clip.tokenizer import Tokenizer, get_tokenizer
+from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,10 @@ class PromptLearner(nn.Module):
         self.encoder = encoder or EncoderOptions()
         self.clip = clip
         self.clip.requires_grad_(False)
-        self.tokenizer = tokenizer or get_tokenizer()
+        self.tokenizer = tokenizer or clip.get_tokenizer()
         self.dataset = dataset or DatasetContext()
         self._teacher_cache: dict[tuple[Any, ...], Tensor] = {}
+        self._said_slow = False
         self.prompt = nn.Module()
         self.build_prompts()
         for name, param in self.named_parameters():
@@ -233,17 +234,22 @@ class PromptLearner(nn.Module):
         """Token embeddings [n_ctx, Dt] of the first ``n_ctx`` tokens of ``text`` (after SOT)."""
         tokens = self.tokenize([text])
         with torch.no_grad():
-            return self.clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
+            start = self.clip.prompt_start
+            return self.clip.token_embedding(tokens)[0, start : start + n_ctx].float().clone()
 
     def encode_text(
         self,
         embeddings: Tensor,
         eot: Tensor,
         deep_prompts: DeepPrompts | None = None,
-        prompt_start: int = 1,
+        prompt_start: int | None = None,
         prefix_groups: int = 1,
     ) -> Tensor:
         """Text features [N, E] from prompt embeddings [N, L, Dt], chunked and checkpointed if asked.
+
+        ``prompt_start`` (default: the text tower's, after SOT in causal towers, 0 in towers without a
+        start token) is where deep prompts go. The fast paths (truncation at the pooled token, shared
+        prefix) are used only where the tower makes them exact (:attr:`CLIP.text_fast_paths_exact`).
 
         With ``truncate_text`` each prompt is computed only up to its EOT, packed without padding,
         and (``share_text_prefix``) the leading positions all prompts share are computed once
@@ -253,7 +259,15 @@ class PromptLearner(nn.Module):
         one set per prompt ([N, n, Dt], e.g. class-aware tokens); per-prompt sets follow their rows
         into the chunks.
         """
-        truncate = self.encoder.truncate_text
+        if prompt_start is None:
+            prompt_start = self.clip.prompt_start
+        exact = self.clip.text_fast_paths_exact
+        if not exact and (self.encoder.truncate_text or self.encoder.share_text_prefix) and not self._said_slow:
+            logger.info("%s: the text tower is not causal with pooling at the last token, so each class prompt is "
+                        "encoded over the full context (truncation and the shared prefix would not be exact)",
+                        self.method)
+            self._said_slow = True
+        truncate = self.encoder.truncate_text and exact
         chunks = self.text_chunks(eot, embeddings.shape[1])
         groups = prefix_groups if chunks is None else 1  # chunks mix the groups' rows
         shared = 0

@@ -58,9 +58,9 @@ class CoCoOp(PromptLearner):
     def prepare_classes(self, classnames: list[str]) -> None:
         tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
         n = self.config.n_ctx
-        self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)
-        self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)
-        self.register_buffer("token_suffix", embeddings[:, 1 + n :], persistent=False)
+        self.register_buffer("eot", self.clip.text_pool_index(tokens), persistent=False)
+        self.register_buffer("token_prefix", embeddings[:, : self.clip.prompt_start], persistent=False)
+        self.register_buffer("token_suffix", embeddings[:, self.clip.prompt_start + n :], persistent=False)
 
     def logits(self, images: Tensor) -> Tensor:
         img = F.normalize(self.clip.encode_image(images).float(), dim=-1)  # [B, E]

@@ -76,9 +76,9 @@ class CoOp(PromptLearner):
                 )
         tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
         n = self.config.n_ctx
-        self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)
-        self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)
-        self.register_buffer("token_suffix", embeddings[:, 1 + n :], persistent=False)
+        self.register_buffer("eot", self.clip.text_pool_index(tokens), persistent=False)
+        self.register_buffer("token_prefix", embeddings[:, : self.clip.prompt_start], persistent=False)
+        self.register_buffer("token_suffix", embeddings[:, self.clip.prompt_start + n :], persistent=False)
         self.name_lens = [len(self.tokenizer.encode(name)) for name in classnames]
 
     def assemble(self, ctx: Tensor) -> Tensor:

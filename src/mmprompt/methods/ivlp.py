@@ -86,8 +86,8 @@ class IVLP(PromptLearner):
         cfg = self.config
         if cfg.n_ctx_text:
             tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
-            self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)
-            self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)
+            self.register_buffer("eot", self.clip.text_pool_index(tokens), persistent=False)
+            self.register_buffer("token_prefix", embeddings[:, : self.clip.prompt_start], persistent=False)
             self.register_buffer("token_suffix", embeddings[:, 1 + cfg.n_ctx_text :], persistent=False)
         else:
             tokens = self.tokenize([cfg.fixed_template.format(name) for name in classnames])

@@ -191,7 +191,7 @@ class MMA(PromptLearner):
 
     def prepare_classes(self, classnames: list[str]) -> None:
         tokens, embeddings = self.embed_prompts(self.config.text_ctx_init, classnames)
-        self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)
+        self.register_buffer("eot", self.clip.text_pool_index(tokens), persistent=False)
         self.register_buffer("token_embeddings", embeddings, persistent=False)
         self._text_cache = None
 
