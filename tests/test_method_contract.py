@@ -300,3 +300,10 @@ def test_every_method_trains_one_step_on_a_tiny_clip(tiny: CLIP, method: str) ->
         assert any(p.grad is not None for p in learner.trainable_parameters())
     with torch.no_grad():
         assert learner.eval()(images).shape == (2, 3)
+
+
+def test_an_alias_can_name_its_own_presets() -> None:
+    from mmprompt.protocols.common import default_preset
+
+    assert load_config(default_preset("dept_coop", "base2novel")).method.options["base"] == "coop"
+    assert load_config(default_preset("dept", "base2novel")).method.options["base"] == "maple"

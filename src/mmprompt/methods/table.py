@@ -55,17 +55,22 @@ class MethodSpec:
     official_folders: tuple[str, ...] = ()
     """Dassl model names the official checkpoints are saved under (``<dir>/<name>/model.pth.tar-N``)."""
     aliases: tuple[str, ...] = ()
+    alias_presets: Mapping[str, Mapping[str, str | Path]] = field(default_factory=dict)
+    """Alias -> its own presets per protocol (``dept_coop`` -> DePT's CoOp presets), used when a user names
+    the method by that alias."""
     description: str = ""
     demo_overrides: tuple[str, ...] = ()
     """Overrides of the preset for the 4-layer demo CLIP (``method.depth=3``: depths scaled from 12 layers)."""
     quick_overrides: tuple[str, ...] = ()
     """Further overrides for ``mmprompt demo --quick`` (fewer epochs for long recipes)."""
 
-    def preset_for(self, protocol: str) -> str | Path:
-        """The default preset of this method for ``protocol``."""
+    def preset_for(self, protocol: str, alias: str | None = None) -> str | Path:
+        """The default preset of this method (as named by ``alias``, if given) for ``protocol``."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-        preset = self.presets.get(protocol) or self.presets.get("base2novel")
+        own = next((v for k, v in self.alias_presets.items() if alias and name_key(k) == name_key(alias)), None)
+        presets = own or self.presets
+        preset = presets.get(protocol) or presets.get("base2novel")
         if preset is None:
             raise ValueError(f"method {self.name!r} names no preset for {protocol} (MethodSpec.presets)")
         return preset

@@ -14,11 +14,11 @@ from typing import Any
 
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
-from ..engine.distributed import DistContext, barrier
-from .common import SweepOptions, canonical_dataset, run_config, run_folder
-from .launch import LaunchOptions, run_specs
-from .plan import RunSpec, sweep_results
-from .results import B2N_METRICS, write_results
+from ..engine.distributed import DistContext
+from .common import SweepOptions, canonical_dataset
+from .launch import LaunchOptions, plan_per_dataset, run_and_write
+from .plan import RunSpec
+from .results import B2N_METRICS
 
 __all__ = ["plan_base2novel", "run_base2novel"]
 
@@ -27,14 +27,8 @@ PROTOCOL = "base2novel"
 
 
 def plan_base2novel(opts: SweepOptions) -> list[RunSpec]:
-    """One spec per (method, dataset, seed), in that order."""
-    setting = f"{PROTOCOL}-{opts.shots}shots"
-    output = Path(opts.output).absolute()
-    return [
-        RunSpec(PROTOCOL, method, dataset, int(seed), str(run_folder(output, method, dataset, setting, seed)),
-                run_config(opts, method, PROTOCOL, dataset, seed, subsample="base").to_dict())
-        for method in opts.methods for dataset in opts.datasets for seed in opts.seeds
-    ]
+    """One spec per (method, dataset, seed), in that order, trained on the base classes."""
+    return plan_per_dataset(opts, PROTOCOL, "base")
 
 
 def run_base2novel(
@@ -75,13 +69,5 @@ def run_base2novel(
     opts = SweepOptions(methods, [canonical_dataset(d) for d in datasets], seeds, data_root, clip_spec, output,
                         presets or {}, overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    specs = plan_base2novel(opts)
-    launch = launch or LaunchOptions(progress=progress)
-    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch, stop_after_runs)
-    results = sweep_results(PROTOCOL, specs, outcome, B2N_METRICS, list(opts.datasets),
-                            extra={"seeds": list(opts.seeds), "shots": shots,
-                                   "expected_datasets": list(opts.datasets)})
-    if opts.ctx.is_main:
-        write_results(results, opts.output)
-    barrier(opts.ctx)
-    return results
+    extra = {"seeds": list(opts.seeds), "shots": shots, "expected_datasets": list(opts.datasets)}
+    return run_and_write(opts, PROTOCOL, plan_base2novel(opts), B2N_METRICS, launch, extra, stop_after_runs)

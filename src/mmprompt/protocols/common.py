@@ -31,7 +31,7 @@ def default_preset(method: str, protocol: str) -> str | Path:
     """The method table's default preset of ``method`` for ``protocol`` (base2novel, transfer, few-shot)."""
     from ..methods import get_method
 
-    return get_method(method).preset_for(protocol)
+    return get_method(method).preset_for(protocol, alias=method)
 
 
 @dataclass

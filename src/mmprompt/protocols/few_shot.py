@@ -9,11 +9,11 @@ from typing import Any
 
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
-from ..engine.distributed import DistContext, barrier
-from .common import SweepOptions, canonical_dataset, run_config, run_folder
-from .launch import LaunchOptions, run_specs
-from .plan import RunSpec, sweep_results
-from .results import ACC_METRICS, write_results
+from ..engine.distributed import DistContext
+from .common import SweepOptions, canonical_dataset
+from .launch import LaunchOptions, plan_per_dataset, run_and_write
+from .plan import RunSpec
+from .results import ACC_METRICS
 
 __all__ = ["plan_few_shot", "run_few_shot"]
 
@@ -22,14 +22,8 @@ PROTOCOL = "few-shot"
 
 
 def plan_few_shot(opts: SweepOptions) -> list[RunSpec]:
-    """One spec per (method, dataset, seed), in that order."""
-    setting = f"{PROTOCOL}-{opts.shots}shots"
-    output = Path(opts.output).absolute()
-    return [
-        RunSpec(PROTOCOL, method, dataset, int(seed), str(run_folder(output, method, dataset, setting, seed)),
-                run_config(opts, method, PROTOCOL, dataset, seed, subsample="all").to_dict())
-        for method in opts.methods for dataset in opts.datasets for seed in opts.seeds
-    ]
+    """One spec per (method, dataset, seed), in that order, trained on all classes."""
+    return plan_per_dataset(opts, PROTOCOL, "all")
 
 
 def run_few_shot(
@@ -53,11 +47,5 @@ def run_few_shot(
     opts = SweepOptions(methods, [canonical_dataset(d) for d in datasets], seeds, data_root, clip_spec, output,
                         presets or {}, overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    specs = plan_few_shot(opts)
-    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch or LaunchOptions(progress=progress))
-    results = sweep_results(PROTOCOL, specs, outcome, ACC_METRICS, list(opts.datasets),
-                            extra={"seeds": list(opts.seeds), "shots": shots})
-    if opts.ctx.is_main:
-        write_results(results, opts.output)
-    barrier(opts.ctx)
-    return results
+    extra = {"seeds": list(opts.seeds), "shots": shots}
+    return run_and_write(opts, PROTOCOL, plan_few_shot(opts), ACC_METRICS, launch, extra)

@@ -204,3 +204,43 @@ def run_specs(
         outcome.payloads.update(done.payloads)
         outcome.failed.extend(done.failed)
     return outcome
+
+
+def plan_per_dataset(opts: Any, protocol: str, subsample: str) -> list[RunSpec]:
+    """One spec per (method, dataset, seed), in that order, each training on ``subsample`` classes."""
+    from .common import run_config, run_folder
+
+    setting = f"{protocol}-{opts.shots}shots"
+    output = Path(opts.output).absolute()
+    return [
+        RunSpec(protocol, method, dataset, int(seed), str(run_folder(output, method, dataset, setting, seed)),
+                run_config(opts, method, protocol, dataset, seed, subsample=subsample).to_dict())
+        for method in opts.methods for dataset in opts.datasets for seed in opts.seeds
+    ]
+
+
+def run_and_write(
+    opts: Any,
+    protocol: str,
+    specs: list[RunSpec],
+    metrics: Any,
+    launch: LaunchOptions | None,
+    extra: dict[str, Any],
+    stop_after_runs: int | None = None,
+    averaged: list[str] | None = None,
+    roles: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Execute ``specs`` with ``launch``, aggregate the sweep's results (the average over ``averaged``,
+    default the sweep's datasets) and write them (main process)."""
+    from ..engine.distributed import barrier
+    from .plan import sweep_results
+    from .results import write_results
+
+    launch = launch or LaunchOptions(progress=opts.progress)
+    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch, stop_after_runs)
+    kwargs = {"roles": roles} if roles is not None else {}
+    results = sweep_results(protocol, specs, outcome, metrics, averaged or list(opts.datasets), extra=extra, **kwargs)
+    if opts.ctx.is_main:
+        write_results(results, opts.output)
+    barrier(opts.ctx)
+    return results

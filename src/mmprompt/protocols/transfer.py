@@ -15,11 +15,11 @@ from typing import Any
 
 from ..config import RunConfig
 from ..engine.clip_source import ClipSpec
-from ..engine.distributed import DistContext, barrier
+from ..engine.distributed import DistContext
 from .common import SweepOptions, canonical_dataset, run_config, run_folder
-from .launch import LaunchOptions, run_specs
-from .plan import RunSpec, sweep_results
-from .results import ACC_METRICS, write_results
+from .launch import LaunchOptions, run_and_write
+from .plan import RunSpec
+from .results import ACC_METRICS
 
 __all__ = [
     "CROSS_DATASET_TARGETS", "DG_TARGETS", "plan_transfer", "run_cross_dataset", "run_domain_generalization",
@@ -81,15 +81,10 @@ def run_transfer(
     opts = SweepOptions(methods, [source, *targets], seeds, data_root, clip_spec, output, presets or {},
                         overrides, shots, clip_activation, device, progress, ctx)
     assert opts.ctx is not None
-    specs = plan_transfer(opts, source, targets, source_runs)
-    outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch or LaunchOptions(progress=progress))
     roles = {source: "source", **{t: "target" for t in targets}}
-    results = sweep_results(protocol, specs, outcome, ACC_METRICS, targets, roles=roles,
-                            extra={"seeds": list(opts.seeds), "shots": shots, "source": source, "targets": targets})
-    if opts.ctx.is_main:
-        write_results(results, opts.output)
-    barrier(opts.ctx)
-    return results
+    extra = {"seeds": list(opts.seeds), "shots": shots, "source": source, "targets": targets}
+    return run_and_write(opts, protocol, plan_transfer(opts, source, targets, source_runs), ACC_METRICS, launch,
+                         extra, averaged=targets, roles=roles)
 
 
 def run_cross_dataset(
