@@ -220,7 +220,8 @@ def test_nan_stop_is_a_message_with_exit_1(env, tmp_path: Path, monkeypatch, cap
 
     real = train_mod._check_finite
     monkeypatch.setattr(train_mod, "_check_finite",
-                        lambda loss, *a: real(loss * float("nan") if a[1] == 1 else loss, *a))  # NaN in epoch 2
+                        lambda values, *a: real({k: v * float("nan") for k, v in values.items()} if a[1] == 1
+                                                else values, *a))  # NaN in epoch 2
     out = tmp_path / "r"
     _fails(capsys, env["argv"](out), 1, "error (training stopped)", "the training loss is nan at epoch 2",
            str(out / "checkpoint" / "state.pt"))
