@@ -88,7 +88,7 @@ class IVLP(PromptLearner):
             tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
             self.register_buffer("eot", self.clip.text_pool_index(tokens), persistent=False)
             self.register_buffer("token_prefix", embeddings[:, : self.clip.prompt_start], persistent=False)
-            self.register_buffer("token_suffix", embeddings[:, 1 + cfg.n_ctx_text :], persistent=False)
+            self.register_buffer("token_suffix", embeddings[:, self.clip.prompt_start + cfg.n_ctx_text :], persistent=False)
         else:
             tokens = self.tokenize([cfg.fixed_template.format(name) for name in classnames])
             with torch.no_grad():
