@@ -79,3 +79,35 @@ def test_mmprompt_train_maple_runs_on_a_siglip_folder(siglip_dir: Path, tmp_path
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["method"] == "maple"
+
+
+@pytest.fixture(scope="module")
+def non_causal() -> mclip.CLIP:
+    """The tiny CLIP with open_clip's ``no_causal_mask`` text tower pooled at the last position (the layout
+    open_clip's ``pool_type: last`` towers use; their loading is checked against open_clip elsewhere)."""
+    import dataclasses
+
+    from mmprompt.clip.config import get_config
+
+    base = get_config("tiny")
+    config = dataclasses.replace(base, text=dataclasses.replace(base.text, causal=False, pool="last"))
+    from mmprompt.clip.tokenizer import get_tokenizer
+
+    torch.manual_seed(0)
+    model = mclip.CLIP(config).eval()
+    model.tokenizer = get_tokenizer()  # open_clip towers of this kind ship CLIP's BPE (their tokenizer.json)
+    return model
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_trains_one_step_on_a_non_causal_tower(non_causal: mclip.CLIP, method: str) -> None:
+    assert not non_causal.text_fast_paths_exact and non_causal.prompt_start == 1
+    spec = get_method(method)
+    options = load_config(spec.preset_for("base2novel"), list(spec.demo_overrides)).method.options
+    learner = create_learner(method, non_causal, NAMES, options, dataset=DatasetContext("eurosat", "a photo of {}."))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    objective = learner.train()(images, labels)
+    assert torch.isfinite(objective.total)
+    if learner.trainable_parameters():
+        objective.total.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.trainable_parameters())

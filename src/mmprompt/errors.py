@@ -93,6 +93,8 @@ def classify_error(exc: BaseException) -> UserErrorInfo | None:
         (CheckpointError, "checkpoint", EXIT_WEIGHTS),
         (_loaded("mmprompt.clip.weights", "ChecksumError"), "weights", EXIT_WEIGHTS),
         (_loaded("mmprompt.clip.weights", "WeightsUnavailableError"), "weights", EXIT_WEIGHTS),
+        (_loaded("mmprompt.clip.describe", "MissingFieldError"), "weights", EXIT_WEIGHTS),
+        (_loaded("mmprompt.clip.describe", "UnsupportedCheckpointError"), "weights", EXIT_WEIGHTS),
         (_loaded("mmprompt.engine.train", "NonFiniteLossError"), "training stopped", EXIT_FAILED),
     ]
     for cls, category, code in checks:
