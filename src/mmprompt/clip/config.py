@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..names import name_key
 from .transformer import ACTIVATIONS
 
 __all__ = [
@@ -311,10 +312,6 @@ _DESCRIPTIONS = {
 }
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def list_architectures(include_test_only: bool = True) -> list[str]:
     """Names accepted by :func:`get_config` (without the test-only ones unless asked)."""
     return [n for n in ARCHITECTURES if include_test_only or n not in TEST_ONLY]
@@ -327,9 +324,9 @@ def list_models() -> dict[str, str]:
 
 def get_config(name: str) -> CLIPConfig:
     """The configuration of a named architecture (``ViT-B/16``, ``vit-b-16`` and ``ViT-B-16`` all match)."""
-    wanted = _canonical(name)
+    wanted = name_key(name)
     for key, cfg in ARCHITECTURES.items():
-        if _canonical(key) == wanted:
+        if name_key(key) == wanted:
             return cfg
     raise KeyError(f"unknown CLIP architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..names import name_key
 from .config import ACTIVATIONS
 
 __all__ = [
@@ -114,18 +115,14 @@ PRETRAINED: dict[str, PretrainedEntry] = {
 }
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def list_pretrained(registry: Mapping[str, PretrainedEntry] | None = None) -> list[str]:
     """Names accepted by :func:`load` and :func:`get_pretrained`."""
     return list(PRETRAINED if registry is None else registry)
 
 
 def _find_entry(name: str, registry: Mapping[str, PretrainedEntry]) -> PretrainedEntry | None:
-    wanted = _canonical(name)
-    return next((e for key, e in registry.items() if _canonical(key) == wanted), None)
+    wanted = name_key(name)
+    return next((e for key, e in registry.items() if name_key(key) == wanted), None)
 
 
 def get_pretrained(name: str, registry: Mapping[str, PretrainedEntry] | None = None) -> PretrainedEntry:

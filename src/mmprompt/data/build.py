@@ -15,11 +15,9 @@ from mmprompt.data.pipeline import GENERATED_SPLIT_SEED, finalize, generated_spl
 from mmprompt.data.samples import DatasetSplits, read_split_file
 from mmprompt.data.templates import get_template
 
+from ..names import name_key
+
 log = logging.getLogger(__name__)
-
-
-def _norm(name: str) -> str:
-    return "".join(c for c in name.lower() if c not in "-_ ")
 
 
 def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
@@ -46,10 +44,10 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
             f"--root points at the image folder of {info.coop_name} ({root}). --root must be the data root: "
             f"use --root {root.parent.parent}"
         )
-    wanted = {_norm(n) for n in (info.folder, info.key, info.coop_name, *info.aliases)}
+    wanted = {name_key(n) for n in (info.folder, info.key, info.coop_name, *info.aliases)}
     children = sorted(p for p in root.iterdir() if p.is_dir())
     for child in children:
-        if _norm(child.name) in wanted:
+        if name_key(child.name) in wanted:
             return (
                 f"{expected} does not exist, but {child} does: the folder must be named exactly {info.folder!r}. "
                 f"Rename it, or link it: ln -s {child.name} {expected}"

@@ -27,6 +27,8 @@ from mmprompt.data.datasets import (
 )
 from mmprompt.data.datasets._base import DatasetInfo, Requirement
 
+from ...names import name_key
+
 __all__ = ["DATASETS", "DatasetInfo", "Requirement", "get_dataset_info", "list_datasets", "resolve_name"]
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -52,14 +54,10 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def _norm(name: str) -> str:
-    return "".join(c for c in name.lower() if c not in "-_ ")
-
-
 _LOOKUP: dict[str, str] = {}
 for _info in DATASETS.values():
     for _alias in (_info.key, _info.coop_name, _info.folder, *_info.aliases):
-        _LOOKUP.setdefault(_norm(_alias), _info.key)
+        _LOOKUP.setdefault(name_key(_alias), _info.key)
 del _info, _alias
 
 
@@ -70,7 +68,7 @@ def list_datasets() -> list[str]:
 
 def resolve_name(name: str) -> str:
     """The canonical key of ``name`` ("OxfordPets", "oxford-pets", "oxford_pets" -> "oxford_pets")."""
-    key = _LOOKUP.get(_norm(name))
+    key = _LOOKUP.get(name_key(name))
     if key is None:
         raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} (or 'custom')")
     return key
