@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,6 +15,7 @@ from mmprompt.clip.model import CLIP
 from mmprompt.errors import CheckpointError
 from mmprompt.methods import create_learner
 from mmprompt.parity import load_reference, reference_clip
+from test_engine_support import official_custom_clip_state
 
 REFERENCE = Path(__file__).parent / "data" / "official_reference.npz"
 
@@ -99,18 +99,7 @@ def test_strict_loading_and_clear_errors(tiny_clip: CLIP, tmp_path: Path) -> Non
 
 def _official_checkpoint(ref, case: str, root: Path, folder: str, strip_prefix: bool) -> Path:
     """A Dassl checkpoint in the official layout: prompts + frozen CLIP + class-dependent buffers."""
-    state: dict[str, torch.Tensor] = {}
-    for key, value in ref.arrays.items():
-        if key.startswith(f"{case}/param/"):
-            state[key.split("/", 2)[2]] = torch.from_numpy(value)
-    for key, value in ref.arrays.items():  # the frozen CLIP, as the official CustomCLIP holds it
-        if key.startswith("weights/visual."):
-            state["image_encoder." + key[len("weights/visual."):]] = torch.from_numpy(value.astype(np.float32))
-        elif key.startswith("weights/transformer."):
-            state["text_encoder." + key[len("weights/"):]] = torch.from_numpy(value.astype(np.float32))
-    state["logit_scale"] = torch.tensor(4.6)
-    state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)
-    state["prompt_learner.token_suffix"] = torch.zeros(5, 60, 64)
+    state = official_custom_clip_state(ref, case)
     if strip_prefix:
         state = {k.removeprefix("prompt_learner."): v for k, v in state.items() if k.startswith("prompt_learner.")}
     path = root / folder / "model.pth.tar-5"

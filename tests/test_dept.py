@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from mmprompt.clip.model import CLIP
 from mmprompt.config import load_config
 from mmprompt.methods import config_from_official, create_learner, get_method, list_methods, make_config
 from mmprompt.parity import load_reference, reference_clip
+from test_engine_support import official_custom_clip_state
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "dept_reference.npz"
@@ -257,15 +257,7 @@ def test_checkpoint_round_trip_and_novel_classes(clip: CLIP, tmp_path: Path) -> 
 
 def _official_checkpoint(ref, case: str, path: Path) -> None:  # noqa: ANN001
     """DePT's official layout: the whole CustomCLIP state dict (frozen CLIP and buffers included)."""
-    state = {k.split("/", 2)[2]: torch.from_numpy(v) for k, v in ref.arrays.items() if k.startswith(f"{case}/param/")}
-    for key, value in ref.arrays.items():
-        if key.startswith("weights/visual."):
-            state["image_encoder." + key[len("weights/visual."):]] = torch.from_numpy(value.astype(np.float32))
-        elif key.startswith("weights/transformer."):
-            state["text_encoder." + key[len("weights/"):]] = torch.from_numpy(value.astype(np.float32))
-    state["logit_scale"] = torch.tensor(4.6)
-    state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)
-    state["prompt_learner.token_suffix"] = torch.zeros(5, 60, 64)
+    state = official_custom_clip_state(ref, case)
     path.parent.mkdir(parents=True)
     torch.save({"state_dict": state, "epoch": 10, "optimizer": {}, "scheduler": {}}, path)
 

@@ -72,3 +72,22 @@ def assert_same_prompts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert sorted(a) == sorted(b)
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs (max abs diff {(a[k] - b[k]).abs().max().item():.3e})"
+
+
+def official_custom_clip_state(ref: Any, case: str, logit_scale: float = 4.6,
+                               suffix_length: int = 60) -> dict[str, torch.Tensor]:
+    """The state dict an official (Dassl) ``CustomCLIP`` saves for a reference case: the case's trained
+    parameters, the frozen CLIP as ``image_encoder.*`` / ``text_encoder.*``, the logit scale and the
+    class-dependent prompt buffers (which import-official must drop)."""
+    import numpy as np
+
+    state = {k.split("/", 2)[2]: torch.from_numpy(v) for k, v in ref.arrays.items() if k.startswith(f"{case}/param/")}
+    for key, value in ref.arrays.items():
+        if key.startswith("weights/visual."):
+            state["image_encoder." + key[len("weights/visual."):]] = torch.from_numpy(value.astype(np.float32))
+        elif key.startswith("weights/transformer."):
+            state["text_encoder." + key[len("weights/"):]] = torch.from_numpy(value.astype(np.float32))
+    state["logit_scale"] = torch.tensor(logit_scale)
+    state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)
+    state["prompt_learner.token_suffix"] = torch.zeros(5, suffix_length, 64)
+    return state

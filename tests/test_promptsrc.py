@@ -24,7 +24,14 @@ from mmprompt.engine.train import train
 from mmprompt.methods import config_from_official, create_learner, get_method
 from mmprompt.methods.promptsrc import TEACHER_TEMPLATES, PromptSRC, gpa_weights
 from mmprompt.parity import load_reference, reference_clip
-from test_engine_support import assert_same_prompts, fast_config, make_data_root, one_thread, save_tiny_clip
+from test_engine_support import (
+    assert_same_prompts,
+    fast_config,
+    make_data_root,
+    official_custom_clip_state,
+    one_thread,
+    save_tiny_clip,
+)
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
@@ -341,19 +348,9 @@ def test_prompts_work_with_new_class_names(clip: CLIP, tmp_path: Path) -> None:
 
 def _official_checkpoint(ref, root: Path) -> None:  # noqa: ANN001
     """A Dassl checkpoint of the official PromptSRC model: prompts, frozen CLIP, zero-shot encoder, buffers."""
-    state: dict[str, torch.Tensor] = {}
-    for key, value in ref.arrays.items():
-        if key.startswith("promptsrc/param/"):
-            state[key.split("/", 2)[2]] = torch.from_numpy(value)
-        elif key.startswith("weights/visual."):
-            tensor = torch.from_numpy(value.astype(np.float32))
-            state["image_encoder." + key[len("weights/visual."):]] = tensor
-            state["prompt_learner.ZS_image_encoder." + key[len("weights/visual."):]] = tensor
-        elif key.startswith("weights/transformer."):
-            state["text_encoder." + key[len("weights/"):]] = torch.from_numpy(value.astype(np.float32))
-    state["logit_scale"] = torch.tensor(4.0)
-    state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)
-    state["prompt_learner.token_suffix"] = torch.zeros(5, 72, 64)
+    state = official_custom_clip_state(ref, "promptsrc", logit_scale=4.0, suffix_length=72)
+    for key in [k for k in state if k.startswith("image_encoder.")]:  # the frozen zero-shot image encoder too
+        state["prompt_learner.ZS_image_encoder." + key[len("image_encoder."):]] = state[key]
     path = root / "VLPromptLearner" / "model.pth.tar-20"
     path.parent.mkdir(parents=True)
     torch.save({"state_dict": state, "epoch": 20, "optimizer": {}, "scheduler": {}}, path)
