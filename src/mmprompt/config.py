@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .checks import ConfigError, check_int, check_number, is_number
 from .methods.contract import EncoderOptions
 from .names import name_key
 
@@ -46,10 +47,6 @@ __all__ = [
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
 _YAML_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid or a key is unknown; the message names the key."""
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -111,14 +108,13 @@ class DataSection:
     """Smallest area fraction of the training RandomResizedCrop (the recipe's 0.08; the scale's upper end is 1)."""
 
     def __post_init__(self) -> None:
-        if not _is_number(self.crop_scale_min) or not 0 < self.crop_scale_min <= 1:
-            raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {self.crop_scale_min!r}")
+        self.crop_scale_min = check_number("data.crop_scale_min", self.crop_scale_min, above=0, maximum=1)
         if self.subsample not in SUBSAMPLES:
             raise ConfigError(f"data.subsample must be one of {SUBSAMPLES}, got {self.subsample!r}")
-        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        _check_int("data.shots", self.shots)
-        _check_int("data.seed", self.seed)
+        if self.num_workers is not None:
+            check_int("data.num_workers", self.num_workers, minimum=0)
+        check_int("data.shots", self.shots)
+        check_int("data.seed", self.seed)
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -153,33 +149,28 @@ class OptimSection:
     """Clip the gradient norm to this value (None: no clipping, as in the official code)."""
 
     def __post_init__(self) -> None:
-        for name in ("lr", "warmup_lr"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ConfigError(f"optim.{name} must be a positive number, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise ConfigError(f"optim.{name} must be a number >= 0, got {getattr(self, name)!r}")
-        _check_int("optim.epochs", self.epochs, minimum=1)
-        _check_int("optim.warmup_epochs", self.warmup_epochs, minimum=0)
-        _check_int("optim.batch_size", self.batch_size, minimum=1)
-        _check_int("optim.grad_accum", self.grad_accum, minimum=1)
+        self.lr = check_number("optim.lr", self.lr, above=0)
+        self.warmup_lr = check_number("optim.warmup_lr", self.warmup_lr, above=0)
+        self.momentum = check_number("optim.momentum", self.momentum, minimum=0)
+        self.weight_decay = check_number("optim.weight_decay", self.weight_decay, minimum=0)
+        check_int("optim.epochs", self.epochs, minimum=1)
+        check_int("optim.warmup_epochs", self.warmup_epochs, minimum=0)
+        check_int("optim.batch_size", self.batch_size, minimum=1)
+        check_int("optim.grad_accum", self.grad_accum, minimum=1)
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise ConfigError(
                 f"optim.warmup_epochs ({self.warmup_epochs}) must be smaller than optim.epochs ({self.epochs})"
             )
-        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
-            raise ConfigError(f"optim.max_grad_norm must be positive or null, got {self.max_grad_norm!r}")
+        if self.max_grad_norm is not None:
+            self.max_grad_norm = check_number("optim.max_grad_norm (or null)", self.max_grad_norm, above=0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optim.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not _is_number(self.adam_eps) or self.adam_eps <= 0:
-            raise ConfigError(f"optim.adam_eps must be a positive number, got {self.adam_eps!r}")
+        self.adam_eps = check_number("optim.adam_eps", self.adam_eps, above=0)
         betas = self.adam_betas
         if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+                or not all(is_number(b) and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"optim.adam_betas must be two numbers in [0, 1), got {betas!r}")
         self.adam_betas = (float(betas[0]), float(betas[1]))
-        self.lr, self.warmup_lr = float(self.lr), float(self.warmup_lr)
-        self.momentum, self.weight_decay = float(self.momentum), float(self.weight_decay)
 
 
 @dataclass
@@ -210,7 +201,7 @@ class LogSection:
     """Show a tqdm progress bar (main process only)."""
 
     def __post_init__(self) -> None:
-        _check_int("log.every", self.every, minimum=1)
+        check_int("log.every", self.every, minimum=1)
 
 
 @dataclass
@@ -241,7 +232,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        check_int("eval_batch_size", self.eval_batch_size, minimum=1)
         if not isinstance(self.dataset_overrides, dict):
             raise ConfigError("dataset_overrides must map dataset names to {dotted.key: value}")
         for name, values in self.dataset_overrides.items():
@@ -373,17 +364,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------- overrides

@@ -235,15 +235,10 @@ class CLIP(nn.Module):
                 nn.init.zeros_(block.mlp.c_proj.bias)
         nn.init.normal_(self.text_projection, std=t.width**-0.5)
 
-    def encode_image(
-        self,
-        images: Tensor,
-        prompts: Tensor | None = None,
-        deep_prompts: DeepPrompts | None = None,
-        adapters: BlockAdapters | None = None,
-    ) -> Tensor:
-        """Image features [B, E], not normalised."""
-        return self.visual(images, prompts=prompts, deep_prompts=deep_prompts, adapters=adapters)
+    def encode_image(self, images: Tensor, **insertions: Any) -> Tensor:
+        """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``)
+        as in :meth:`VisionTransformer.forward`."""
+        return self.visual(images, **insertions)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings [N, L, Dt] of token ids [N, L]."""

@@ -76,9 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_override
     from ..engine.distributed import init_distributed
     from ..methods import canonical_method
-    from ..protocols import format_table, run_base2novel, run_few_shot, run_transfer
+    from ..protocols import format_table, run_protocol
     from ..protocols.launch import LaunchError
-    from ..protocols.transfer import CROSS_DATASET_TARGETS, DG_TARGETS
     from .train import quiet_other_ranks, shortcut_overrides
 
     presets: dict[str, str] = {}
@@ -108,21 +107,12 @@ def run(args: argparse.Namespace) -> int:
         presets=presets, overrides=overrides, progress=not args.no_progress, shots=args.shots or 16,
         clip_activation=args.clip_activation, device=args.device or "auto", ctx=ctx, launch=launch,
     )
+    if args.protocol in ("base2novel", "few-shot") and not args.datasets:
+        logger.error("--datasets is needed for %s", args.protocol)
+        return 2
     try:
-        if args.protocol == "base2novel":
-            if not args.datasets:
-                logger.error("--datasets is needed for base2novel")
-                return 2
-            results = run_base2novel(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
-        elif args.protocol == "few-shot":
-            if not args.datasets:
-                logger.error("--datasets is needed for few-shot")
-                return 2
-            results = run_few_shot(methods, args.datasets, args.seeds, args.data_root, args.clip, args.output, **common)
-        else:
-            default = CROSS_DATASET_TARGETS if args.protocol == "cross-dataset" else DG_TARGETS
-            results = run_transfer(args.protocol, methods, args.datasets or default, args.seeds, args.data_root,
-                                   args.clip, args.output, source=args.source, source_runs=args.source_runs, **common)
+        results = run_protocol(args.protocol, methods, args.datasets or (), args.seeds, args.data_root, args.clip,
+                               args.output, source=args.source, source_runs=args.source_runs, **common)
     except LaunchError as exc:
         logger.error("%s", exc)
         return 2

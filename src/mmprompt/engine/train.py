@@ -288,13 +288,10 @@ def train(
     cfg: RunConfig,
     run_dir: str | Path | None = None,
     *,
-    image_dir: str | Path | None = None,
-    ctx: DistContext | None = None,
-    resume: bool = True,
     stop_after_epochs: int | None = None,
     on_epoch_end: Callable[[int, TrainResult], None] | None = None,
-    progress: bool | None = None,
     allow_config_change: bool = False,
+    **setup_options: Any,
 ) -> TrainResult:
     """Train ``learner``'s trainable parameters on ``samples`` with ``cfg.optim`` and ``cfg.precision``.
 
@@ -303,20 +300,19 @@ def train(
         samples: training samples (``path``, ``label``); paths relative to ``image_dir`` unless absolute.
         cfg: the run config (``optim``, ``precision``, ``data.seed``, ``data.num_workers``, ``log``).
         run_dir: where ``log.jsonl``, ``tb/`` and ``checkpoint/state.pt`` go (None: write nothing).
-        ctx: the data-parallel context (default: one process on the learner's device).
-        resume: continue from ``run_dir``'s training state when there is one.
+        setup_options: the keyword options of :func:`setup_training`: ``image_dir``, ``ctx`` (default one
+            process on the learner's device), ``progress`` (default ``cfg.log.progress``), ``resume``
+            (continue from ``run_dir``'s training state when there is one; default true).
         stop_after_epochs: end this session after this many epochs (the state allows resuming).
         on_epoch_end: called with (0-based epoch, result so far) after each epoch's state is written.
-        progress: show a progress bar (default ``cfg.log.progress``; rank 0 only).
         allow_config_change: resume although settings that change results differ (recorded in the log).
 
     Raises:
         NonFiniteLossError: a loss term became NaN/inf; the last good state (previous epoch) is kept.
     """
-    session = setup_training(learner, samples, cfg, run_dir, image_dir=image_dir, ctx=ctx, progress=progress,
-                             resume=resume)
+    session = setup_training(learner, samples, cfg, run_dir, **setup_options)
     epochs = cfg.optim.epochs
-    start = resume_training(session, allow_config_change) if resume else 0
+    start = resume_training(session, allow_config_change) if setup_options.get("resume", True) else 0
     result = TrainResult(epochs_done=start, epochs_total=epochs, completed=start >= epochs, resumed_from=start)
     begin = time.perf_counter()
     try:

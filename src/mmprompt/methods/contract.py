@@ -17,6 +17,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_bool, check_int
+
 __all__ = ["DatasetContext", "EncoderOptions", "Objective", "cross_entropy_objective"]
 
 
@@ -79,13 +81,10 @@ class EncoderOptions:
     causal mask)."""
 
     def __post_init__(self) -> None:
-        for name in ("text_chunk_size", "text_chunk_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"encoder.{name} must be an integer >= 0, got {value!r}")
-        for name in ("truncate_text", "share_text_prefix"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"encoder.{name} must be true or false, got {getattr(self, name)!r}")
+        check_int("encoder.text_chunk_size", self.text_chunk_size, minimum=0)
+        check_int("encoder.text_chunk_tokens", self.text_chunk_tokens, minimum=0)
+        check_bool("encoder.truncate_text", self.truncate_text)
+        check_bool("encoder.share_text_prefix", self.share_text_prefix)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> EncoderOptions:

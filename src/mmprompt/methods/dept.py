@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_bool, check_number
 from ..clip.model import CLIP, BlockAdapters
 from .base import MethodConfig, PromptLearner, clean_classnames
 from .contract import Objective
@@ -108,18 +109,10 @@ class DePTConfig(MethodConfig):
             raise ValueError(f"dept.base_options: {exc}") from None
         if self.head not in HEADS:
             raise ValueError(f"dept.head must be one of {HEADS}, got {self.head!r}")
-        for name in ("weight", "lr_multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"dept.{name} must be a number, got {value!r}")
-            setattr(self, name, float(value))
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"dept.weight must be in [0, 1], got {self.weight}")
-        if self.lr_multiplier <= 0:
-            raise ValueError(f"dept.lr_multiplier must be > 0, got {self.lr_multiplier}")
-        for name in ("fusion", "film"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"dept.{name} must be true or false, got {getattr(self, name)!r}")
+        self.weight = check_number("dept.weight", self.weight, minimum=0, maximum=1)
+        self.lr_multiplier = check_number("dept.lr_multiplier", self.lr_multiplier, above=0)
+        check_bool("dept.fusion", self.fusion)
+        check_bool("dept.film", self.film)
 
     def base_config(self) -> MethodConfig:
         """The base learner's validated config."""

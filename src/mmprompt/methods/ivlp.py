@@ -7,6 +7,7 @@ prompting (text only) reuse with one tower switched off.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,12 +30,24 @@ class IVLPConfig(MethodConfig):
     """Initial text of the text context; used only when n_ctx_text <= 4."""
     fixed_template: str = "a photo of a {}."
     """Text side when n_ctx_text is 0: frozen features of this template."""
+    towers: ClassVar[tuple[str, ...]] = ("text", "vision")
+    """The towers that may hold prompts (a one-tower variant: the other tower's fields must be 0)."""
+    label: ClassVar[str] = "IVLP"
+    """The method's name in error messages."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("n_ctx_text", "n_ctx_vision", "depth_text", "depth_vision"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.towers) == 1:
+            (tower,) = self.towers
+            other = "vision" if tower == "text" else "text"
+            if getattr(self, f"n_ctx_{other}") or getattr(self, f"depth_{other}"):
+                raise ValueError(f"{self.label} has prompts in the {tower} tower only: n_ctx_{other} and "
+                                 f"depth_{other} must be 0 (use ivlp for both towers)")
+            if not getattr(self, f"n_ctx_{tower}"):
+                raise ValueError(f"{self.label} needs n_ctx_{tower} >= 1")
         if self.n_ctx_text and not self.depth_text:
             raise ValueError("depth_text must be >= 1 when n_ctx_text > 0")
         if self.n_ctx_vision and not self.depth_vision:

@@ -17,6 +17,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_number
 from .contract import Objective
 from .coop import OFFICIAL_NAMES as OFFICIAL_NAMES  # the same official parameter name (prompt_learner.ctx)
 from .coop import CoOp, CoOpConfig
@@ -36,9 +37,7 @@ class KgCoOpConfig(CoOpConfig):
         super().__post_init__()
         if self.class_token_position != "end":
             raise ValueError("kgcoop.class_token_position must be 'end' (the official code always puts it there)")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"kgcoop.weight must be a number >= 0, got {self.weight!r}")
-        self.weight = float(self.weight)
+        self.weight = check_number("kgcoop.weight", self.weight, minimum=0)
 
 
 def from_official(official: Mapping[str, Any], case: Mapping[str, Any]) -> dict[str, Any]:

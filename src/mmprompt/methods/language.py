@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from .ivlp import IVLP, IVLPConfig
 from .ivlp import OFFICIAL_NAMES as OFFICIAL_NAMES  # same official parameter names
@@ -14,13 +15,8 @@ class LanguageOnlyConfig(IVLPConfig):
     n_ctx_vision: int = 0
     depth_text: int = 12
     depth_vision: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_ctx_vision or self.depth_vision:
-            raise ValueError("language-only prompting has no vision prompts: n_ctx_vision and depth_vision must be 0")
-        if not self.n_ctx_text:
-            raise ValueError("language-only prompting needs n_ctx_text >= 1")
+    towers: ClassVar[tuple[str, ...]] = ("text",)
+    label: ClassVar[str] = "language-only prompting"
 
 
 class LanguageOnly(IVLP):

@@ -39,7 +39,6 @@ invalidates them; that stale cache is deliberately not reproduced).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int, check_number
 from ..clip.model import CLIP, Adapter, BlockAdapters
 from .base import MethodConfig, PromptLearner
 
@@ -90,10 +90,8 @@ class MMAConfig(MethodConfig):
         super().__post_init__()
         if not isinstance(self.text_ctx_init, str):
             raise ValueError(f"mma.text_ctx_init must be a string, got {self.text_ctx_init!r}")
-        for name in ("adapter_start", "adapter_end", "adapter_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"mma.{name} must be an integer, got {value!r}")
+        check_int("mma.adapter_start", self.adapter_start)
+        check_int("mma.adapter_end", self.adapter_end)
         if self.adapter_start < 1:
             raise ValueError(
                 f"mma.adapter_start must be >= 1, got {self.adapter_start}: index 0 (an adapter on the token "
@@ -102,12 +100,8 @@ class MMAConfig(MethodConfig):
         if self.adapter_end < self.adapter_start:
             raise ValueError(f"mma.adapter_end ({self.adapter_end}) must be >= mma.adapter_start "
                              f"({self.adapter_start})")
-        if self.adapter_dim < 1:
-            raise ValueError(f"mma.adapter_dim must be >= 1, got {self.adapter_dim}")
-        scale = self.adapter_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"mma.adapter_scale must be a positive number, got {scale!r}")
-        self.adapter_scale = float(scale)
+        check_int("mma.adapter_dim", self.adapter_dim, minimum=1)
+        self.adapter_scale = check_number("mma.adapter_scale", self.adapter_scale, above=0)
 
     def check_model(self, clip: CLIP) -> None:
         layers = min(clip.config.text.layers, clip.config.vision.layers)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_bool, check_int, check_number
 from .base import MethodConfig, is_trainable
 from .contract import Objective
 from .coop import OFFICIAL_NAMES as OFFICIAL_NAMES  # the same official parameter name (prompt_learner.ctx)
@@ -95,21 +96,14 @@ class ProGradConfig(MethodConfig):
         if self.class_token_position not in POSITIONS:
             raise ValueError(f"prograd.class_token_position must be one of {POSITIONS} (the official 'middle' "
                              f"crashes), got {self.class_token_position!r}")
-        for name in ("ctx_init", "class_specific"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"prograd.{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.n_ctx, bool) or not isinstance(self.n_ctx, int) or self.n_ctx < 1:
-            raise ValueError(f"prograd.n_ctx must be an integer >= 1, got {self.n_ctx!r}")
+        check_bool("prograd.ctx_init", self.ctx_init)
+        check_bool("prograd.class_specific", self.class_specific)
+        check_int("prograd.n_ctx", self.n_ctx, minimum=1)
         if self.ctx_init and self.class_specific:
             raise ValueError("prograd.class_specific needs ctx_init false (with an init text the official code "
                              "ignores CSC and learns one shared context)")
-        for name, low in (("temperature", 0.0), ("lam", 0.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (
-                    name == "temperature" and value == 0):
-                raise ValueError(f"prograd.{name} must be a number {'> 0' if name == 'temperature' else '>= 0'}, "
-                                 f"got {value!r}")
-            setattr(self, name, float(value))
+        self.temperature = check_number("prograd.temperature", self.temperature, above=0)
+        self.lam = check_number("prograd.lam", self.lam, minimum=0)
         if not isinstance(self.template, str) or (self.template and "{}" not in self.template):
             raise ValueError(f"prograd.template must be empty or contain '{{}}', got {self.template!r}")
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_number
 from .base import is_trainable
 from .contract import Objective
 from .ivlp import IVLP, IVLPConfig
@@ -142,16 +143,10 @@ class PromptSRCConfig(IVLPConfig):
         super().__post_init__()
         if self.n_ctx_text < 1:
             raise ValueError(f"promptsrc.n_ctx_text must be >= 1 (the text prompt is learned), got {self.n_ctx_text}")
-        for name in ("text_loss_weight", "image_loss_weight", "gpa_mean", "gpa_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"promptsrc.{name} must be a number, got {value!r}")
-            setattr(self, name, float(value))
-        for name in ("text_loss_weight", "image_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"promptsrc.{name} must be >= 0, got {getattr(self, name)}")
-        if self.gpa_std <= 0:
-            raise ValueError(f"promptsrc.gpa_std must be > 0, got {self.gpa_std}")
+        self.text_loss_weight = check_number("promptsrc.text_loss_weight", self.text_loss_weight, minimum=0)
+        self.image_loss_weight = check_number("promptsrc.image_loss_weight", self.image_loss_weight, minimum=0)
+        self.gpa_mean = check_number("promptsrc.gpa_mean", self.gpa_mean)
+        self.gpa_std = check_number("promptsrc.gpa_std", self.gpa_std, above=0)
 
 
 _OFFICIAL_KEYS = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int
 from ..clip.model import CLIP, QuickGELU
 from .kgcoop import KgCoOp, KgCoOpConfig
 
@@ -104,9 +105,7 @@ class TCPConfig(KgCoOpConfig):
                              f"{N_CLASS_PROMPTS} context positions), got {self.n_ctx}")
         if self.class_specific:
             raise ValueError("tcp.class_specific must be false (the official code has no class-specific context)")
-        if isinstance(self.injection_layer, bool) or not isinstance(self.injection_layer, int) \
-                or self.injection_layer < 0:
-            raise ValueError(f"tcp.injection_layer must be an integer >= 0, got {self.injection_layer!r}")
+        check_int("tcp.injection_layer", self.injection_layer, minimum=0)
         for name in ("learnable_template", "teacher_template"):
             value = getattr(self, name)
             if not isinstance(value, str) or (value and value.count("{}") != 1):

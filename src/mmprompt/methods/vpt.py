@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from .ivlp import IVLP, IVLPConfig
 from .ivlp import OFFICIAL_NAMES as OFFICIAL_NAMES  # same official parameter names
@@ -14,13 +15,8 @@ class VPTConfig(IVLPConfig):
     n_ctx_vision: int = 8
     depth_text: int = 0
     depth_vision: int = 12
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_ctx_text or self.depth_text:
-            raise ValueError("VPT has no text prompts: n_ctx_text and depth_text must be 0 (use ivlp)")
-        if not self.n_ctx_vision:
-            raise ValueError("VPT needs n_ctx_vision >= 1")
+    towers: ClassVar[tuple[str, ...]] = ("vision",)
+    label: ClassVar[str] = "VPT"
 
 
 class VPT(IVLP):

@@ -64,6 +64,7 @@ class SweepOptions:
         if not self.seeds:
             raise ValueError("no seeds given")
         self.methods = [canonical_method(m) for m in self.methods]
+        self.datasets = [canonical_dataset(d) for d in self.datasets]
         self.presets = {canonical_method(k): v for k, v in dict(self.presets).items()}
         self.output = Path(self.output)
         if self.ctx is None:

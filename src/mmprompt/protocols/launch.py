@@ -239,6 +239,7 @@ def run_and_write(
     launch = launch or LaunchOptions(progress=opts.progress)
     outcome = run_specs(specs, opts.clip_spec, opts.clip_activation, opts.ctx, launch, stop_after_runs)
     kwargs = {"roles": roles} if roles is not None else {}
+    extra = {"seeds": [int(s) for s in opts.seeds], "shots": opts.shots, **extra}
     results = sweep_results(protocol, specs, outcome, metrics, averaged or list(opts.datasets), extra=extra, **kwargs)
     if opts.ctx.is_main:
         write_results(results, opts.output)
