@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..names import name_key
 from .transformer import ACTIVATIONS
@@ -25,6 +25,7 @@ __all__ = [
     "TEST_ONLY",
     "TEXT_POOLS",
     "TextConfig",
+    "TowerConfig",
     "VISION_POOLS",
     "VisionConfig",
     "get_config",
@@ -42,18 +43,16 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass(frozen=True)
-class VisionConfig:
-    """The ViT image tower."""
+@dataclass(frozen=True, kw_only=True)
+class TowerConfig:
+    """What both towers have: a stack of transformer blocks."""
 
+    tower: ClassVar[str] = "tower"
+    """The tower's name in error messages (``vision``, ``text``)."""
     width: int
-    """Token width of the vision transformer."""
+    """Token width of the transformer."""
     layers: int
     """Number of residual attention blocks."""
-    patch_size: int
-    """Side of the square patches (the conv1 kernel and stride)."""
-    image_size: int
-    """Input resolution (square)."""
     heads: int = 0
     """Attention heads; 0 means OpenAI's rule, width // 64 (at least 1). Loaded checkpoints always state it."""
     mlp_ratio: float = 4.0
@@ -61,6 +60,30 @@ class VisionConfig:
     """MLP activation of this tower; ``None``: the model's (:attr:`CLIPConfig.activation`)."""
     ln_eps: float = 1e-5
     """Epsilon of every LayerNorm of the tower."""
+
+    def __post_init__(self) -> None:
+        if self.heads == 0:
+            object.__setattr__(self, "heads", max(1, self.width // 64))
+        name, width, layers, heads = self.tower, self.width, self.layers, self.heads
+        if width <= 0 or layers <= 0 or heads <= 0:
+            raise ValueError(f"{name}: width, layers and heads must be positive (got {width}, {layers}, {heads})")
+        if width % heads:
+            raise ValueError(f"{name}.width ({width}) must be divisible by {name}.heads ({heads})")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}.activation must be one of {ACTIVATIONS} or None, got {self.activation!r}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"{name}.ln_eps must be positive, got {self.ln_eps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig(TowerConfig):
+    """The ViT image tower."""
+
+    tower: ClassVar[str] = "vision"
+    patch_size: int
+    """Side of the square patches (the conv1 kernel and stride)."""
+    image_size: int
+    """Input resolution (square)."""
     pool: str = "tok"
     """One of :data:`VISION_POOLS`."""
     final_ln_after_pool: bool = False
@@ -75,9 +98,7 @@ class VisionConfig:
     """A linear map to the joint space (``visual.proj``); without it the features are the pooled tokens."""
 
     def __post_init__(self) -> None:
-        if self.heads == 0:
-            object.__setattr__(self, "heads", max(1, self.width // 64))
-        _check_tower("vision", self.width, self.layers, self.heads, self.activation, self.ln_eps)
+        super().__post_init__()
         if self.patch_size <= 0 or self.image_size % self.patch_size:
             raise ValueError(
                 f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size ({self.patch_size})"
@@ -97,20 +118,13 @@ class VisionConfig:
         return self.grid_size**2 + int(self.class_token)
 
 
-@dataclass(frozen=True)
-class TextConfig:
+@dataclass(frozen=True, kw_only=True)
+class TextConfig(TowerConfig):
     """The text tower."""
 
-    width: int
-    layers: int
-    heads: int = 0
-    """Attention heads; 0 means OpenAI's rule, width // 64 (at least 1). Loaded checkpoints always state it."""
+    tower: ClassVar[str] = "text"
     context_length: int = 77
     vocab_size: int = 49408
-    mlp_ratio: float = 4.0
-    activation: str | None = None
-    """MLP activation of this tower; ``None``: the model's (:attr:`CLIPConfig.activation`)."""
-    ln_eps: float = 1e-5
     causal: bool = True
     """Causal attention mask (CLIP); False: bidirectional (SigLIP, open_clip ``no_causal_mask``)."""
     pool: str = "argmax"
@@ -123,9 +137,7 @@ class TextConfig:
     """Every tokenized text begins with a start token (CLIP's SOT); learned prompts go right after it."""
 
     def __post_init__(self) -> None:
-        if self.heads == 0:
-            object.__setattr__(self, "heads", max(1, self.width // 64))
-        _check_tower("text", self.width, self.layers, self.heads, self.activation, self.ln_eps)
+        super().__post_init__()
         if self.context_length < 3:
             raise ValueError(f"text.context_length must be at least 3, got {self.context_length}")
         if self.pool not in TEXT_POOLS:
@@ -226,17 +238,6 @@ class CLIPConfig:
 
     def replace(self, **changes: Any) -> CLIPConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _check_tower(name: str, width: int, layers: int, heads: int, activation: str | None, eps: float) -> None:
-    if width <= 0 or layers <= 0 or heads <= 0:
-        raise ValueError(f"{name}: width, layers and heads must be positive (got {width}, {layers}, {heads})")
-    if width % heads:
-        raise ValueError(f"{name}.width ({width}) must be divisible by {name}.heads ({heads})")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"{name}.activation must be one of {ACTIVATIONS} or None, got {activation!r}")
-    if not eps > 0:
-        raise ValueError(f"{name}.ln_eps must be positive, got {eps}")
 
 
 def _arch(
