@@ -371,29 +371,41 @@ def measure_path(
     learner = create_learner(settings.method, clip, names, config, encoder=encoder).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
+    probe = _Probe(settings, learner, autocast, memory, result)
     if "train" in phases:
-        _measure_train(settings, learner, autocast, memory, result)
+        _measure_train(probe)
     if "eval" in phases:
-        _measure_eval(settings, learner, autocast, memory, result)
+        _measure_eval(probe)
     shared = learner.last_text_shared_prefix  # what the measured steps used
     result.prompt_tokens = _prompt_tokens(learner, encoder.truncate_text, clip.config.text.context_length, shared)
     result.load_average.append(load_average())
     return result
 
 
-def _measure_train(
-    settings: BenchSettings,
-    learner: PromptLearner,
-    autocast: Callable[[], Any],
-    memory: PeakMemory,
-    result: PathResult,
-) -> None:
+@dataclass
+class _Probe:
+    """One path's learner under measurement, and where its figures go."""
+
+    settings: BenchSettings
+    learner: PromptLearner
+    autocast: Callable[[], Any]
+    memory: PeakMemory
+    result: PathResult
+
+    def random_images(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` random images at the model's resolution, on the measured device."""
+        size = self.learner.clip.config.vision.image_size
+        return torch.randn(n, 3, size, size, generator=gen).to(self.settings.device)
+
+
+def _measure_train(probe: _Probe) -> None:
     """Training steps as the engine runs them: the method's objective under autocast, backward (with the
     method's grad-terms and gradient transform), SGD (momentum 0.9, weight decay 5e-4)."""
+    settings, learner, autocast, memory, result = (probe.settings, probe.learner, probe.autocast, probe.memory,
+                                                   probe.result)
     device = torch.device(settings.device)
-    size = learner.clip.config.vision.image_size
     gen = torch.Generator().manual_seed(settings.seed + 2)
-    images = torch.randn(settings.batch, 3, size, size, generator=gen).to(device)
+    images = probe.random_images(settings.batch, gen)
     labels = torch.randint(0, result.classes, (settings.batch,), generator=gen).to(device)
     params = learner.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4) if params else None
@@ -427,17 +439,12 @@ def _measure_train(
     learner.zero_grad(set_to_none=True)
 
 
-def _measure_eval(
-    settings: BenchSettings,
-    learner: PromptLearner,
-    autocast: Callable[[], Any],
-    memory: PeakMemory,
-    result: PathResult,
-) -> None:
+def _measure_eval(probe: _Probe) -> None:
     """Evaluation (text once; per batch on the reference path), interleaved with the plain image encoder,
     after one untimed batch of each."""
+    settings, learner, autocast, memory, result = (probe.settings, probe.learner, probe.autocast, probe.memory,
+                                                   probe.result)
     device = torch.device(settings.device)
-    size = learner.clip.config.vision.image_size
     default = result.path == "default"
     learner.eval()
     gen = torch.Generator().manual_seed(settings.seed + 3)
@@ -445,7 +452,7 @@ def _measure_eval(
         min(settings.eval_batch, settings.eval_images - i)
         for i in range(0, settings.eval_images, settings.eval_batch)
     ]
-    inputs = [torch.randn(b, 3, size, size, generator=gen).to(device) for b in sizes]
+    inputs = [probe.random_images(b, gen) for b in sizes]
     memory.reset()
     eval_time = encoder_time = 0.0
     with torch.inference_mode() if default else torch.no_grad(), autocast():

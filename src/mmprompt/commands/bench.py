@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -170,25 +171,11 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, run_benchmark
 
     try:
+        same_name = {f.name for f in dataclasses.fields(BenchSettings)} & set(vars(args))
         settings = BenchSettings(
-            method=args.method,
-            arch=args.arch,
-            classes=args.classes,
-            batch=args.batch,
-            precision=args.precision,
-            random_weights=args.random_weights,
-            weights=args.weights,
-            steps=args.steps,
-            warmup=args.warmup,
-            eval_images=args.eval_images,
-            eval_batch=args.eval_batch,
-            text_chunk_size=args.text_chunk_size,
+            **{name: getattr(args, name) for name in same_name},
             method_options=_options(args.option),
-            device=args.device,
-            seed=args.seed,
-            threads=args.threads,
             isolate=not args.no_isolate,
-            memory_limit_gb=args.memory_limit_gb,
             fp32_baseline=not args.no_fp32_baseline,
         )
         doc = run_benchmark(settings)
