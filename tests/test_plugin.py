@@ -63,6 +63,18 @@ def test_plugin_method_trains_through_train_and_benchmark(site: Path, tmp_path: 
     assert listed.returncode == 0
 
 
+def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> None:
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    run = mmprompt(site, tmp_path, "train", "--method", "probe", "--dataset", "eurosat", "--output",
+                   str(tmp_path / "run"), "--data-root", str(data), "--clip", str(weights), "--no-progress",
+                   "--set", "method.ctx_lr_mult=0")
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "probe.ctx_lr_mult must be a positive number, got 0" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 

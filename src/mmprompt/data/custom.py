@@ -296,18 +296,7 @@ def build_custom_dataset(
     if origin == "generated":
         saved = generated_split_path(cache_dir, key, source, "split.json")
         origin = save_generated_split(saved, *splits, source=source)
-    return finalize(
-        key,
-        train=splits[0],
-        val=splits[1],
-        test=splits[2],
-        image_dir=image_dir,
-        dataset_dir=image_dir,
-        template=template,
-        shots=shots,
-        seed=seed,
-        subsample=subsample,
-        cache_dir=cache_dir,
-        split_source=origin,
-        use_official_cache=use_official_cache,
-    )
+    train, val, test = splits
+    return finalize(key, train=train, val=val, test=test, image_dir=image_dir, dataset_dir=image_dir,
+                    template=template, split_source=origin, shots=shots, seed=seed, subsample=subsample,
+                    cache_dir=cache_dir, use_official_cache=use_official_cache)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmprompt.checks import check_bool, check_number
 from mmprompt.methods import MethodSpec, Objective
 from mmprompt.methods.coop import OFFICIAL_NAMES, CoOp, CoOpConfig
 
@@ -24,6 +25,12 @@ class ProbeConfig(CoOpConfig):
     """Keep a running mean of the context over epochs and load it after the last epoch."""
     ctx_lr_mult: float = 1.0
     """Learning-rate multiplier of the context (the only parameter group)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.anchor_weight = check_number("probe.anchor_weight", self.anchor_weight, minimum=0)
+        check_bool("probe.average_prompts", self.average_prompts)
+        self.ctx_lr_mult = check_number("probe.ctx_lr_mult", self.ctx_lr_mult, above=0)
 
 
 class Probe(CoOp):
