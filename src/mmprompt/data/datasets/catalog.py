@@ -6,11 +6,12 @@ reader argument raises :class:`CatalogError` naming the file, the dataset and th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,26 +24,6 @@ from mmprompt.data.datasets.readers import READERS
 __all__ = ["CATALOG_FILE", "CatalogError", "load_catalog", "parse_catalog"]
 
 CATALOG_FILE = "catalog.yaml"
-
-# field -> (expected type(s), required, words for the error message)
-_FIELDS: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
-    "key": (str, True, "a string"),
-    "coop_name": (str, True, "a string"),
-    "display_name": (str, False, "a string"),
-    "folder": (str, True, "a string"),
-    "image_subdir": (str, True, 'a string ("" for the dataset folder itself)'),
-    "num_classes": (int, True, "a positive integer"),
-    "download": (str, True, "a string"),
-    "split_file": (str, False, "a file name"),
-    "requirements": (list, False, "a list of {path, kind, what, needed}"),
-    "aliases": (list, False, "a list of strings"),
-    "val_is_test": (bool, False, "true or false"),
-    "test_only": (bool, False, "true or false"),
-    "reader": (dict, True, "a mapping {name: <reader>, <argument>: <value>...}"),
-}
-_REQUIREMENT_FIELDS = {"path": True, "kind": True, "what": True, "needed": False}
-_KINDS = ("file", "dir")
-_NEEDED = ("always", "no_split")
 
 
 class CatalogError(ValueError):
@@ -73,7 +54,9 @@ def parse_catalog(text: str, source: str = CATALOG_FILE) -> dict[str, DatasetInf
     out: dict[str, DatasetInfo] = {}
     for i, entry in enumerate(entries, 1):
         key = entry.get("key") if isinstance(entry, dict) else None
-        info = _parse_entry(entry, f"{source}, dataset {key!r}" if isinstance(key, str) else f"{source}, dataset #{i}")
+        info = _parse_entry(
+            entry, f"{source}, dataset {key!r}" if isinstance(key, str) else f"{source}, dataset #{i}"
+        )
         if info.key in out:
             raise CatalogError(f"{source}, dataset {info.key!r}: field 'key': {info.key!r} is declared twice")
         out[info.key] = info
@@ -81,62 +64,38 @@ def parse_catalog(text: str, source: str = CATALOG_FILE) -> dict[str, DatasetInf
 
 
 def _parse_entry(entry: Any, where: str) -> DatasetInfo:
-    if not isinstance(entry, dict):
-        raise CatalogError(f"{where}: expected a mapping of fields, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(_FIELDS), key=str)
-    if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {unknown}; known fields: {', '.join(_FIELDS)}")
-    for name, (kind, required, words) in _FIELDS.items():
-        if name not in entry:
-            if required:
-                raise CatalogError(f"{where}: missing field {name!r} ({words})")
-            continue
-        value = entry[name]
-        wrong_type = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
-        if wrong_type or (name == "num_classes" and value <= 0):
-            raise CatalogError(f"{where}: field {name!r}: expected {words}, got {value!r}")
-    aliases = entry.get("aliases", [])
-    if not all(isinstance(a, str) for a in aliases):
-        raise CatalogError(f"{where}: field 'aliases': expected a list of strings, got {aliases!r}")
-    requirements = tuple(
-        _parse_requirement(r, f"{where}: field 'requirements', item {j}")
-        for j, r in enumerate(entry.get("requirements", []), 1)
+    fields = _check_fields(DatasetInfo, entry, where)
+    if fields["num_classes"] <= 0:
+        raise CatalogError(
+            f"{where}: field 'num_classes': expected a positive integer, got {fields['num_classes']}"
+        )
+    fields["requirements"] = tuple(
+        Requirement(**_check_fields(Requirement, r, f"{where}: field 'requirements', item {j}"))
+        for j, r in enumerate(fields.get("requirements", ()), 1)
     )
-    download = entry["download"]
-    return DatasetInfo(
-        key=entry["key"],
-        coop_name=entry["coop_name"],
-        display_name=entry.get("display_name", ""),
-        folder=entry["folder"],
-        image_subdir=entry["image_subdir"],
-        num_classes=entry["num_classes"],
-        reader=_build_reader(entry["reader"], download, f"{where}: field 'reader'"),
-        download=download,
-        split_file=entry.get("split_file"),
-        requirements=requirements,
-        aliases=tuple(aliases),
-        val_is_test=entry.get("val_is_test", False),
-        test_only=entry.get("test_only", False),
-    )
+    fields["aliases"] = tuple(fields.get("aliases", ()))
+    fields["reader"] = _build_reader(fields["reader"], fields["download"], f"{where}: field 'reader'")
+    return DatasetInfo(**fields)
 
 
-def _parse_requirement(item: Any, where: str) -> Requirement:
+def _check_fields(cls: type, item: Any, where: str) -> dict[str, Any]:
+    """``item``'s fields, checked against the dataclass ``cls``: its fields without default are required."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     if not isinstance(item, dict):
-        raise CatalogError(f"{where}: expected a mapping {{path, kind, what, needed}}, got {item!r}")
-    unknown = sorted(set(item) - set(_REQUIREMENT_FIELDS), key=str)
+        raise CatalogError(f"{where}: expected a mapping with the fields {', '.join(fields)}, got {item!r}")
+    unknown = sorted(set(item) - set(fields), key=str)
     if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {unknown}; known: {', '.join(_REQUIREMENT_FIELDS)}")
-    for name, required in _REQUIREMENT_FIELDS.items():
-        if required and name not in item:
-            raise CatalogError(f"{where}: missing field {name!r}")
-        if name in item and not isinstance(item[name], str):
-            raise CatalogError(f"{where}: field {name!r}: expected a string, got {item[name]!r}")
-    if item["kind"] not in _KINDS:
-        raise CatalogError(f"{where}: field 'kind': expected one of {', '.join(_KINDS)}, got {item['kind']!r}")
-    needed = item.get("needed", "always")
-    if needed not in _NEEDED:
-        raise CatalogError(f"{where}: field 'needed': expected one of {', '.join(_NEEDED)}, got {needed!r}")
-    return Requirement(item["path"], item["kind"], item["what"], needed)
+        raise CatalogError(f"{where}: unknown field(s) {unknown}; known fields: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    for name, field in fields.items():
+        if name not in item:
+            if field.default is dataclasses.MISSING:
+                raise CatalogError(f"{where}: missing field {name!r} ({_expected(hints[name])[1]})")
+            continue
+        fits, words = _expected(hints[name])
+        if not fits(item[name]):
+            raise CatalogError(f"{where}: field {name!r}: expected {words}, got {item[name]!r}")
+    return dict(item)
 
 
 def _build_reader(spec: dict[str, Any], download: str, where: str) -> functools.partial[Any]:
@@ -149,36 +108,47 @@ def _build_reader(spec: dict[str, Any], download: str, where: str) -> functools.
     try:
         inspect.signature(func).bind(Path(), None, download=download, **args)
     except TypeError as e:
-        params = [p for p in inspect.signature(func).parameters if p not in ("dataset_dir", "rng", "download")]
+        params = [
+            p for p in inspect.signature(func).parameters if p not in ("dataset_dir", "rng", "download")
+        ]
         raise CatalogError(
             f"{where}: arguments {sorted(args)} do not fit the reader {name!r} ({e}); "
             f"it takes: {', '.join(params) or 'no arguments'}"
         ) from None
     hints = typing.get_type_hints(func)
     for arg, value in args.items():
-        expected = _expected_type(hints.get(arg))
-        if expected is not None and not _matches(value, expected):
-            raise CatalogError(f"{where}: argument {arg!r} of reader {name!r}: expected {expected}, got {value!r}")
+        fits, words = _expected(hints[arg])
+        if not fits(value):
+            raise CatalogError(
+                f"{where}: argument {arg!r} of reader {name!r}: expected {words}, got {value!r}"
+            )
     return functools.partial(func, download=download, **args)
 
 
-def _expected_type(hint: Any) -> str | None:
-    """'string', 'list of strings' or 'mapping of strings to strings' for a reader parameter's hint."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in options:  # X | None -> X
-        origin = typing.get_origin(option) or option
-        if origin is str:
-            return "string"
-        if origin in (list, tuple, Sequence):
-            return "list of strings"
-        if origin in (dict, Mapping):
-            return "mapping of strings to strings"
-    return None
-
-
-def _matches(value: Any, expected: str) -> bool:
-    if expected == "string":
-        return isinstance(value, str)
-    if expected == "list of strings":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+def _expected(hint: Any) -> tuple[Callable[[Any], bool], str]:
+    """A test of a YAML value against a field's type hint, and the hint in words for the error message."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: null stands for the default
+        fits, words = _expected(next(a for a in args if a is not type(None)))
+        return (lambda v: v is None or fits(v)), words
+    if origin is typing.Literal:
+        return (lambda v: v in args), f"one of {', '.join(map(str, args))}"
+    if origin is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if origin is int:
+        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "an integer"
+    if origin is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    if origin in (list, tuple, Sequence):
+        if args and args[0] is str:
+            return (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of strings"
+        return (lambda v: isinstance(v, list)), "a list"
+    if origin in (dict, Mapping):
+        return (
+            lambda v: (
+                isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+            )
+        ), "a mapping of strings to strings"
+    if origin is Callable:
+        return (lambda v: isinstance(v, dict)), "a mapping {name: <reader>, <argument>: <value>...}"
+    raise TypeError(f"no YAML form for the type {hint!r}")  # pragma: no cover - a new field's type

@@ -56,10 +56,14 @@ def read_class_folders(
     ``ignored`` folders are skipped and ``new_cnames`` renames a folder's class (Caltech101, EuroSAT).
     Used by Caltech101, Food101 (whose official meta/ lists CoOp does not use), DTD, EuroSAT and the demo.
     """
-    return read_and_split_folders(dataset_dir / images, rng, ignored=ignored, new_cnames=dict(new_cnames or {}))
+    return read_and_split_folders(
+        dataset_dir / images, rng, ignored=ignored, new_cnames=dict(new_cnames or {})
+    )
 
 
-def read_wnid_test_folders(dataset_dir: Path, rng: random.Random, *, images: str, download: str = "") -> RawSplits:
+def read_wnid_test_folders(
+    dataset_dir: Path, rng: random.Random, *, images: str, download: str = ""
+) -> RawSplits:
     """A test-only set of wnid folders, labelled in sorted folder order, named by ``classnames.txt``.
 
     ImageNet-Sketch, -A and -R; ``classnames.txt`` is ImageNet's, copied into the dataset folder.
@@ -262,8 +266,12 @@ def _scalar(value: Any) -> Any:
 def _read_cars_annotations(
     image_subdir: str, anno_file: Path, meta_file: Path, download: str
 ) -> list[Sample]:
-    annotations = load_mat(require(anno_file, "StanfordCars annotations", download))["annotations"].reshape(-1)
-    names = load_mat(require(meta_file, "StanfordCars devkit/cars_meta.mat", download))["class_names"].reshape(-1)
+    annotations = load_mat(require(anno_file, "StanfordCars annotations", download))["annotations"].reshape(
+        -1
+    )
+    names = load_mat(require(meta_file, "StanfordCars devkit/cars_meta.mat", download))[
+        "class_names"
+    ].reshape(-1)
     items = []
     for anno in annotations:
         label = int(_scalar(anno["class"])) - 1
@@ -278,7 +286,9 @@ def read_stanford_cars(dataset_dir: Path, rng: random.Random, *, download: str =
     (cars_test_annos_withlabels.mat) are test. Class names from devkit/cars_meta.mat, year first as CoOp.
     """
     meta = dataset_dir / "devkit" / "cars_meta.mat"
-    trainval = _read_cars_annotations("cars_train", dataset_dir / "devkit" / "cars_train_annos.mat", meta, download)
+    trainval = _read_cars_annotations(
+        "cars_train", dataset_dir / "devkit" / "cars_train_annos.mat", meta, download
+    )
     test = _read_cars_annotations("cars_test", dataset_dir / "cars_test_annos_withlabels.mat", meta, download)
     train, val = split_trainval(trainval, rng)
     return train, val, test
