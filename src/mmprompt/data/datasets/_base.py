@@ -122,6 +122,26 @@ def read_lines(path: Path) -> list[str]:
         raise SplitFileError(f"{path}: not UTF-8 text (byte offset {e.start}); re-download or re-save it") from None
 
 
+class LineError(ValueError):
+    """What is wrong with one line of a list file; :func:`samples_from_lines` adds the file and line."""
+
+
+def samples_from_lines(path: Path, parse: Callable[[str], Sample | None]) -> list[Sample]:
+    """The samples of a list file, one per non-empty line; ``parse`` returns ``None`` to skip a line.
+
+    A :class:`LineError` from ``parse`` becomes a :class:`SplitFileError` naming the file and line number.
+    """
+    items = []
+    for n, line in enumerate(read_lines(path), 1):
+        try:
+            sample = parse(line)
+        except LineError as e:
+            raise SplitFileError(f"{path}, line {n}: {e}") from None
+        if sample is not None:
+            items.append(sample)
+    return items
+
+
 def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -181,27 +201,3 @@ def load_mat(path: Path) -> dict[str, Any]:
             "file in the dataset folder, which needs no .mat file"
         ) from e
     return loadmat(str(path))
-
-
-def copy_classnames_hint(folder: str) -> str:
-    """The instruction shared by the ImageNet variants, which reuse ImageNet's classnames.txt."""
-    return (
-        f"and copy <root>/imagenet/classnames.txt into <root>/{folder}/ as described in CoOp's DATASETS.md "
-        f"({COOP_DATASETS_MD})."
-    )
-
-
-CLASSNAMES_REQUIREMENT = Requirement(
-    "classnames.txt", "file", "the ImageNet class names, copied from <root>/imagenet/classnames.txt"
-)
-
-
-def wnid_test_reader(subdir: str, download: str) -> Reader:
-    """A reader for a test-only set of wnid folders named in ``classnames.txt`` (Sketch, -A, -R)."""
-
-    def read(dataset_dir: Path, rng: random.Random) -> RawSplits:
-        names = read_wnid_classnames(require(dataset_dir / "classnames.txt", "classnames.txt", download))
-        image_dir = require(dataset_dir / subdir, "image folder", download)
-        return [], [], read_wnid_folders(image_dir, names, dataset_dir / "classnames.txt")
-
-    return read
