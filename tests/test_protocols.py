@@ -14,7 +14,15 @@ import torch
 from fake_datasets import expected_classnames
 from mmprompt.cli import main
 from mmprompt.clip import CLIP, get_config
-from mmprompt.protocols import aggregate, format_table, harmonic_mean, run_base2novel, run_transfer
+from mmprompt.protocols import (
+    aggregate,
+    format_table,
+    harmonic_mean,
+    run_base2novel,
+    run_few_shot,
+    run_protocol,
+    run_transfer,
+)
 from test_engine_support import make_data_root, one_thread, save_tiny_clip
 
 FAST = ["optim.epochs=2", "method.depth=2", "data.num_workers=0"]
@@ -160,6 +168,19 @@ def test_transfer_trains_once_and_uses_target_classes(env, tmp_path: Path) -> No
     assert (tmp_path / "dg" / "results.json").is_file()
     assert not math.isnan(dg["methods"]["maple"]["datasets"]["imagenet"]["mean"]["accuracy"])
     assert os.path.isfile(tmp_path / "dg" / "results.md")
+
+
+def test_run_protocol_few_shot_trains_on_all_classes(env, tmp_path: Path) -> None:
+    root, weights = env
+    kwargs = dict(overrides=FAST, progress=False, shots=2, clip_activation="quick_gelu", device="cpu")
+    res = run_few_shot(["maple"], ["EuroSAT"], [1], root, str(weights), tmp_path, **kwargs)
+    assert res["protocol"] == "few-shot" and res["seeds"] == [1] and res["shots"] == 2
+    metrics = json.loads((tmp_path / "maple" / "eurosat" / "few-shot-2shots" / "seed1" / "metrics.json").read_text())
+    assert metrics["eval"]["test"]["num_classes"] == len(expected_classnames("eurosat", 4))
+    assert res["methods"]["maple"]["datasets"]["eurosat"]["seeds"]["1"]["accuracy"] == pytest.approx(
+        metrics["eval"]["test"]["accuracy"])
+    with pytest.raises(ValueError, match="unknown protocol 'base2new'; expected base2novel, few-shot, cross-dataset"):
+        run_protocol("base2new", ["maple"], ["eurosat"], [1], root, str(weights), tmp_path / "x", **kwargs)
 
 
 def test_sequential_launcher_retries_then_reports_a_failing_run(env, tmp_path: Path, capsys) -> None:
