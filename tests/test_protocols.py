@@ -183,6 +183,23 @@ def test_run_protocol_few_shot_trains_on_all_classes(env, tmp_path: Path) -> Non
         run_protocol("base2new", ["maple"], ["eurosat"], [1], root, str(weights), tmp_path / "x", **kwargs)
 
 
+def test_method_variants_run_apart_with_their_own_presets(env, tmp_path: Path) -> None:
+    """DePT over CoOp and over MaPLe in one sweep: two presets, two run folders, two rows (not one "dept")."""
+    root, weights = env
+    overrides = ["dept:optim.epochs=1", "data.num_workers=0", "dept_maple:method.base_options.depth=2"]
+    res = run_base2novel(["dept_coop", "DePT-MaPLe"], ["eurosat"], [1], root, str(weights), tmp_path,
+                         overrides=overrides, progress=False, shots=2, clip_activation="quick_gelu", device="cpu")
+    assert list(res["methods"]) == ["dept_coop", "dept_maple"]
+    for variant, base in (("dept_coop", "coop"), ("dept_maple", "maple")):
+        run = tmp_path / variant / "eurosat" / "base2novel-2shots" / "seed1"
+        config = json.loads((run / "prompts.json").read_text())["config"]
+        assert config["base"] == base
+        assert json.loads((run / "metrics.json").read_text())["train"]["epochs"] == 1
+    with pytest.raises(ValueError, match="names the method 'dept_coop', which is not in this sweep"):
+        run_base2novel(["dept_maple"], ["eurosat"], [1], root, str(weights), tmp_path / "x",
+                       overrides=["dept_coop:optim.epochs=1"], progress=False, device="cpu")
+
+
 def test_sequential_launcher_retries_then_reports_a_failing_run(env, tmp_path: Path, capsys) -> None:
     """A run whose dataset is missing is tried 1 + --max-retries times, then named with its cause under the
     table, in results.json and in the exit code; the other runs complete."""

@@ -56,6 +56,17 @@ def test_dry_run_of_the_table_lists_methods_not_yet_implemented(tmp_path: Path) 
     assert _cli(["reproduce", "nosuchmethod", "--dry-run"])[0] == 2
 
 
+def test_dept_variants_are_planned_apart_with_their_published_rows(tmp_path: Path) -> None:
+    """``dept_coop`` and ``dept_maple`` are two rows of DePT's published table: two sets of runs, not one "dept"."""
+    code, out = _cli(["reproduce", "dept_coop", "DePT-MaPLe", "--protocols", "base2novel", "--datasets", "dtd",
+                      "--dry-run", "--output", str(tmp_path / "r")])
+    assert code == 0
+    planned = re.findall(r"^base2novel +(\w+) +dtd +(\d) +(\d+) +to run", out, re.M)
+    assert planned == [(m, s, "10") for m in ("dept_coop", "dept_maple") for s in "123"]
+    published = published_results()["base2novel"]
+    assert published["dept_coop"]["average"] != published["dept_maple"]["average"]
+
+
 def test_published_numbers_are_consistent_with_their_averages() -> None:
     """Each transcribed table: HM = 2BN/(B+N) per row, and the per-dataset means give the published average."""
     published = published_results()

@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..config import load_config, parse_override
     from ..engine.distributed import init_distributed
-    from ..methods import canonical_method
+    from ..methods import method_variant
     from ..protocols import format_table, run_protocol
     from ..protocols.launch import LaunchError
     from .train import quiet_other_ranks, shortcut_overrides
 
     presets: dict[str, str] = {}
-    methods = [canonical_method(m) for m in args.methods]
+    methods = [method_variant(m) for m in args.methods]
     if args.config:
         preset_method = load_config(args.config).method.name
         presets[preset_method] = args.config

@@ -52,7 +52,7 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("dept", dept.DePT, dept.DePTConfig, {"base2novel": "dept_maple_b2n"}, dept.official_names(),
                dept.from_official, official_folders=("PromptLearner", "MultiModalPromptLearner"),
                aliases=("dept_coop", "dept_maple"), demo_overrides=("method.base_options.depth=3",),
-               alias_presets={"dept_coop": {"base2novel": "dept_coop_b2n"}},
+               alias_presets={"dept_coop": {"base2novel": "dept_coop_b2n"}, "dept_maple": {"base2novel": "dept_maple_b2n"}},
                quick_overrides=("optim.epochs=5",),
                description="DePT (Zhang et al., CVPR 2024): FiLM + linear head over a base learner (method.base)"),
     MethodSpec("mma", mma.MMA, mma.MMAConfig, {"base2novel": "mma_b2n"}, mma.OFFICIAL_NAMES, mma.from_official,

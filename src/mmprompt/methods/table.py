@@ -159,6 +159,14 @@ def canonical_method(name: str) -> str:
     return get_method(name).name
 
 
+def method_variant(name: str) -> str:
+    """The name a sweep runs and reports ``name`` under: an alias with presets of its own (``dept_coop``,
+    ``dept_maple``) is a variant of its method and keeps its name, so that two variants in one sweep get their
+    own presets, run folders and rows; any other name becomes the method's key."""
+    spec = get_method(name)
+    return next((alias for alias in spec.alias_presets if name_key(alias) == name_key(name)), spec.name)
+
+
 def make_config(method: str, values: Mapping[str, Any] | None = None) -> MethodConfig:
     """A validated config for ``method`` from a mapping of field values (unknown fields are an error)."""
     cls = get_method(method).config

@@ -57,15 +57,15 @@ class SweepOptions:
     ctx: DistContext | None = None
 
     def __post_init__(self) -> None:
-        from ..methods import canonical_method
+        from ..methods import method_variant
 
         if not self.methods:
             raise ValueError("no methods given")
         if not self.seeds:
             raise ValueError("no seeds given")
-        self.methods = [canonical_method(m) for m in self.methods]
+        self.methods = [method_variant(m) for m in self.methods]
         self.datasets = [canonical_dataset(d) for d in self.datasets]
-        self.presets = {canonical_method(k): v for k, v in dict(self.presets).items()}
+        self.presets = {method_variant(k): v for k, v in dict(self.presets).items()}
         self.output = Path(self.output)
         if self.ctx is None:
             self.ctx = DistContext(device=resolve_device(self.device))
@@ -80,17 +80,21 @@ def _split_overrides(methods: Sequence[str], overrides: Sequence[str] | Mapping[
     import dataclasses
 
     from ..config import ConfigError, parse_override
-    from ..methods import canonical_method, get_method
+    from ..methods import canonical_method, get_method, method_variant
 
     items = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(o) for o in overrides]
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for key, value in items:
         target, sep, dotted = key.partition(":")
         if sep:
-            m = canonical_method(target)
-            if m not in out:
+            variant = method_variant(target)
+            # a variant (dept_coop) only, or every variant of a method named by its key (dept)
+            chosen = [m for m in methods if m == variant
+                      or (variant == canonical_method(target) and canonical_method(m) == variant)]
+            if not chosen:
                 raise ConfigError(f"override {key!r} names the method {target!r}, which is not in this sweep")
-            out[m][dotted] = value
+            for m in chosen:
+                out[m][dotted] = value
             continue
         parts = key.split(".")
         if parts[0] == "method" and len(parts) == 2 and parts[1] != "name":
@@ -111,13 +115,15 @@ def run_config(
 ) -> RunConfig:
     """The resolved config of one run: preset, the dataset's own overrides, the sweep's overrides, then
     the protocol's fixed fields (dataset, root, shots, seed, subsample)."""
-    preset = opts.presets.get(method) or default_preset(method, protocol)
+    from ..methods import canonical_method
+
+    preset = opts.presets.get(method) or opts.presets.get(canonical_method(method)) or default_preset(method, protocol)
     overrides = opts.overrides_for(method)
     if isinstance(preset, RunConfig):
         cfg = preset.for_dataset(dataset).with_overrides(overrides)
     else:
         cfg = load_config(preset, overrides, dataset=dataset)
-    if cfg.method.name != method:
+    if cfg.method.name != canonical_method(method):
         raise ValueError(f"the config for {method!r} is a {cfg.method.name!r} config ({preset})")
     fixed = {
         "data.dataset": dataset, "data.root": str(opts.data_root), "data.shots": opts.shots,

@@ -82,10 +82,12 @@ class ReproducePlan:
 
 
 def _known_method(name: str) -> str | None:
-    from ..methods import canonical_method
+    """The name ``name`` runs under (a variant such as ``dept_coop`` keeps its own), or None when it is not in
+    the method table."""
+    from ..methods import method_variant
 
     try:
-        return canonical_method(name)
+        return method_variant(name)
     except KeyError:
         return None
 
