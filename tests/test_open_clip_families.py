@@ -167,6 +167,10 @@ REFUSED = {
     "unknown option": (model_cfg(text={"rope_theta": 10000}), "rope_theta is an open_clip option mmprompt does not"),
     "non-square image": (model_cfg(vision={"image_size": [32, 48]}), "not square"),
     "other activation kwargs": (model_cfg(vision={"act_kwargs": {"inplace": True}}), "act_kwargs"),
+    "tokenizer strip_sep_token": (model_cfg(text={"tokenizer_kwargs": {"strip_sep_token": True}}),
+                                  r"tokenizer_kwargs \['strip_sep_token'\] are not supported"),
+    "tokenizer mode": (model_cfg(text={"tokenizer_mode": "clips"}), "tokenizer_mode = 'clips'"),
+    "unknown text cleaning": (model_cfg(text={"tokenizer_kwargs": {"clean": "upper"}}), "clean = 'upper'"),
 }
 
 
@@ -235,3 +239,51 @@ def test_worldwide_config_takes_its_tokenizer_from_tokenizer_json(tmp_path: Path
     assert ids[0, :7].tolist() == [0, 4, 5, 6, 4, 7, 2] and set(ids[0, 7:].tolist()) == {1}
     with torch.no_grad():
         assert rel_err(ours.encode_text(ids), ref.encode_text(ids)) <= REL
+
+
+def _word_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json (cased words, punctuation as tokens) that ``transformers`` also loads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = ["<s>", "<pad>", "</s>", "<unk>", "a", "A", "photo", "Photo", "of", "cat", "CAT", ".", "!", "_"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
+         "unk_token": "<unk>"}))
+
+
+TEXTS = ["A Photo of a CAT.", "a_photo   of a cat!", "a photo of a cat"]
+
+
+@pytest.mark.parametrize("clean", [None, "canonicalize", "whitespace", "lower"])
+def test_tokenizer_text_cleaning_matches_open_clip(clean: str | None, tmp_path: Path) -> None:
+    """``text_cfg.tokenizer_kwargs.clean`` (SigLIP: canonicalize) gives open_clip's token ids, through
+    ``open_clip.get_tokenizer("local-dir:...")`` reading the same folder."""
+    kwargs = {"tokenizer_kwargs": {"clean": clean}} if clean else {}
+    cfg = model_cfg(text={"hf_tokenizer_name": "timm/ViT-B-16-SigLIP", "pool_type": "last", "no_causal_mask": True,
+                          **kwargs})
+    folder = save_folder(build(cfg), cfg, tmp_path / "oc")
+    _word_tokenizer(folder)
+    ours = mclip.load(folder).get_tokenizer()
+    theirs = open_clip.get_tokenizer(f"local-dir:{folder}")
+    assert ours.clean == (clean or "whitespace")
+    assert torch.equal(ours(TEXTS, context_length=CONTEXT), theirs(TEXTS))
+    if clean in ("canonicalize", "lower"):  # (whitespace cleaning changes nothing for this pre-tokenizer)
+        raw = mclip.load(folder).get_tokenizer()
+        raw.clean = "none"
+        assert not torch.equal(raw(TEXTS, context_length=CONTEXT), theirs(TEXTS))  # the cleaning is what matches
+
+
+@pytest.mark.parametrize("clean", ["canonicalize", "whitespace"])
+def test_clip_bpe_with_a_stated_text_cleaning_matches_open_clip(clean: str, tmp_path: Path) -> None:
+    cfg = model_cfg(text={"vocab_size": 49408, "tokenizer_kwargs": {"clean": clean}})
+    folder = save_folder(build(cfg), cfg, tmp_path / "oc")
+    ours = mclip.load(folder).get_tokenizer()
+    theirs = open_clip.get_tokenizer(f"local-dir:{folder}")
+    assert ours.clean == clean
+    texts = [*TEXTS, "Abyssinian_cat (a breed)"]
+    assert torch.equal(ours(texts, context_length=CONTEXT), theirs(texts))
+    assert not torch.equal(mclip.get_tokenizer()(texts, context_length=CONTEXT), theirs(texts))  # CLIP default differs

@@ -14,16 +14,23 @@ from pathlib import Path
 
 import torch
 
+from .tokenizer import clean_text
+
 __all__ = ["HFTokenizer"]
 
 logger = logging.getLogger(__name__)
 
 
 class HFTokenizer:
-    """The tokenizer of ``tokenizer.json``; ``pad_id``: the id padding is filled with."""
+    """The tokenizer of ``tokenizer.json``; ``pad_id``: the id padding is filled with; ``clean``: how texts are
+    cleaned first (:data:`~mmprompt.clip.tokenizer.TEXT_CLEANING`; ``none`` as in ``transformers``, an open_clip
+    config states its own, e.g. SigLIP's ``canonicalize``)."""
 
-    def __init__(self, path: str | Path, pad_id: int) -> None:
+    def __init__(self, path: str | Path, pad_id: int, clean: str = "none") -> None:
         from tokenizers import Tokenizer as _Tokenizer
+
+        clean_text("", clean)  # an unknown mode fails here
+        self.clean = clean
 
         self.path = Path(path)
         try:
@@ -38,7 +45,7 @@ class HFTokenizer:
         """The post-processor puts a special token first (learned prompts then go after it)."""
 
     @classmethod
-    def from_folder(cls, tokenizer_file: Path, fallback_pad_id: int | None) -> HFTokenizer:
+    def from_folder(cls, tokenizer_file: Path, fallback_pad_id: int | None, clean: str = "none") -> HFTokenizer:
         """The tokenizer of ``tokenizer.json``, padding with the pad token of ``tokenizer_config.json`` (or
         ``special_tokens_map.json``) beside it, else ``fallback_pad_id`` (the model config's)."""
         from tokenizers import Tokenizer as _Tokenizer
@@ -57,10 +64,11 @@ class HFTokenizer:
         if pad_id is None:
             raise ValueError(f"{tokenizer_file}: no pad token in tokenizer_config.json / special_tokens_map.json "
                              "and none in the model config")
-        return cls(tokenizer_file, pad_id)
+        return cls(tokenizer_file, pad_id, clean)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(path={str(self.path)!r}, vocab_size={self.vocab_size}, pad_id={self.pad_id})"
+        return (f"{type(self).__name__}(path={str(self.path)!r}, vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
+                f"clean={self.clean!r})")
 
     @property
     def vocab_size(self) -> int:
@@ -68,7 +76,7 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return list(self._tok.encode(clean_text(text, self.clean), add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         if isinstance(ids, torch.Tensor):
@@ -85,6 +93,7 @@ class HFTokenizer:
             texts = [texts]
         result = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)
         for row, text in enumerate(texts):
+            text = clean_text(text, self.clean)
             ids = self._tok.encode(text).ids
             if len(ids) > context_length:
                 if not truncate:

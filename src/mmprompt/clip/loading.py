@@ -61,6 +61,9 @@ class WeightsInfo:
     hf_pad_token_id: int | None = None
     hf_tokenizer_name: str | None = None
     """open_clip's ``text_cfg.hf_tokenizer_name`` (the text tower does not use CLIP's BPE)."""
+    tokenizer_clean: str | None = None
+    """How texts are cleaned before tokenization, when the checkpoint's config says it (open_clip's
+    ``text_cfg.tokenizer_kwargs.clean`` or its default); None: the tokenizer's own default."""
 
 
 def _read_config_file(ckpt: CheckpointFile, config: str | Path) -> None:
@@ -135,7 +138,7 @@ def load_state_dict_any(
 
     stated: Stated = {}
     preprocess: Preprocess | None = None
-    family, pad_token_id, hf_tokenizer_name = "clip", None, None
+    family, pad_token_id, hf_tokenizer_name, tokenizer_clean = "clip", None, None, None
     if is_hf and ckpt.hf_config is not None:
         stated, family, expected = read_hf_config(ckpt.hf_config)
         _check_expected(shapes, expected, str(path))
@@ -145,6 +148,7 @@ def load_state_dict_any(
         stated, expected = read_open_clip_config(ckpt.open_clip_config)
         _check_expected(shapes, expected, str(path))
         hf_tokenizer_name = expected.get("hf_tokenizer_name")
+        tokenizer_clean = expected.get("tokenizer_clean")
         preprocess = open_clip_preprocess(ckpt.open_clip_config, image_size)
     has_config = bool(stated)
     matched = _entry_for_digest(digest, registry) or pretrained
@@ -175,6 +179,7 @@ def load_state_dict_any(
         tokenizer_file=ckpt.tokenizer_file,
         hf_pad_token_id=pad_token_id,
         hf_tokenizer_name=hf_tokenizer_name,
+        tokenizer_clean=tokenizer_clean,
     )
     return sd, info
 
@@ -183,6 +188,10 @@ def _attach_tokenizer(model: CLIP, info: WeightsInfo) -> CLIP:
     """The tokenizer of ``tokenizer.json`` for towers that do not use CLIP's BPE (SigLIP, MetaCLIP 2)."""
     cfg = model.config
     if cfg.family == "clip" and cfg.text.vocab_size == 49408 and info.hf_tokenizer_name is None:
+        if info.tokenizer_clean not in (None, "lower"):  # CLIP's BPE with the cleaning the config states
+            from .tokenizer import Tokenizer
+
+            model.tokenizer = Tokenizer(clean=info.tokenizer_clean)
         return model  # CLIP's BPE (mmprompt.clip.tokenizer), identical to OpenAI's
     if info.tokenizer_file is None:
         named = f" (open_clip names {info.hf_tokenizer_name}: put its tokenizer.json there)" if info.hf_tokenizer_name else ""
@@ -191,7 +200,7 @@ def _attach_tokenizer(model: CLIP, info: WeightsInfo) -> CLIP:
         return model
     from .hf_tokenizer import HFTokenizer
 
-    tokenizer = HFTokenizer.from_folder(info.tokenizer_file, info.hf_pad_token_id)
+    tokenizer = HFTokenizer.from_folder(info.tokenizer_file, info.hf_pad_token_id, info.tokenizer_clean or "none")
     if tokenizer.has_start_token != cfg.text.start_token:
         model.config = info.config = cfg.replace(text=replace(cfg.text, start_token=tokenizer.has_start_token))
         info.sources["text.start_token"] = f"{info.tokenizer_file.name}: post-processor"

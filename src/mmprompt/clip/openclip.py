@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, Preprocess
 from .describe import Stated, UnsupportedCheckpointError, square_size
+from .tokenizer import TEXT_CLEANING
 
 __all__ = ["OPEN_CLIP_TEXT_DEFAULTS", "OPEN_CLIP_VISION_DEFAULTS", "open_clip_config", "open_clip_preprocess",
            "read_open_clip_config"]
@@ -150,6 +151,17 @@ def read_open_clip_config(config: Mapping[str, Any], name: str = "open_clip_conf
         "text.causal": (not t["no_causal_mask"], src("text", "no_causal_mask")),
         "text.pool": (t["pool_type"], src("text", "pool_type")),
     }
+    if t["tokenizer_mode"] is not None:
+        raise UnsupportedCheckpointError(f"{name}: text_cfg.tokenizer_mode = {t['tokenizer_mode']!r} is not supported")
+    tokenizer_kwargs = dict(t["tokenizer_kwargs"] or {})
+    # open_clip's defaults: CLIP's BPE lower-cases, its Hugging Face tokenizer wrapper only normalises whitespace
+    clean = tokenizer_kwargs.pop("clean", "lower" if t["hf_tokenizer_name"] is None else "whitespace")
+    if clean not in TEXT_CLEANING or clean == "none":
+        raise UnsupportedCheckpointError(f"{name}: text_cfg.tokenizer_kwargs.clean = {clean!r} is not one of "
+                                         "lower, whitespace, canonicalize")
+    if tokenizer_kwargs:
+        raise UnsupportedCheckpointError(f"{name}: text_cfg.tokenizer_kwargs {sorted(tokenizer_kwargs)} are not "
+                                         "supported (only clean): the token ids could differ from open_clip's")
     if t["hf_tokenizer_name"] is None:  # CLIP's BPE puts SOT first; another tokenizer says it itself
         stated["text.start_token"] = (True, src("text", "hf_tokenizer_name") + ": CLIP's BPE, SOT first")
     if t["pool_type"] == "eos":
@@ -159,6 +171,7 @@ def read_open_clip_config(config: Mapping[str, Any], name: str = "open_clip_conf
         "vision.patch_size": square_size(v["patch_size"], "vision_cfg.patch_size", name),
         "text.proj_bias": bool(t["proj_bias"]),
         "hf_tokenizer_name": t["hf_tokenizer_name"],
+        "tokenizer_clean": clean,
     }
     return stated, expected
 

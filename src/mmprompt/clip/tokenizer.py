@@ -13,6 +13,7 @@ import gzip
 import html
 import importlib.resources
 import logging
+import string
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
+    "TEXT_CLEANING",
     "Tokenizer",
     "bytes_to_unicode",
     "clean_text",
@@ -75,12 +77,25 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(byte_values, (chr(c) for c in code_points), strict=True))
 
 
-def clean_text(text: str) -> str:
-    """CLIP's text cleaning: ftfy fix, html unescape twice, collapse whitespace, strip, lower-case."""
-    text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
+TEXT_CLEANING: tuple[str, ...] = ("lower", "whitespace", "canonicalize", "none")
+"""How a text is cleaned before tokenization (open_clip's ``tokenizer_kwargs.clean``): ``lower`` is CLIP's
+(ftfy fix, html unescape twice, whitespace collapsed, lower-case), ``whitespace`` the same without lower-casing
+(open_clip's default for Hugging Face tokenizers), ``canonicalize`` SigLIP's (also ``_`` as a space and ASCII
+punctuation removed), ``none`` the text as given (what a Hugging Face ``transformers`` tokenizer does)."""
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def clean_text(text: str, mode: str = "lower") -> str:
+    """``text`` cleaned with one of :data:`TEXT_CLEANING` (default: CLIP's)."""
+    if mode == "none":
+        return text
+    if mode not in TEXT_CLEANING:
+        raise ValueError(f"unknown text cleaning {mode!r}; expected one of {', '.join(TEXT_CLEANING)}")
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if mode == "canonicalize":
+        text = text.replace("_", " ").translate(_PUNCTUATION).lower()
     text = _WHITESPACE.sub(" ", text).strip()
-    return text.lower()
+    return text.lower() if mode == "lower" else text
 
 
 def _word_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
@@ -107,7 +122,10 @@ class Tokenizer:
     special tokens.
     """
 
-    def __init__(self, bpe_path: str | PathLike[str] | None = None) -> None:
+    def __init__(self, bpe_path: str | PathLike[str] | None = None, clean: str = "lower") -> None:
+        clean_text("", clean)  # an unknown mode fails here, not at the first text
+        self.clean = clean
+        """The text cleaning (:data:`TEXT_CLEANING`; CLIP's ``lower`` unless a checkpoint's config says otherwise)."""
         self.bpe_path = str(bpe_path) if bpe_path is not None else default_bpe_path()
         merges = _read_merges(self.bpe_path)
         self.byte_encoder = bytes_to_unicode()
@@ -133,7 +151,7 @@ class Tokenizer:
         self._bpe_cached = functools.lru_cache(maxsize=_BPE_CACHE_SIZE)(self._bpe)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(bpe_path={self.bpe_path!r}, vocab_size={self.vocab_size})"
+        return f"{type(self).__name__}(bpe_path={self.bpe_path!r}, vocab_size={self.vocab_size}, clean={self.clean!r})"
 
     @property
     def sot_token(self) -> int:
@@ -177,7 +195,7 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` after cleaning, without SOT / EOT."""
         ids: list[int] = []
-        for piece in _PATTERN.findall(clean_text(text)):
+        for piece in _PATTERN.findall(clean_text(text, self.clean)):
             mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[symbol] for symbol in self._bpe_cached(mapped))
         return ids
