@@ -183,7 +183,8 @@ def assemble(
             "open_clip_config.json beside it and is not a registered release). Pass "
             + "; ".join(wanted)
             + " to load(), or architecture='<name>' (e.g. 'ViT-B/16', 'ViT-H/14') for every field of a "
-            "named architecture, or config=<path of its config.json / open_clip_config.json>."
+            "named architecture, or config=<path of its config.json / open_clip_config.json>. On the command "
+            "line, put the release's open_clip_config.json (or Hugging Face config.json) beside the weights file."
         )
     v_shape, t_shape = dict(shapes["vision"]), dict(shapes["text"])
     if v_shape["pool"] != "map":
