@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,26 +12,23 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from mmprompt.engine.clip_source import resolve_clip
-from mmprompt.engine.distributed import init_distributed
 from mmprompt.engine.run import load_splits, run_experiment
-from test_engine_support import fast_config, make_data_root, one_thread, save_tiny_clip
+from test_engine_support import (
+    fast_config,
+    free_port,
+    join_process_group,
+    make_data_root,
+    one_thread,
+    save_tiny_clip,
+)
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 # 8 training images (4 shots x 2 base classes); batch 4 splits 2 + 2, batch 3 splits 2 + 1 (and drops 2)
 CASES = {"even": ["data.shots=4", "optim.batch_size=4"], "uneven": ["data.shots=4", "optim.batch_size=3"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, root: str, weights: str, out: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), MMPROMPT_CACHE=cache)
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_process_group(rank, world, port, cache)
     assert ctx.enabled and ctx.rank == rank and ctx.world_size == world
     try:
         clip, info = resolve_clip(Path(weights), "quick_gelu", ctx.device)
@@ -55,7 +50,7 @@ def test_two_processes_equal_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         cfg = fast_config(root, weights, extra=extra)
         run_experiment(cfg, clip, info, tmp_path / "single" / name, train_splits=load_splits(cfg), progress=False)
 
-    mp.spawn(_worker, args=(2, _free_port(), str(root), str(weights), str(tmp_path / "ddp"), str(cache)),
+    mp.spawn(_worker, args=(2, free_port(), str(root), str(weights), str(tmp_path / "ddp"), str(cache)),
              nprocs=2, join=True)
 
     for name in CASES:

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
-from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
 from mmprompt.config import load_config
 from mmprompt.methods import config_from_official, create_learner, get_method, list_methods, make_config
@@ -34,12 +33,6 @@ def base_options(base: str) -> dict[str, object]:
 
 WRAPPED = ["ivlp", "kgcoop", pytest.param("promptsrc", marks=pytest.mark.skipif(
     "promptsrc" not in list_methods(), reason="promptsrc is not in the method table on this branch"))]
-
-
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).eval()
 
 
 def dept(clip: CLIP, base: str, names: list[str] = NAMES, **options: object):  # noqa: ANN201

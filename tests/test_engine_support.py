@@ -7,6 +7,8 @@ fake datasets in the official layouts from ``fake_datasets``.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from fake_datasets import make_fake_dataset
 from mmprompt.clip import CLIP, get_config
 from mmprompt.config import RunConfig, load_config
+from mmprompt.engine.distributed import DistContext, init_distributed
 
 # Small but real: 4 classes x 8 images (4 train / 1 val / 3 test per class with the fake split).
 N_CLASSES = 4
@@ -30,6 +33,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A free local TCP port for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_process_group(rank: int, world: int, port: int, cache: str) -> DistContext:
+    """In a spawned worker: the torchrun environment of ``rank`` of ``world`` on CPU (gloo), one thread."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), MMPROMPT_CACHE=cache)
+    torch.set_num_threads(1)
+    return init_distributed("cpu")
 
 
 def save_tiny_clip(path: Path, seed: int = 0) -> Path:

@@ -7,18 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
 from mmprompt.methods import DatasetContext, config_from_official, create_learner
 
 NAMES = ["sea_or_lake", "Forest", "dog"]
 EUROSAT = DatasetContext("eurosat", "a centered satellite photo of {}.")
-
-
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).eval()
 
 
 def frozen_features(clip: CLIP, learner, template: str) -> torch.Tensor:  # noqa: ANN001

@@ -5,8 +5,6 @@ and data parallelism (the projection of the step's accumulated, reduced gradient
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,13 +20,19 @@ from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
 from mmprompt.data.templates import TEMPLATES
 from mmprompt.engine.clip_source import resolve_clip
-from mmprompt.engine.distributed import init_distributed
 from mmprompt.engine.run import build_learner, load_splits, run_experiment
 from mmprompt.engine.train import backward_objective, finish_gradients, train
 from mmprompt.methods import DatasetContext, config_from_official, create_learner, get_method
 from mmprompt.methods.prograd import PROGRAD_TEMPLATES, ProGrad, project_conflicting
 from mmprompt.parity import load_reference, reference_clip
-from test_engine_support import fast_config, make_data_root, one_thread, save_tiny_clip
+from test_engine_support import (
+    fast_config,
+    free_port,
+    join_process_group,
+    make_data_root,
+    one_thread,
+    save_tiny_clip,
+)
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
@@ -37,12 +41,6 @@ REFERENCE = DATA / "prograd_reference.npz"
 NAMES = ["sea_or_lake", "Forest", "dog"]
 EUROSAT = DatasetContext("eurosat", TEMPLATES["eurosat"])
 PETS = DatasetContext("oxford_pets", TEMPLATES["oxford_pets"])
-
-
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -294,17 +292,8 @@ def test_engine_accumulation_matches_larger_batch(env, tmp_path: Path, monkeypat
     torch.testing.assert_close(results[1]["prompt.ctx"], results[0]["prompt.ctx"], rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, root: str, weights: str, out: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), MMPROMPT_CACHE=cache)
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_process_group(rank, world, port, cache)
     try:
         clip, info = resolve_clip(Path(weights), "quick_gelu", ctx.device)
         cfg = fast_config(Path(root), Path(weights), "prograd_b2n", extra=[*PRESET_EXTRA, "optim.batch_size=4"])
@@ -332,7 +321,7 @@ def test_two_processes_equal_one(env, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.undo()
     assert any(c < 0 for c in cosines) and any(c > 0 for c in cosines)  # the run has projected and plain steps
     monkeypatch.setenv("MMPROMPT_CACHE", str(cache))
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(root), str(weights), str(tmp_path / "ddp"), str(cache)),
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(root), str(weights), str(tmp_path / "ddp"), str(cache)),
              nprocs=2, join=True)
     one = load_file(str(tmp_path / "single" / "prompts.safetensors"))
     two = load_file(str(tmp_path / "ddp" / "prompts.safetensors"))

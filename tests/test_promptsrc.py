@@ -42,12 +42,6 @@ SMALL = {"depth_text": 2, "depth_vision": 2}
 
 
 @pytest.fixture(scope="module")
-def clip() -> CLIP:
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).eval()
-
-
-@pytest.fixture(scope="module")
 def ref():  # noqa: ANN201
     return load_reference(REFERENCE)
 

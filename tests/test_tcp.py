@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from mmprompt.checkpoint import load_prompts, read_prompt_meta, save_prompts
 from mmprompt.cli import main
-from mmprompt.clip.config import get_config
 from mmprompt.clip.model import CLIP
 from mmprompt.config import ConfigError, OptimSection, load_config
 from mmprompt.engine.optim import build_optimizer
@@ -26,12 +25,6 @@ REFERENCE = Path(__file__).parent / "data" / "tcp_reference.npz"
 NAMES = ["sea_or_lake", "Forest", "Herbaceous Vegetation Land", "dog", "a much longer class name here"]
 EUROSAT = DatasetContext("eurosat", "a centered satellite photo of {}.")
 TINY = {"injection_layer": 2}  # the tiny CLIP has 4 text layers
-
-
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).eval()
 
 
 def perturbed(learner):  # noqa: ANN001, ANN201
