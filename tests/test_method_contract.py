@@ -165,7 +165,7 @@ def test_epoch_end_state_resumes_bit_exactly(env, model, tmp_path: Path) -> None
     resumed, result = trained(env, model, tmp_path / "split", extra)
     assert result.resumed_from == 1 and result.completed
     assert_same_prompts(whole.prompt_state_dict(), resumed.prompt_state_dict())
-    assert torch.equal(resumed.prompt.ctx, whole.training_state()["average"])  # the average was loaded
+    assert torch.equal(resumed.trainable.ctx, whole.training_state()["average"])  # the average was loaded
 
 
 # ----- 4. parameter groups ---------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_parameter_groups_scale_the_rate_but_not_the_warm_up(env, model) -> None
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.02275)
     with pytest.raises(ValueError, match="more than one parameter group"):
-        build_optimizer([([learner.prompt.ctx], 1.0), ([learner.prompt.ctx], 2.0)], 0.1)
+        build_optimizer([([learner.trainable.ctx], 1.0), ([learner.trainable.ctx], 2.0)], 0.1)
 
 
 # ----- 5. frozen teachers and the dataset context ---------------------------------------------------------
@@ -209,7 +209,7 @@ def test_teacher_features_are_cached_per_class_list_and_never_saved(tiny: CLIP, 
     torch.testing.assert_close(raw, (per[0] + per[1]) / 2)
     mean_of_unit = (F.normalize(per[0], dim=-1) + F.normalize(per[1], dim=-1)) / 2
     torch.testing.assert_close(normalized, F.normalize(mean_of_unit, dim=-1))
-    assert not any("teacher" in k for k in learner.state_dict()) and set(learner.prompt_state_dict()) == {"prompt.ctx"}
+    assert not any("teacher" in k for k in learner.state_dict()) and set(learner.prompt_state_dict()) == {"trainable.ctx"}
     learner.set_classnames(["cat"])
     assert learner.teacher_text_features(templates).shape[0] == 1
     images = torch.randn(2, 3, 32, 32)

@@ -39,29 +39,29 @@ class Probe(CoOp):
 
     def build_prompts(self) -> None:
         super().build_prompts()
-        self.register_buffer("ctx_init_value", self.prompt.ctx.detach().clone(), persistent=False)
+        self.register_buffer("ctx_init_value", self.trainable.ctx.detach().clone(), persistent=False)
         self._average: Tensor | None = None
         self._epochs_seen = 0
 
     def objective(self, images: Tensor, labels: Tensor) -> Objective:
         logits = self.train_logits(images)
         ce = F.cross_entropy(logits.float(), labels)
-        anchor = (self.prompt.ctx - self.ctx_init_value).pow(2).sum()
+        anchor = (self.trainable.ctx - self.ctx_init_value).pow(2).sum()
         return Objective(total=ce + self.config.anchor_weight * anchor, terms={"ce": ce, "anchor": anchor},
                          logits=logits)
 
     def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
-        return [([self.prompt.ctx], self.config.ctx_lr_mult)]
+        return [([self.trainable.ctx], self.config.ctx_lr_mult)]
 
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         if not self.config.average_prompts:
             return
-        ctx = self.prompt.ctx.detach()
+        ctx = self.trainable.ctx.detach()
         self._epochs_seen += 1
         self._average = ctx.clone() if self._average is None else self._average + (ctx - self._average) / self._epochs_seen
         if epoch + 1 == epochs:
             with torch.no_grad():
-                self.prompt.ctx.copy_(self._average)
+                self.trainable.ctx.copy_(self._average)
 
     def training_state(self) -> dict[str, Tensor]:
         if self._average is None:
