@@ -17,7 +17,7 @@ from torch import Tensor
 from ..clip.model import CLIP
 from .base import MethodConfig, PromptLearner, is_trainable
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
-from .learner import ParameterGroup
+from .learner import ParameterGroup, legacy_name
 from .table import (
     ENTRY_POINT_GROUP,
     PROTOCOLS,
@@ -85,6 +85,7 @@ __all__ = [
     "cross_entropy_objective",
     "get_method",
     "is_trainable",
+    "legacy_name",
     "list_methods",
     "make_config",
     "official_to_ours",
