@@ -210,7 +210,7 @@ def setup_training(
     loader, sampler = train_loader(dataset, opt.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank,
                                    ctx.world_size, pin_memory=device.type == "cuda")
     groups = learner.parameter_groups()
-    grouped = {id(p) for group, _ in groups for p in group}
+    grouped = {id(p) for group, *_ in groups for p in group}
     if grouped != {id(p) for p in params}:
         raise ValueError(f"{learner.method}.parameter_groups() must hold every trainable parameter exactly once")
     optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay, opt.optimizer, opt.adam_betas,

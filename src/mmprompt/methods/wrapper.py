@@ -5,8 +5,8 @@ KgCoOp...; a distilled student; a plug-in that re-weights another method's promp
 :class:`LearnerWrapper`. It names the learner to wrap in :meth:`~LearnerWrapper.inner_method`; the wrapper
 builds it through the method table on the same frozen CLIP (shared, registered once, at ``clip``) and holds
 it as a component at ``self.trainable.<inner_slot>``, so the inner learner's trainable tensors are the
-wrapper's too (``trainable.base.trainable.ctx``: saved, optimised and resumed with no extra code) and come
-first. The wrapper's own modules go under ``self.trainable`` in :meth:`~LearnerWrapper.build_wrapper`.
+wrapper's too (``trainable.base.trainable.ctx``: saved, optimised and resumed with no extra code). The
+wrapper's own modules go under ``self.trainable`` in :meth:`~LearnerWrapper.build_wrapper`.
 
 Every hook delegates to the inner learner until the wrapper overrides it: a wrapper that overrides nothing
 gives the inner learner's logits, objective, gradients transform, epoch hook and training state exactly.
@@ -183,11 +183,12 @@ class LearnerWrapper(PromptLearner):
         return [*self.inner.parameter_groups(), *([(own, 1.0)] if own else [])]
 
     def transform_gradients(self, grad_terms: Mapping[str, list[Tensor | None]]) -> None:
-        """The inner learner's transform on its own parameters (they come first in
-        :meth:`trainable_parameters`); the wrapper's own gradients are left as they are."""
+        """The inner learner's transform on its own parameters (``grad_terms`` picked out for them, in the
+        inner learner's order); the wrapper's own gradients are left as they are."""
         if grad_terms:
-            n = len(self.inner.trainable_parameters())
-            self.inner.transform_gradients({k: v[:n] for k, v in grad_terms.items()})
+            index = {id(p): i for i, p in enumerate(self.trainable_parameters())}
+            rows = [index[id(p)] for p in self.inner.trainable_parameters()]
+            self.inner.transform_gradients({k: [v[i] for i in rows] for k, v in grad_terms.items()})
 
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         self.inner.on_epoch_end(epoch, epochs)
