@@ -250,6 +250,20 @@ def test_gpa_state_errors_are_clear(clip: CLIP) -> None:
     assert learner.training_state() == {}
 
 
+def test_gpa_state_written_before_the_trainable_rename_loads(clip: CLIP) -> None:
+    learner = create_learner("promptsrc", clip, NAMES, SMALL)
+    _perturb(learner)
+    learner.on_epoch_end(0, 4)
+    state = learner.training_state()
+    assert any(k.startswith("gpa_sum/trainable.") for k in state)
+    former = {k.replace("gpa_sum/trainable.", "gpa_sum/prompt."): v for k, v in state.items()}  # the old names
+    other = create_learner("promptsrc", clip, NAMES, SMALL)
+    other.load_training_state(former)
+    assert set(other.training_state()) == set(state)
+    for k, v in state.items():
+        assert torch.equal(other.training_state()[k], v), k
+
+
 def _gpa_run(root: Path, weights: Path, run_dir: Path, **kw) -> PromptSRC:  # noqa: ANN003
     """A fresh learner (as a new process builds it) trained by the engine for 4 epochs, GPA 3/1."""
     cfg = fast_config(root, weights, preset="promptsrc_b2n",
