@@ -112,3 +112,26 @@ def _demo_clip():  # noqa: ANN202
     from mmprompt.engine.clip_source import resolve_clip
 
     return resolve_clip("demo", None, "cpu")[0]
+
+
+def test_a_method_table_written_with_former_names_still_passes_parity() -> None:
+    """A plug-in whose official names map to ``prompt.*`` (written before the rename) imports and checks."""
+    import dataclasses
+
+    from mmprompt.methods import get_method, register, unregister
+    from mmprompt.methods.maple import OFFICIAL_NAMES
+    from mmprompt.parity import check_method_case, load_reference, reference_clip
+
+    former = {pattern: target.replace("trainable.", "prompt.") for pattern, target in OFFICIAL_NAMES.items()}
+    assert all(t.startswith("prompt.") for t in former.values())
+    register(dataclasses.replace(get_method("maple"), name="maple_former", official_names=former, aliases=(),
+                                 presets={}))
+    try:
+        ref = load_reference(Path(__file__).parent / "data" / "official_reference.npz")
+        ref.meta = {**ref.meta, "cases": {**ref.meta["cases"], "maple": {**ref.meta["cases"]["maple"],
+                                                                          "method": "maple_former"}}}
+        result = check_method_case(ref, reference_clip(ref), "maple")
+    finally:
+        unregister("maple_former")
+    assert result.ok, [c for c in result.checks if not c.ok] or result.error
+    assert sum(c.name.startswith("grad/") for c in result.checks) == sum(k.startswith("maple/grad/") for k in ref.arrays)
