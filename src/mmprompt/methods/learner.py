@@ -29,10 +29,11 @@ from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 from .encoding import TextEncoding, clean_classnames
 
-__all__ = ["LEGACY_CONTAINER", "TRAINABLE_PREFIX", "MethodConfig", "ParameterGroup", "PromptLearner",
+__all__ = ["LEGACY_CONTAINER", "TRAINABLE_CONTAINER", "TRAINABLE_PREFIX", "MethodConfig", "ParameterGroup", "PromptLearner",
            "is_trainable", "legacy_name"]
 
-TRAINABLE_PREFIX = "trainable."
+TRAINABLE_CONTAINER = "trainable"
+TRAINABLE_PREFIX = TRAINABLE_CONTAINER + "."
 LEGACY_CONTAINER = "prompt"
 """The trainable container's former name (checkpoints and training states written before the rename use
 ``prompt.*``)."""
@@ -51,7 +52,7 @@ def legacy_name(name: str) -> str:
     """The name a trainable tensor had before the container was renamed: every ``trainable`` level is
     ``prompt`` (``trainable.ctx`` was ``prompt.ctx``, DePT's ``trainable.base.trainable.ctx`` was
     ``prompt.base.prompt.ctx``)."""
-    return ".".join(LEGACY_CONTAINER if part == "trainable" else part for part in name.split("."))
+    return ".".join(LEGACY_CONTAINER if part == TRAINABLE_CONTAINER else part for part in name.split("."))
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..clip.model import CLIP, BlockAdapters, DeepPrompts
@@ -165,6 +166,7 @@ class LearnerWrapper(PromptLearner):
     def train_logits(self, images: Tensor) -> Tensor:
         return self.inner.train_logits(images)
 
+    @torch.no_grad()
     def class_text_features(self) -> Tensor | None:
         return self.inner.class_text_features()
 
