@@ -69,13 +69,13 @@ def test_checkpoint_holds_prompts_only(tiny_clip: CLIP, tmp_path: Path) -> None:
     save_prompts(learner, tmp_path)
     keys = set(load_file(str(tmp_path / "prompts.safetensors")))
     assert keys == {n for n, p in learner.named_parameters() if p.requires_grad}
-    assert all(k.startswith("prompt.") for k in keys)
+    assert all(k.startswith("trainable.") for k in keys)
 
 
 def test_class_specific_coop_refuses_other_classnames(tiny_clip: CLIP, tmp_path: Path) -> None:
     learner = create_learner("coop", tiny_clip, ["a", "b"], {"n_ctx": 2, "class_specific": True})
     save_prompts(learner, tmp_path)
-    assert load_prompts(tmp_path, tiny_clip).prompt.ctx.shape == (2, 2, 64)
+    assert load_prompts(tmp_path, tiny_clip).trainable.ctx.shape == (2, 2, 64)
     with pytest.raises(ValueError, match="class-specific"):
         load_prompts(tmp_path, tiny_clip, classnames=["c", "d"])
 

@@ -40,7 +40,7 @@ def dept(clip: CLIP, base: str, names: list[str] = NAMES, **options: object):  #
     learner = create_learner("dept", clip, names, {"base": base, "base_options": base_options(base), **options})
     with torch.no_grad():  # a head that is not at its init, so that fused and similarity logits differ
         for name, p in learner.named_parameters():
-            if p.requires_grad and not name.startswith("prompt.base."):
+            if p.requires_grad and not name.startswith("trainable.base."):
                 p.add_(torch.randn_like(p) * 0.1)
     return learner
 
@@ -53,23 +53,23 @@ def images(n: int = 2) -> torch.Tensor:
 def test_trainable_tensors_sit_under_prompt(clip: CLIP) -> None:
     learner = dept(clip, "maple")
     names = [n for n, p in learner.named_parameters() if p.requires_grad]
-    assert names and all(n.startswith("prompt.") for n in names)
-    assert {"prompt.base.prompt.ctx", "prompt.film_img.scale", "prompt.film_text.bias", "prompt.head.weight"} <= set(names)
-    assert learner.prompt.head.weight.shape == (len(NAMES), clip.config.embed_dim)
-    assert not any(n.startswith("prompt.base.clip") for n, _ in learner.named_parameters())
+    assert names and all(n.startswith("trainable.") for n in names)
+    assert {"trainable.base.trainable.ctx", "trainable.film_img.scale", "trainable.film_text.bias", "trainable.head.weight"} <= set(names)
+    assert learner.trainable.head.weight.shape == (len(NAMES), clip.config.embed_dim)
+    assert not any(n.startswith("trainable.base.clip") for n, _ in learner.named_parameters())
     n_base = len(learner.base.trainable_parameters())  # the base's come first (transform_gradients slices them)
-    assert all(n.startswith("prompt.base.") for n in names[:n_base])
-    assert not any(n.startswith("prompt.base.") for n in names[n_base:])
+    assert all(n.startswith("trainable.base.") for n in names[:n_base])
+    assert not any(n.startswith("trainable.base.") for n in names[n_base:])
     no_film = create_learner("dept", clip, NAMES, {"base": "coop", "film": False, "head": "similarity"})
-    assert [n for n, p in no_film.named_parameters() if p.requires_grad] == ["prompt.base.prompt.ctx"]
+    assert [n for n, p in no_film.named_parameters() if p.requires_grad] == ["trainable.base.trainable.ctx"]
 
 
 @pytest.mark.parametrize("base", ["coop", "maple"])
 def test_new_class_names_give_exactly_the_base_methods_logits(clip: CLIP, base: str) -> None:
     learner = dept(clip, base).eval()
     plain = create_learner(base, clip, NOVEL, base_options(base)).eval()
-    plain.load_prompt_state_dict({k.removeprefix("prompt.base."): v for k, v in learner.prompt_state_dict().items()
-                                  if k.startswith("prompt.base.")})
+    plain.load_prompt_state_dict({k.removeprefix("trainable.base."): v for k, v in learner.prompt_state_dict().items()
+                                  if k.startswith("trainable.base.")})
     x = images()
     with torch.no_grad():
         fused = learner(x)
@@ -92,8 +92,8 @@ def test_fusion_and_head_logits_on_base_classes(clip: CLIP) -> None:
     with torch.no_grad():
         t = learner.eval_tensors(x)
         image, text = t["debug/image_features"], t["debug/text_features"]
-        film = image * learner.prompt.film_img.scale + learner.prompt.film_img.bias
-        torch.testing.assert_close(t["logits_linear"], learner.prompt.head(film))  # raw features, no logit scale
+        film = image * learner.trainable.film_img.scale + learner.trainable.film_img.bias
+        torch.testing.assert_close(t["logits_linear"], learner.trainable.head(film))  # raw features, no logit scale
         torch.testing.assert_close(t["logits_similarity"], learner.logits_from(image, text))
         torch.testing.assert_close(learner(x), 0.3 * t["logits_similarity"] + 0.7 * t["logits_linear"])
         learner.config.fusion = False
@@ -122,7 +122,7 @@ def test_a_class_name_the_head_holds_twice(clip: CLIP) -> None:
     x = images()
     with torch.no_grad():
         full = learner.eval_tensors(x)["logits_linear"]
-        torch.testing.assert_close(full, learner.prompt.head(learner.prompt.film_img(learner.image_features(x))))
+        torch.testing.assert_close(full, learner.trainable.head(learner.trainable.film_img(learner.image_features(x))))
         learner.set_classnames(["dog"])
         assert learner.head_active
         torch.testing.assert_close(learner.eval_tensors(x)["logits_linear"], full[:, [1]])
@@ -146,8 +146,8 @@ def test_objective_is_the_official_formula(clip: CLIP) -> None:
     with torch.no_grad():
         text, image = learner.text_features(), learner.image_features(x)
         sim = learner.logits_from(image, text)
-        rows = torch.cat([learner.prompt.film_text(text)[y], learner.prompt.film_img(image)])  # text rows first
-        ce_lin = F.cross_entropy(learner.prompt.head(rows), torch.cat([y, y]))
+        rows = torch.cat([learner.trainable.film_text(text)[y], learner.trainable.film_img(image)])  # text rows first
+        ce_lin = F.cross_entropy(learner.trainable.head(rows), torch.cat([y, y]))
     torch.testing.assert_close(objective.terms["ce_similarity"], F.cross_entropy(sim, y))
     torch.testing.assert_close(objective.terms["ce_linear"], ce_lin)
     torch.testing.assert_close(objective.total, 0.3 * F.cross_entropy(sim, y) + 0.7 * ce_lin)
@@ -159,7 +159,7 @@ def test_similarity_head(clip: CLIP) -> None:
     objective = learner(x, y)
     with torch.no_grad():
         text, image = learner.text_features(), learner.image_features(x)
-        head = learner.logits_from(learner.prompt.film_img(image), learner.prompt.film_text(text))
+        head = learner.logits_from(learner.trainable.film_img(image), learner.trainable.film_text(text))
     torch.testing.assert_close(objective.terms["ce_linear"], F.cross_entropy(head, y))
     learner.eval()
     with torch.no_grad():
@@ -172,8 +172,8 @@ def test_dept_wraps_other_learners(clip: CLIP, base: str) -> None:
     logits on new classes are unchanged."""
     learner = dept(clip, base).train()
     plain = create_learner(base, clip, NAMES, base_options(base)).train()
-    plain.load_prompt_state_dict({k.removeprefix("prompt.base."): v for k, v in learner.prompt_state_dict().items()
-                                  if k.startswith("prompt.base.")})
+    plain.load_prompt_state_dict({k.removeprefix("trainable.base."): v for k, v in learner.prompt_state_dict().items()
+                                  if k.startswith("trainable.base.")})
     x, y = images(), torch.tensor([0, 2])
     torch.manual_seed(5)
     objective = learner(x, y)
@@ -185,8 +185,8 @@ def test_dept_wraps_other_learners(clip: CLIP, base: str) -> None:
     torch.testing.assert_close(objective.total, expected)
     objective.total.backward()
     grads = {n: p.grad for n, p in learner.named_parameters() if p.requires_grad}
-    assert grads["prompt.head.weight"] is not None and grads["prompt.film_img.scale"].abs().sum() > 0
-    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("prompt.base."))
+    assert grads["trainable.head.weight"] is not None and grads["trainable.film_img.scale"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("trainable.base."))
     learner.eval()
     plain.eval()
     learner.set_classnames(NOVEL)
@@ -215,7 +215,7 @@ def test_staged_learning_rate(clip: CLIP) -> None:
     lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in learner.named_parameters():
         if p.requires_grad:
-            want = 0.0035 if name.startswith("prompt.base.") else 0.0035 * 6.5
+            want = 0.0035 if name.startswith("trainable.base.") else 0.0035 * 6.5
             assert lr[id(p)] == pytest.approx(want), name
 
 

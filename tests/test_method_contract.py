@@ -25,14 +25,19 @@ from mmprompt.engine.train import NonFiniteLossError, train
 from mmprompt.methods import (
     DatasetContext,
     EncoderOptions,
+    LearnerWrapper,
+    MethodConfig,
     Objective,
     create_learner,
     get_method,
+    legacy_name,
     list_methods,
+    make_config,
     register,
     unregister,
 )
 from mmprompt.methods.contract import cross_entropy_objective
+from mmprompt.methods.coop import CoOp, CoOpConfig
 from test_engine_support import assert_same_prompts, fast_config, make_data_root, one_thread, save_tiny_clip
 
 sys.path.insert(0, str(Path(__file__).parent / "plugin_probe"))
@@ -165,7 +170,7 @@ def test_epoch_end_state_resumes_bit_exactly(env, model, tmp_path: Path) -> None
     resumed, result = trained(env, model, tmp_path / "split", extra)
     assert result.resumed_from == 1 and result.completed
     assert_same_prompts(whole.prompt_state_dict(), resumed.prompt_state_dict())
-    assert torch.equal(resumed.prompt.ctx, whole.training_state()["average"])  # the average was loaded
+    assert torch.equal(resumed.trainable.ctx, whole.training_state()["average"])  # the average was loaded
 
 
 # ----- 4. parameter groups ---------------------------------------------------------------------------------
@@ -182,7 +187,25 @@ def test_parameter_groups_scale_the_rate_but_not_the_warm_up(env, model) -> None
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.02275)
     with pytest.raises(ValueError, match="more than one parameter group"):
-        build_optimizer([([learner.prompt.ctx], 1.0), ([learner.prompt.ctx], 2.0)], 0.1)
+        build_optimizer([([learner.trainable.ctx], 1.0), ([learner.trainable.ctx], 2.0)], 0.1)
+
+
+def test_a_parameter_group_may_set_its_own_weight_decay(env, model) -> None:
+    from mmprompt.engine.optim import build_optimizer
+
+    own, _ = trained(env, model, None, ["optim.epochs=2", "optim.weight_decay=0.5", "method.ctx_weight_decay=0"])
+    none, _ = trained(env, model, None, ["optim.epochs=2", "optim.weight_decay=0"])
+    decayed, _ = trained(env, model, None, ["optim.epochs=2", "optim.weight_decay=0.5"])
+    assert_same_prompts(own.prompt_state_dict(), none.prompt_state_dict())  # the group's 0 replaced 0.5
+    assert not torch.allclose(decayed.trainable.ctx, none.trainable.ctx)
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer([([a], 1.0, 0.0), ([b], 2.0)], 0.1, momentum=0.0, weight_decay=0.5)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 0.0), (pytest.approx(0.2), 0.5)]
+    a.grad, b.grad = torch.zeros(2), torch.zeros(2)
+    opt.step()
+    assert torch.equal(a.detach(), torch.ones(2)) and torch.allclose(b.detach(), torch.full((2,), 0.9))
+    with pytest.raises(ValueError, match="parameter group is"):
+        build_optimizer([([a],)], 0.1)
 
 
 # ----- 5. frozen teachers and the dataset context ---------------------------------------------------------
@@ -209,7 +232,7 @@ def test_teacher_features_are_cached_per_class_list_and_never_saved(tiny: CLIP, 
     torch.testing.assert_close(raw, (per[0] + per[1]) / 2)
     mean_of_unit = (F.normalize(per[0], dim=-1) + F.normalize(per[1], dim=-1)) / 2
     torch.testing.assert_close(normalized, F.normalize(mean_of_unit, dim=-1))
-    assert not any("teacher" in k for k in learner.state_dict()) and set(learner.prompt_state_dict()) == {"prompt.ctx"}
+    assert not any("teacher" in k for k in learner.state_dict()) and set(learner.prompt_state_dict()) == {"trainable.ctx"}
     learner.set_classnames(["cat"])
     assert learner.teacher_text_features(templates).shape[0] == 1
     images = torch.randn(2, 3, 32, 32)
@@ -307,3 +330,115 @@ def test_an_alias_can_name_its_own_presets() -> None:
 
     assert load_config(default_preset("dept_coop", "base2novel")).method.options["base"] == "coop"
     assert load_config(default_preset("dept", "base2novel")).method.options["base"] == "maple"
+
+
+# ----- 9. one trainable container; the former name is an alias ----------------------------------------------
+class FormerContract(CoOp):
+    """A learner written against the former contract: it adds to ``self.prompt``."""
+
+    method = "former"
+
+    def build_prompts(self) -> None:
+        super().build_prompts()
+        self.prompt.gain = torch.nn.Parameter(torch.full((), 2.0))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return super().logits(images) * self.prompt.gain
+
+
+def test_the_former_container_name_is_an_alias_not_a_second_module(tiny: CLIP) -> None:
+    learner = FormerContract(tiny, ["red car", "dog"], CoOpConfig(n_ctx=2))
+    assert learner.prompt is learner.trainable and "prompt" not in learner._modules
+    assert list(learner.named_trainable()) == ["trainable.ctx", "trainable.gain"]
+    assert not any(k.startswith("prompt.") for k in learner.state_dict())
+    assert [n for n, p in learner.named_parameters() if p.requires_grad] == ["trainable.ctx", "trainable.gain"]
+    images = torch.randn(2, 3, 32, 32)
+    learner.objective(images, torch.tensor([0, 1])).total.backward()
+    assert learner.prompt.gain.grad is not None and learner.trainable.ctx.grad is not None
+    saved = {k: v + 1 for k, v in learner.prompt_state_dict().items()}
+    learner.load_prompt_state_dict({legacy_name(k): v for k, v in saved.items()})  # names of older checkpoints
+    assert_same_prompts(learner.prompt_state_dict(), saved)
+    with pytest.raises(ValueError, match=r"missing: \['trainable.gain'\]; unexpected: \['prompt.scale'\]"):
+        learner.load_prompt_state_dict({"prompt.ctx": saved["trainable.ctx"], "prompt.scale": saved["trainable.gain"]})
+
+
+def test_replacing_the_container_is_refused(tiny: CLIP) -> None:
+    class Replacing(CoOp):
+        def build_prompts(self) -> None:
+            self.prompt = torch.nn.Module()
+
+    with pytest.raises(TypeError, match="alias of self.trainable"):
+        Replacing(tiny, ["dog"], CoOpConfig(n_ctx=2))
+
+
+# ----- 10. a method that wraps another learner composes with it ---------------------------------------------
+class Passthrough(LearnerWrapper):
+    method = "passthrough"
+
+    def inner_method(self) -> tuple[str, MethodConfig]:
+        return "kgcoop", make_config("kgcoop", {"n_ctx": 2})
+
+
+class Gained(LearnerWrapper):
+    method = "gained"
+    inner_slot = "student"
+
+    def inner_method(self) -> tuple[str, MethodConfig]:
+        return "maple", make_config("maple", {"n_ctx": 2, "depth": 2})
+
+    def build_wrapper(self) -> None:
+        self.trainable.gain = torch.nn.Parameter(torch.full((), 2.0))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with self.recording() as seen:
+            similarity = self.inner.logits(images)
+        self.seen = (seen.one("text"), seen.one("image"))
+        return similarity * self.trainable.gain
+
+
+def test_a_wrapper_that_overrides_nothing_is_its_inner_learner(tiny: CLIP) -> None:
+    names = ["red car", "dog", "cat"]
+    wrapper = Passthrough(tiny, names, MethodConfig())
+    plain = create_learner("kgcoop", tiny, names, {"n_ctx": 2})
+    plain.load_prompt_state_dict(Passthrough.inner_state(wrapper.prompt_state_dict()))
+    assert list(wrapper.named_trainable()) == ["trainable.base.trainable.ctx"] and wrapper.inner is wrapper.trainable.base
+    assert sum(1 for m in wrapper.modules() if isinstance(m, CLIP)) == 1  # the frozen CLIP is shared, held once
+    assert not any(".clip." in k for k in wrapper.state_dict())
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    torch.testing.assert_close(wrapper(images), plain(images), rtol=0, atol=0)
+    ours, theirs = wrapper.objective(images, labels), plain.objective(images, labels)
+    assert set(ours.terms) == set(theirs.terms) == {"ce", "kg"}
+    for k in theirs.terms:
+        torch.testing.assert_close(ours.terms[k], theirs.terms[k], rtol=0, atol=0)
+    assert [(len(p), m) for p, m, *_ in wrapper.parameter_groups()] == [(1, 1.0)]
+    wrapper.set_classnames(["dog"])
+    assert wrapper.inner.classnames == ["dog"] and wrapper(images).shape == (3, 1)
+
+
+def test_a_wrapper_adds_its_own_tensors_after_the_inner_learners(tiny: CLIP) -> None:
+    wrapper = Gained(tiny, ["red car", "dog"], MethodConfig())
+    names = list(wrapper.named_trainable())
+    inner = [n for n in names if n != "trainable.gain"]
+    assert len(inner) == len(names) - 1 and all(n.startswith("trainable.student.trainable.") for n in inner)
+    assert wrapper.own_parameters() == [wrapper.trainable.gain]
+    groups = wrapper.parameter_groups()
+    assert groups[-1] == ([wrapper.trainable.gain], 1.0) and len(groups[0][0]) == len(inner)
+    images = torch.randn(2, 3, 32, 32)
+    logits = wrapper(images)
+    text, image = wrapper.seen
+    torch.testing.assert_close(logits, wrapper.inner.logits_from(image, text) * 2.0)
+    assert "text_features" not in wrapper.inner.__dict__ and "image_features" not in wrapper.inner.__dict__
+
+
+def test_a_wrappers_inner_transform_gets_exactly_its_own_gradients(tiny: CLIP) -> None:
+    wrapper = Gained(tiny, ["red car", "dog"], MethodConfig())
+    params = wrapper.trainable_parameters()
+    assert params[0] is wrapper.trainable.gain  # a direct parameter of the container comes before the inner's
+    got: dict[str, list] = {}
+    object.__setattr__(wrapper.inner, "transform_gradients", got.update)
+    grads = [torch.full_like(p, float(i)) for i, p in enumerate(params)]
+    wrapper.transform_gradients({"kl": grads})
+    inner = wrapper.inner.trainable_parameters()
+    assert len(got["kl"]) == len(inner) == len(params) - 1
+    position = {id(p): i for i, p in enumerate(params)}
+    assert all(g is grads[position[id(p)]] for g, p in zip(got["kl"], inner, strict=True))

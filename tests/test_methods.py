@@ -79,7 +79,7 @@ def test_coop_class_token_position(tiny: CLIP, position: str, template: str) -> 
     names = ["dog", "sea lion", "a very long name"]
     learner = create_learner("coop", tiny, names, {"n_ctx": 2, "class_token_position": position})
     with torch.no_grad():
-        learner.prompt.ctx.copy_(learner.init_words("red green", 2))
+        learner.trainable.ctx.copy_(learner.init_words("red green", 2))
         got = learner.text_features()
         expected = tiny.encode_text(learner.tokenize([template.format(n) for n in names]))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -93,7 +93,7 @@ def test_maple_init_keeps_the_rest_of_the_init_text(tiny: CLIP) -> None:
         expected = tiny.encode_text(learner.tokenize(["a photo of a dog."]))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # the deeper coupling layers start as copies of one layer; the first one is separate
-    deep = create_learner("maple", tiny, ["dog"], {"depth": 3}).prompt
+    deep = create_learner("maple", tiny, ["dog"], {"depth": 3}).trainable
     assert torch.equal(deep.deep_proj[0].weight, deep.deep_proj[1].weight)
     assert not torch.equal(deep.proj.weight[:, : deep.deep_proj[0].weight.shape[1]], deep.deep_proj[0].weight)
 

@@ -52,8 +52,8 @@ def make(clip: CLIP, names: list[str] = NAMES, encoder: EncoderOptions | None = 
 # ----- the forward is the official one -------------------------------------------------------------
 def official_adapter(learner, tower: str, i: int, z: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     """s * up(ReLU(W_sh ReLU(down(z)) + b_sh)), written from the spec."""
-    own = getattr(learner.prompt, f"{tower}_adapter")[str(i)]
-    shared = learner.prompt.shared_adapter[str(i)][0]
+    own = getattr(learner.trainable, f"{tower}_adapter")[str(i)]
+    shared = learner.trainable.shared_adapter[str(i)][0]
     h = torch.relu(z @ own.down[0].weight.T + own.down[0].bias)
     h = torch.relu(h @ shared.weight.T + shared.bias)
     return learner.config.adapter_scale * (h @ own.up.weight.T + own.up.bias)
@@ -209,16 +209,16 @@ def test_parameter_names_shapes_count_and_init() -> None:
     params = dict(learner.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     assert sum(params[n].numel() for n in trainable) == 95_200
-    assert all(n.startswith("prompt.") for n in trainable)
-    assert params["prompt.text_adapter.4.down.0.weight"].shape == (32, 64)
-    assert params["prompt.visual_adapter.10.up.weight"].shape == (128, 32)
-    assert params["prompt.shared_adapter.7.0.weight"].shape == (32, 32)
-    assert "prompt.text_adapter.3.down.0.weight" not in params
+    assert all(n.startswith("trainable.") for n in trainable)
+    assert params["trainable.text_adapter.4.down.0.weight"].shape == (32, 64)
+    assert params["trainable.visual_adapter.10.up.weight"].shape == (128, 32)
+    assert params["trainable.shared_adapter.7.0.weight"].shape == (32, 32)
+    assert "trainable.text_adapter.3.down.0.weight" not in params
     for name, std in (("text_adapter.{}.down.0", 0.25), ("visual_adapter.{}.up", (2 / 128) ** 0.5),
                       ("text_adapter.{}.up", (2 / 64) ** 0.5), ("shared_adapter.{}.0", 0.25)):
-        weights = torch.cat([params[f"prompt.{name.format(i)}.weight"].flatten() for i in range(4, 11)])
+        weights = torch.cat([params[f"trainable.{name.format(i)}.weight"].flatten() for i in range(4, 11)])
         assert abs(float(weights.detach().std()) / std - 1) < 0.05, name
-        assert all(not params[f"prompt.{name.format(i)}.bias"].any() for i in range(4, 11))
+        assert all(not params[f"trainable.{name.format(i)}.bias"].any() for i in range(4, 11))
 
 
 def test_config_errors_are_clear() -> None:
@@ -248,9 +248,9 @@ def test_official_config_and_names() -> None:
     from mmprompt.methods import official_to_ours
 
     assert official_to_ours("mma", "adapter_learner.text_adapter.5.down.0.weight") == \
-        "prompt.text_adapter.5.down.0.weight"
-    assert official_to_ours("mma", "visual_adapter.12.up.bias") == "prompt.visual_adapter.12.up.bias"
-    assert official_to_ours("mma", "shared_adapter.7.0.weight") == "prompt.shared_adapter.7.0.weight"
+        "trainable.text_adapter.5.down.0.weight"
+    assert official_to_ours("mma", "visual_adapter.12.up.bias") == "trainable.visual_adapter.12.up.bias"
+    assert official_to_ours("mma", "shared_adapter.7.0.weight") == "trainable.shared_adapter.7.0.weight"
     assert official_to_ours("mma", "token_embedding") is None
     assert official_to_ours("mma", "tokenized_prompts") is None
 

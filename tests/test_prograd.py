@@ -61,14 +61,14 @@ def embed(clip: CLIP, learner: ProGrad, text: str) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ init and templates
 def test_init_is_the_template_with_zero_leading_rows(clip: CLIP) -> None:
     learner = create_learner("prograd", clip, NAMES, dataset=EUROSAT)
-    ctx = learner.prompt.ctx.detach()
+    ctx = learner.trainable.ctx.detach()
     init = "a centered satellite photo of"  # 5 words = 5 tokens
     assert ctx.shape == (16, clip.config.text.width)
     assert torch.equal(ctx[:11], torch.zeros(11, ctx.shape[1]))
     torch.testing.assert_close(ctx[11:], embed(clip, learner, init)[1:6])
     assert learner.prefix_text == " ".join(["X"] * 11) + " " + init
     # the prompt at init is the template's text after 11 zero rows: "[SOS] 0 x11 a centered ... of dog . [EOS]"
-    prompts = learner.assemble(learner.prompt.ctx).detach()
+    prompts = learner.assemble(learner.trainable.ctx).detach()
     want = embed(clip, learner, " ".join(["X"] * 11) + f" {init} dog.")
     want[1:12] = 0
     torch.testing.assert_close(prompts[2], want)
@@ -78,10 +78,10 @@ def test_word_token_mismatch_leaves_the_last_init_token_as_text(clip: CLIP) -> N
     learner = create_learner("prograd", clip, NAMES, dataset=PETS)
     init = "a type of pet, a photo of a"  # 8 words, 9 tokens: the last "a" is not replaced
     tokens = embed(clip, learner, init)
-    ctx = learner.prompt.ctx.detach()
+    ctx = learner.trainable.ctx.detach()
     assert torch.equal(ctx[:8], torch.zeros(8, ctx.shape[1]))
     torch.testing.assert_close(ctx[8:], tokens[1:9])  # "a type of pet , a photo of"
-    prompts = learner.assemble(learner.prompt.ctx).detach()
+    prompts = learner.assemble(learner.trainable.ctx).detach()
     want = embed(clip, learner, " ".join(["X"] * 8) + f" {init} dog.")
     want[1:9] = 0
     torch.testing.assert_close(prompts[2], want)
@@ -91,10 +91,10 @@ def test_word_token_mismatch_leaves_the_last_init_token_as_text(clip: CLIP) -> N
 
 def test_prompt_text_follows_the_dataset_and_keeps_the_context(clip: CLIP) -> None:
     learner = create_learner("prograd", clip, NAMES, dataset=EUROSAT)
-    ctx = learner.prompt.ctx.detach().clone()
+    ctx = learner.trainable.ctx.detach().clone()
     learner.set_classnames(["cat", "dog"], dataset=PETS)  # the official model is built for the target dataset
     assert learner.prefix_text == " ".join(["X"] * 8) + " a type of pet, a photo of a"
-    assert torch.equal(learner.prompt.ctx.detach(), ctx)
+    assert torch.equal(learner.trainable.ctx.detach(), ctx)
     assert learner.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2)
 
 
@@ -102,16 +102,16 @@ def test_vit_b16_trains_8192_context_values() -> None:
     with torch.device("meta"):
         vit = CLIP(get_config("ViT-B/16"))
     learner = create_learner("prograd", vit.to_empty(device="cpu"), ["cat", "dog"], dataset=PETS)
-    assert [(n, p.numel()) for n, p in learner.named_parameters() if p.requires_grad] == [("prompt.ctx", 8192)]
+    assert [(n, p.numel()) for n, p in learner.named_parameters() if p.requires_grad] == [("trainable.ctx", 8192)]
 
 
 def test_front_position_puts_the_class_name_first(clip: CLIP) -> None:
     learner = create_learner("prograd", clip, NAMES, {"class_token_position": "front"}, dataset=EUROSAT)
-    prompts = learner.assemble(learner.prompt.ctx).detach()
+    prompts = learner.assemble(learner.trainable.ctx).detach()
     dog = learner.tokenizer.encode("dog")
     assert len(dog) == 1
     torch.testing.assert_close(prompts[2, 1], embed(clip, learner, "dog")[1])  # [SOS] dog ctx x16 . [EOS]
-    torch.testing.assert_close(prompts[2, 2:18], learner.prompt.ctx.detach())
+    torch.testing.assert_close(prompts[2, 2:18], learner.trainable.ctx.detach())
     torch.testing.assert_close(prompts[2, 18], embed(clip, learner, ".")[1])
 
 
@@ -148,7 +148,7 @@ def test_template_fallbacks_and_override(clip: CLIP) -> None:
     assert own.prefix_text == " ".join(["X"] * 12) + " a blurry photo of"
     with pytest.raises(ValueError, match="ending in"):
         create_learner("prograd", clip, NAMES, {"template": "{} texture."})
-    assert create_learner("prograd", clip, NAMES, {"template": "{} texture.", "ctx_init": False}).prompt.ctx.shape[0] == 16
+    assert create_learner("prograd", clip, NAMES, {"template": "{} texture.", "ctx_init": False}).trainable.ctx.shape[0] == 16
 
 
 def test_config_errors_and_official_keys(clip: CLIP) -> None:
@@ -161,7 +161,7 @@ def test_config_errors_and_official_keys(clip: CLIP) -> None:
     with pytest.raises(ValueError, match="temperature"):
         create_learner("prograd", clip, NAMES, {"temperature": 0})
     csc = create_learner("prograd", clip, NAMES, {"class_specific": True, "ctx_init": False, "n_ctx": 4})
-    assert csc.prompt.ctx.shape == (3, 4, clip.config.text.width)
+    assert csc.trainable.ctx.shape == (3, 4, clip.config.text.width)
     with pytest.raises(ValueError, match="tied to the class names"):
         csc.set_classnames(["cat", "dog"])
     official = {"DATASET.NAME": "OxfordPets", "TRAINER.COOP.N_CTX": 12, "TRAINER.COOP.CTX_INIT": True,
@@ -213,7 +213,7 @@ def test_projection_decision() -> None:
 
 
 def _load_case(learner: ProGrad, ref, case: str) -> None:  # noqa: ANN001
-    learner.load_prompt_state_dict({"prompt.ctx": torch.from_numpy(ref.arrays[f"{case}/param/prompt_learner.ctx"])})
+    learner.load_prompt_state_dict({"trainable.ctx": torch.from_numpy(ref.arrays[f"{case}/param/prompt_learner.ctx"])})
 
 
 def _step_gradient(learner: ProGrad, images: torch.Tensor, labels: torch.Tensor, parts: int) -> torch.Tensor:
@@ -224,7 +224,7 @@ def _step_gradient(learner: ProGrad, images: torch.Tensor, labels: torch.Tensor,
     for idx in torch.arange(len(labels)).chunk(parts):
         backward_objective(learner(images[idx], labels[idx]), params, len(idx) / len(labels), held)
     finish_gradients(learner, held)
-    return learner.prompt.ctx.grad.detach().clone()
+    return learner.trainable.ctx.grad.detach().clone()
 
 
 def test_accumulated_projection_equals_the_large_batch(ref, ref_clip: CLIP) -> None:
@@ -233,7 +233,7 @@ def test_accumulated_projection_equals_the_large_batch(ref, ref_clip: CLIP) -> N
     images = torch.from_numpy(ref.arrays["images"])[[0, 1, 2, 0]]
     labels = torch.from_numpy(ref.arrays["labels"])[[0, 1, 2, 0]]
     whole = _step_gradient(learner, images, labels, 1)
-    assert float(learner.last_cosines["prompt.ctx"]) < 0  # the step's gradients conflict: projected
+    assert float(learner.last_cosines["trainable.ctx"]) < 0  # the step's gradients conflict: projected
     accumulated = _step_gradient(learner, images, labels, 2)
     scale = float(whole.abs().max())
     torch.testing.assert_close(accumulated, whole, rtol=1e-5, atol=1e-5 * scale)  # float32 summation order only
@@ -251,7 +251,7 @@ def test_transform_uses_the_step_gradients_of_the_reference(ref, ref_clip: CLIP)
         _load_case(learner, ref, case)
         grad = _step_gradient(learner, images, labels, 1)
         want = ref.meta["cases"][case]["projection"]["prompt_learner.ctx"]
-        cos = float(learner.last_cosines["prompt.ctx"])
+        cos = float(learner.last_cosines["trainable.ctx"])
         assert (cos < 0) == want["projected"] and cos == pytest.approx(want["cos_ce_kl"], rel=1e-4)
         expected = torch.from_numpy(ref.arrays[f"{case}/grad/prompt_learner.ctx"])
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
@@ -282,14 +282,14 @@ def test_engine_accumulation_matches_larger_batch(env, tmp_path: Path, monkeypat
         original = learner.transform_gradients
         monkeypatch.setattr(learner, "transform_gradients",
                             lambda held, f=original, s=seen: (f(held), s.append(float(f.__self__.last_cosines[
-                                "prompt.ctx"]))))
+                                "trainable.ctx"]))))
         train(learner, splits.train, cfg, None, image_dir=splits.image_dir)
         results.append(learner.prompt_state_dict())
         cosines.append(seen)
     assert len(cosines[0]) == len(cosines[1]) == 6  # 8 images, batch 4: 2 steps x 3 epochs
     assert any(c < 0 for c in cosines[0]) and any(c > 0 for c in cosines[0])  # projected and plain steps
     assert cosines[1] == pytest.approx(cosines[0], rel=1e-4, abs=1e-6)
-    torch.testing.assert_close(results[1]["prompt.ctx"], results[0]["prompt.ctx"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[1]["trainable.ctx"], results[0]["trainable.ctx"], rtol=1e-5, atol=1e-6)
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, weights: str, out: str, cache: str) -> None:
@@ -314,7 +314,7 @@ def test_two_processes_equal_one(env, tmp_path: Path, monkeypatch: pytest.Monkey
 
     def recording(self: ProGrad, held) -> None:  # noqa: ANN001
         original(self, held)
-        cosines.append(float(self.last_cosines["prompt.ctx"]))
+        cosines.append(float(self.last_cosines["trainable.ctx"]))
 
     monkeypatch.setattr(ProGrad, "transform_gradients", recording)
     run_experiment(cfg, clip, info, tmp_path / "single", train_splits=load_splits(cfg), progress=False)
@@ -325,7 +325,7 @@ def test_two_processes_equal_one(env, tmp_path: Path, monkeypatch: pytest.Monkey
              nprocs=2, join=True)
     one = load_file(str(tmp_path / "single" / "prompts.safetensors"))
     two = load_file(str(tmp_path / "ddp" / "prompts.safetensors"))
-    torch.testing.assert_close(two["prompt.ctx"], one["prompt.ctx"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two["trainable.ctx"], one["trainable.ctx"], rtol=1e-5, atol=1e-6)
     logs = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert all("kl" in e for e in logs if e["event"] == "epoch")
 

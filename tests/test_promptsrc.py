@@ -174,12 +174,12 @@ def test_text_context_init_quirk(clip: CLIP) -> None:
     tokens = two.tokenize(["a photo of a dog."])
     with torch.no_grad():
         words = clip.token_embedding(tokens)[0]
-    torch.testing.assert_close(two.prompt.text_ctx, words[1:3])  # "a photo" is learned
+    torch.testing.assert_close(two.trainable.text_ctx, words[1:3])  # "a photo" is learned
     torch.testing.assert_close(two.token_suffix[2, :3], words[3:6])  # "of a" stays, then "dog"
     five = create_learner("promptsrc", clip, NAMES, {**SMALL, "n_ctx_text": 5})
     assert five.prefix_text == "X X X X X"
-    assert not torch.allclose(five.prompt.text_ctx[:4], words[1:5])
-    assert float(five.prompt.text_ctx.detach().std()) == pytest.approx(0.02, rel=0.3)
+    assert not torch.allclose(five.trainable.text_ctx[:4], words[1:5])
+    assert float(five.trainable.text_ctx.detach().std()) == pytest.approx(0.02, rel=0.3)
 
 
 def test_official_config_mapping(ref) -> None:  # noqa: ANN001
@@ -248,6 +248,20 @@ def test_gpa_state_errors_are_clear(clip: CLIP) -> None:
         learner.load_training_state({**state, "something": torch.zeros(1)})
     learner.load_training_state({})
     assert learner.training_state() == {}
+
+
+def test_gpa_state_written_before_the_trainable_rename_loads(clip: CLIP) -> None:
+    learner = create_learner("promptsrc", clip, NAMES, SMALL)
+    _perturb(learner)
+    learner.on_epoch_end(0, 4)
+    state = learner.training_state()
+    assert any(k.startswith("gpa_sum/trainable.") for k in state)
+    former = {k.replace("gpa_sum/trainable.", "gpa_sum/prompt."): v for k, v in state.items()}  # the old names
+    other = create_learner("promptsrc", clip, NAMES, SMALL)
+    other.load_training_state(former)
+    assert set(other.training_state()) == set(state)
+    for k, v in state.items():
+        assert torch.equal(other.training_state()[k], v), k
 
 
 def _gpa_run(root: Path, weights: Path, run_dir: Path, **kw) -> PromptSRC:  # noqa: ANN003

@@ -89,12 +89,12 @@ def test_teacher_is_encoded_once_per_class_list(clip: CLIP, monkeypatch: pytest.
 def test_class_prompts_replace_the_context_before_the_injection_block(clip: CLIP) -> None:
     learner = perturbed(create_learner("tcp", clip, NAMES, TINY, dataset=EUROSAT))
     teacher = learner.teacher_features()
-    net = learner.prompt.meta_net
+    net = learner.trainable.meta_net
     hidden = net.linear1(teacher)
     tokens = net.linear2(hidden * torch.sigmoid(1.702 * hidden)).reshape(len(NAMES), 4, -1)  # QuickGELU
     torch.testing.assert_close(learner.class_prompts(), tokens)
     # the text tower block by block over the full context, positions 1..4 overwritten before block 2
-    x = learner.assemble(learner.prompt.ctx) + clip.positional_embedding
+    x = learner.assemble(learner.trainable.ctx) + clip.positional_embedding
     for i, block in enumerate(clip.transformer.resblocks):
         if i == 2:
             x = torch.cat([x[:, :1], tokens, x[:, 5:]], dim=1)
@@ -107,8 +107,8 @@ def test_class_prompts_replace_the_context_before_the_injection_block(clip: CLIP
 def test_injection_at_block_zero_leaves_the_context_unused(clip: CLIP) -> None:
     learner = perturbed(create_learner("tcp", clip, NAMES, {"injection_layer": 0}, dataset=EUROSAT))
     learner.text_features().sum().backward()
-    assert learner.prompt.ctx.grad is None or not learner.prompt.ctx.grad.any()
-    assert learner.prompt.meta_net.linear2.weight.grad.abs().sum() > 0
+    assert learner.trainable.ctx.grad is None or not learner.trainable.ctx.grad.any()
+    assert learner.trainable.meta_net.linear2.weight.grad.abs().sum() > 0
 
 
 def test_objective_is_ce_plus_weighted_kg(clip: CLIP) -> None:
@@ -165,7 +165,7 @@ def test_prompts_work_for_new_class_names_and_datasets(clip: CLIP, tmp_path: Pat
             torch.testing.assert_close(loaded(images), direct(images), rtol=0, atol=0)
             # the novel classes' tokens come from their own zero-shot features
             template = TEACHER_TEMPLATES[(dataset or EUROSAT).name]
-            expected = loaded.prompt.meta_net(zero_shot(clip, loaded, template, novel)).reshape(2, 4, -1)
+            expected = loaded.trainable.meta_net(zero_shot(clip, loaded, template, novel)).reshape(2, 4, -1)
             torch.testing.assert_close(loaded.class_prompts(), expected)
         assert loaded.learnable_template() == "X X X X {}, a type of pet."
 

@@ -191,6 +191,7 @@ def check_method_case(
             raise ValueError(f"{case}: official parameter {off_name!r} has no counterpart in {method}")
         state[ours] = torch.from_numpy(value)
         name_map[ours] = off_name
+    name_map = learner.current_names(name_map)  # a table written with the former ``prompt.*`` names
     learner.load_prompt_state_dict(state)  # strict: every trainable tensor must be in the reference
     images = torch.from_numpy(a["images"])
     labels = torch.from_numpy(a["labels"])

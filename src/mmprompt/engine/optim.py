@@ -32,7 +32,7 @@ def lr_at(epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 1, warmu
     return base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2
 
 
-ParamGroups = Sequence[tuple[Sequence[nn.Parameter], float]]
+ParamGroups = Sequence[tuple[Sequence[nn.Parameter], float] | tuple[Sequence[nn.Parameter], float, float]]
 
 
 def build_optimizer(
@@ -48,11 +48,15 @@ def build_optimizer(
     to the gradient, no AMSGrad, as Dassl's; ``momentum`` unused), over the learner's trainable parameters.
 
     ``params`` is a list of parameters (one group at ``lr``) or of (parameters, multiplier) groups, each
-    at ``lr * multiplier`` (the schedule then anneals every group from its own rate).
+    at ``lr * multiplier`` (the schedule then anneals every group from its own rate), or (parameters,
+    multiplier, weight decay) groups whose decay replaces ``weight_decay`` for that group.
     """
     items = list(params)
     groups = items if items and isinstance(items[0], tuple) else [(items, 1.0)]
-    flat = [p for group, _ in groups for p in group]
+    bad = [len(g) for g in groups if len(g) not in (2, 3)]
+    if bad:
+        raise ValueError(f"a parameter group is (parameters, lr multiplier[, weight decay]); got a tuple of {bad[0]}")
+    flat = [p for group, *_ in groups for p in group]
     if not flat:
         raise ValueError("no trainable parameters: nothing to optimise (zero-shot methods need no training)")
     frozen = [p for p in flat if not p.requires_grad]
@@ -60,7 +64,12 @@ def build_optimizer(
         raise ValueError(f"{len(frozen)} of the parameters given to the optimizer do not require gradients")
     if len({id(p) for p in flat}) != len(flat):
         raise ValueError("a parameter appears in more than one parameter group")
-    param_groups = [{"params": list(group), "lr": lr * float(mult)} for group, mult in groups if list(group)]
+    param_groups = []
+    for group, mult, *decay in groups:
+        if list(group):
+            param_groups.append({"params": list(group), "lr": lr * float(mult)})
+            if decay:
+                param_groups[-1]["weight_decay"] = float(decay[0])
     if optimizer == "adam":
         return Adam(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)
     if optimizer != "sgd":

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig
+from ..errors import CheckpointError
 from ..methods import Objective, PromptLearner
 from .checkpoint import (
     capture_rng,
@@ -209,7 +210,7 @@ def setup_training(
     loader, sampler = train_loader(dataset, opt.batch_size, cfg.data.seed, cfg.data.num_workers, ctx.rank,
                                    ctx.world_size, pin_memory=device.type == "cuda")
     groups = learner.parameter_groups()
-    grouped = {id(p) for group, _ in groups for p in group}
+    grouped = {id(p) for group, *_ in groups for p in group}
     if grouped != {id(p) for p in params}:
         raise ValueError(f"{learner.method}.parameter_groups() must hold every trainable parameter exactly once")
     optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay, opt.optimizer, opt.adam_betas,
@@ -248,8 +249,11 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     new = check_resume(state, s.resume_values, allow_config_change, s.state_file)
     earlier = list(state.get("config_changes", []))
     s.config_changes = [*earlier, *({**c, "epoch": int(state["epoch"])} for c in new)]
-    s.learner.load_prompt_state_dict(state["prompts"])
-    s.learner.load_training_state(state.get("method_state") or {})
+    try:  # names written before the trainable rename (``prompt.*``) load; other mismatches are refused
+        s.learner.load_prompt_state_dict(state["prompts"])
+        s.learner.load_training_state(state.get("method_state") or {})
+    except ValueError as exc:
+        raise CheckpointError(f"{s.state_file}: {exc}; delete {s.state_file.parent} to start over") from exc
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
     s.scaler.load_state_dict(state["scaler"])

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..clip.model import CLIP
 from .base import MethodConfig, PromptLearner, is_trainable
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
+from .learner import ParameterGroup, legacy_name
 from .table import (
     ENTRY_POINT_GROUP,
     PROTOCOLS,
@@ -33,6 +34,7 @@ from .table import (
     reload_plugins,
     unregister,
 )
+from .wrapper import LearnerWrapper
 
 
 def create_learner(
@@ -68,9 +70,11 @@ __all__ = [
     "PROTOCOLS",
     "DatasetContext",
     "EncoderOptions",
+    "LearnerWrapper",
     "MethodConfig",
     "MethodSpec",
     "Objective",
+    "ParameterGroup",
     "PromptLearner",
     "all_methods",
     "canonical_method",
@@ -81,6 +85,7 @@ __all__ = [
     "cross_entropy_objective",
     "get_method",
     "is_trainable",
+    "legacy_name",
     "list_methods",
     "make_config",
     "official_to_ours",

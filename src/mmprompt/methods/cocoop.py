@@ -37,19 +37,19 @@ class CoCoOp(PromptLearner):
 
     @classmethod
     def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
-        return {"n_ctx": state["prompt.ctx"].shape[-2]}
+        return {"n_ctx": state["trainable.ctx"].shape[-2]}
 
     def build_prompts(self) -> None:
         cfg = self.config
         width, embed = self.clip.config.text.width, self.clip.config.embed_dim
         if cfg.ctx_init:
             self.prefix_text = cfg.ctx_init.replace("_", " ")
-            self.prompt.ctx = nn.Parameter(self.init_words(self.prefix_text, cfg.n_ctx))
+            self.trainable.ctx = nn.Parameter(self.init_words(self.prefix_text, cfg.n_ctx))
         else:
             self.prefix_text = " ".join(["X"] * cfg.n_ctx)
-            self.prompt.ctx = normal_init(cfg.n_ctx, width)
+            self.trainable.ctx = normal_init(cfg.n_ctx, width)
         hidden = max(1, embed // 16)
-        self.prompt.meta_net = nn.Sequential(
+        self.trainable.meta_net = nn.Sequential(
             OrderedDict(
                 [("linear1", nn.Linear(embed, hidden)), ("relu", nn.ReLU()), ("linear2", nn.Linear(hidden, width))]
             )
@@ -64,7 +64,7 @@ class CoCoOp(PromptLearner):
 
     def logits(self, images: Tensor) -> Tensor:
         img = F.normalize(self.clip.encode_image(images).float(), dim=-1)  # [B, E]
-        shifted = self.prompt.ctx.unsqueeze(0) + self.prompt.meta_net(img).unsqueeze(1)  # [B, n, w]
+        shifted = self.trainable.ctx.unsqueeze(0) + self.trainable.meta_net(img).unsqueeze(1)  # [B, n, w]
         c = self.token_prefix.shape[0]
         logits = []
         for start in range(0, img.shape[0], self.config.image_chunk_size):
@@ -88,6 +88,6 @@ class CoCoOp(PromptLearner):
 
 
 OFFICIAL_NAMES = {
-    r"prompt_learner\.ctx": "prompt.ctx",
-    r"prompt_learner\.meta_net\.(linear1|linear2)\.(weight|bias)": r"prompt.meta_net.\1.\2",
+    r"prompt_learner\.ctx": "trainable.ctx",
+    r"prompt_learner\.meta_net\.(linear1|linear2)\.(weight|bias)": r"trainable.meta_net.\1.\2",
 }

@@ -1,10 +1,11 @@
-"""The method contract's small value types: a training objective, the dataset context, encoder options.
+"""The method contract's small value types: a training objective, the dataset context, encoder options
+(the hooks are in :mod:`mmprompt.methods.learner`).
 
 A prompt learner returns an :class:`Objective` from ``learner(images, labels)``: the total that is
 back-propagated plus every named loss term (unweighted), all means over the learner's own batch. The
 engine scales the total for gradient accumulation and data parallelism, logs every term, and stops on a
 non-finite term. Terms listed in ``grad_terms`` are not descended: the engine accumulates their gradients
-separately and hands them to :meth:`~mmprompt.methods.base.PromptLearner.transform_gradients`.
+separately and hands them to :meth:`~mmprompt.methods.learner.PromptLearner.transform_gradients`.
 """
 
 from __future__ import annotations

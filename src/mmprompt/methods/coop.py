@@ -45,12 +45,12 @@ class CoOp(PromptLearner):
 
     @classmethod
     def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
-        ctx = state["prompt.ctx"]
+        ctx = state["trainable.ctx"]
         return {"n_ctx": ctx.shape[-2], "class_specific": ctx.dim() == 3}
 
     @classmethod
     def classes_needed(cls, state, config):  # noqa: ANN001, ANN206 - see PromptLearner
-        return state["prompt.ctx"].shape[0] if config.class_specific else None
+        return state["trainable.ctx"].shape[0] if config.class_specific else None
 
     def build_prompts(self) -> None:
         cfg = self.config
@@ -60,11 +60,11 @@ class CoOp(PromptLearner):
             vectors = self.init_words(init, cfg.n_ctx)
             if cfg.class_specific:
                 vectors = vectors.unsqueeze(0).repeat(self._n_cls_at_build, 1, 1)
-            self.prompt.ctx = nn.Parameter(vectors)
+            self.trainable.ctx = nn.Parameter(vectors)
             self.prefix_text = init
         else:
             shape = (self._n_cls_at_build, cfg.n_ctx, width) if cfg.class_specific else (cfg.n_ctx, width)
-            self.prompt.ctx = normal_init(*shape)
+            self.trainable.ctx = normal_init(*shape)
             self.prefix_text = " ".join(["X"] * cfg.n_ctx)
 
     def prepare_classes(self, classnames: list[str]) -> None:
@@ -102,7 +102,7 @@ class CoOp(PromptLearner):
         return torch.cat(rows, dim=0)
 
     def text_features(self) -> Tensor:
-        return self.encode_text(self.assemble(self.prompt.ctx), self.eot)
+        return self.encode_text(self.assemble(self.trainable.ctx), self.eot)
 
 
-OFFICIAL_NAMES = {r"prompt_learner\.ctx": "prompt.ctx"}
+OFFICIAL_NAMES = {r"prompt_learner\.ctx": "trainable.ctx"}

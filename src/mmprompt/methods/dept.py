@@ -28,29 +28,29 @@ training, ``logits``: evaluation) rather than ``prompt_learner.training``; the o
 same way. A prompt checkpoint must be saved while the learner points at its training classes (the engine
 does so): the head's class names are the checkpoint's ``classnames``.
 
-The base learner is built through the method table with ``base_options``; it lives at ``prompt.base`` (its
-trainable tensors are ``prompt.base.prompt.*``), the FiLM layers at ``prompt.film_img`` /
-``prompt.film_text`` and the linear head at ``prompt.head``. The frozen CLIP is shared, not owned by the base.
-Text fast paths are the base learner's (it gets the same encoder options), so they apply wherever they
-apply to the base. Image-conditioned bases (CoCoOp) are refused: their class text features are
-per image, which the head does not model here.
+DePT is a :class:`~mmprompt.methods.wrapper.LearnerWrapper`: it holds the base learner as a component, built
+through the method table with ``base_options`` at ``trainable.base`` (its trainable tensors are
+``trainable.base.trainable.*``, the base's own names under that prefix), and adds the FiLM layers at
+``trainable.film_img`` / ``trainable.film_text`` and the linear head at ``trainable.head``. The frozen CLIP is
+shared, registered once. Text fast paths are the base learner's (it gets the same encoder options), so they
+apply wherever they apply to the base. Image-conditioned bases (CoCoOp) are refused: their class text
+features are per image, which the head does not model here.
 
 How the base is reused: DePT calls the base's own ``objective`` (training) and ``logits`` /
-``predict_logits`` (evaluation) and records the raw features the base computes on the way through its
-``text_features()`` / ``image_features()`` (each must run once per call; a base that computes them
-otherwise gets a clear error). The head therefore sees exactly the base's features, with no second
-encoder pass, and the base's extra terms, teachers, ``grad_terms`` / ``transform_gradients`` (on the
-base's parameters, which come first), ``on_epoch_end`` and training state work unchanged. The base
-objective must report its similarity cross-entropy as the term ``ce``.
+``predict_logits`` (evaluation) and takes the raw features the base computes on the way through its
+``text_features()`` / ``image_features()`` from the wrapper's ``recording()`` (each must run once per call; a
+base that computes them otherwise gets a clear error). The head therefore sees exactly the base's features,
+with no second encoder pass, and the base's extra terms, teachers, ``grad_terms`` / ``transform_gradients``
+(on the base's parameters, which come first), ``on_epoch_end`` and training state work unchanged (the
+wrapper's defaults). The base objective must report its similarity cross-entropy as the term ``ce``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -58,9 +58,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_bool, check_number
-from ..clip.model import CLIP, BlockAdapters
+from ..clip.model import CLIP
 from .base import MethodConfig, PromptLearner, clean_classnames
 from .contract import Objective
+from .learner import ParameterGroup
+from .wrapper import LearnerWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -136,65 +138,32 @@ class FiLM(nn.Module):
         return x * self.scale + self.bias
 
 
-class _Recorder:
-    """The base learner's raw features of one call (see :meth:`DePT._recording`)."""
-
-    def __init__(self) -> None:
-        self.text: list[Tensor] = []
-        self.image: list[Tensor] = []
-
-    def one(self, kind: str, given: Tensor | None = None) -> Tensor:
-        seen = self.text if kind == "text" else self.image
-        if given is not None and not seen:
-            return given
-        if len(seen) != 1:
-            raise RuntimeError(
-                f"DePT needs the base learner to compute its {kind} features once per call through "
-                f"{kind}_features(); it did so {len(seen)} times"
-            )
-        return seen[0]
-
-
-class DePT(PromptLearner):
+class DePT(LearnerWrapper):
     method = "dept"
     config: DePTConfig
 
     def __init__(self, clip, classnames, config, tokenizer=None, **context) -> None:  # noqa: ANN001
-        self._build_context = (list(classnames), context)
         super().__init__(clip, classnames, config, tokenizer, **context)
-        del self._build_context
         self.head_classnames = list(classnames)
         """The classes the head was built for (the training classes)."""
         self._refresh_head_rows()
 
     # ----- construction ------------------------------------------------------------------------------
-    def build_prompts(self) -> None:
-        from .table import get_method  # lazy: the table imports this module
+    def inner_method(self) -> tuple[str, MethodConfig]:
+        return self.config.base, self.config.base_config()
 
-        classnames, context = self._build_context
-        spec = get_method(self.config.base)
-        base = spec.learner(self.clip, classnames, self.config.base_config(), self.tokenizer,
-                            dataset=context.get("dataset"), encoder=self.encoder)
-        # The CLIP is shared and frozen: owned (and registered) here only, so that nothing of it sits under
-        # ``prompt``. The base learner keeps a plain reference for its own forward.
-        del base._modules["clip"]
-        object.__setattr__(base, "clip", self.clip)
-        stray = [n for n, _ in base.named_parameters() if not n.startswith("prompt.")]
-        if stray:
-            raise ValueError(f"dept cannot wrap {spec.name}: it holds parameters outside its prompt module {stray[:5]}")
-        self.class_specific = base.class_specific  # type: ignore[misc]
-        self.prompt.base = base
+    def build_wrapper(self) -> None:
         dim = self.clip.config.embed_dim
         if self.config.film:
-            self.prompt.film_img = FiLM(dim)
-            self.prompt.film_text = FiLM(dim)
+            self.trainable.film_img = FiLM(dim)
+            self.trainable.film_text = FiLM(dim)
         if self.config.head == "linear":
-            self.prompt.head = nn.Linear(dim, len(classnames))
+            self.trainable.head = nn.Linear(dim, len(self._wrap_classnames))
 
     @property
     def base(self) -> PromptLearner:
-        """The wrapped learner."""
-        return self.prompt.base  # type: ignore[return-value]
+        """The wrapped learner (:attr:`inner`)."""
+        return self.inner
 
     @property
     def eot(self) -> Tensor | None:
@@ -208,27 +177,24 @@ class DePT(PromptLearner):
         shape-fixed options, whether FiLM and a linear head exist."""
         from .table import get_method
 
-        inner = {k.removeprefix("prompt.base."): v for k, v in state.items() if k.startswith("prompt.base.")}
-        base = "maple" if any(k.startswith("prompt.proj.") for k in inner) else "coop"
+        inner = cls.inner_state(state)
+        base = "maple" if any(k.startswith("trainable.proj.") for k in inner) else "coop"
         return {"base": base, "base_options": get_method(base).learner.options_from_state(inner),
-                "film": "prompt.film_img.scale" in state,
-                "head": "linear" if "prompt.head.weight" in state else "similarity"}
+                "film": "trainable.film_img.scale" in state,
+                "head": "linear" if "trainable.head.weight" in state else "similarity"}
 
     @classmethod
     def classes_needed(cls, state: Mapping[str, Tensor], config: MethodConfig) -> int | None:
         """The linear head's rows: it is tied to its training class names."""
-        if "prompt.head.weight" in state:
-            return int(state["prompt.head.weight"].shape[0])
+        if "trainable.head.weight" in state:
+            return int(state["trainable.head.weight"].shape[0])
         from .table import get_method
 
         assert isinstance(config, DePTConfig)
-        inner = {k.removeprefix("prompt.base."): v for k, v in state.items() if k.startswith("prompt.base.")}
-        return get_method(config.base).learner.classes_needed(inner, config.base_config())
+        return get_method(config.base).learner.classes_needed(cls.inner_state(state), config.base_config())
 
     def prepare_classes(self, classnames: list[str]) -> None:
-        base = self.base
-        if list(base.classnames) != list(self.classnames) or base.dataset != self.dataset:
-            base.set_classnames(self.classnames, dataset=self.dataset)
+        super().prepare_classes(classnames)
         if hasattr(self, "head_classnames"):
             self._refresh_head_rows()
 
@@ -256,34 +222,9 @@ class DePT(PromptLearner):
         return self._head_rows is not None
 
     # ----- the two heads -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _recording(self) -> Iterator[_Recorder]:
-        """Record the raw features the base learner computes during one call of its own hooks, so that the
-        head uses exactly them (no second encoder pass, gradients flow through both heads)."""
-        base, seen = self.base, _Recorder()
-        text_fn, image_fn = base.text_features, base.image_features
-
-        def text() -> Tensor:
-            out = text_fn()
-            seen.text.append(out)
-            return out
-
-        def image(images: Tensor) -> Tensor:
-            out = image_fn(images)
-            seen.image.append(out)
-            return out
-
-        object.__setattr__(base, "text_features", text)
-        object.__setattr__(base, "image_features", image)
-        try:
-            yield seen
-        finally:
-            object.__delattr__(base, "text_features")
-            object.__delattr__(base, "image_features")
-
     def _film(self, which: str, x: Tensor) -> Tensor:
         x = x.float()
-        return getattr(self.prompt, f"film_{which}")(x) if self.config.film else x
+        return getattr(self.trainable, f"film_{which}")(x) if self.config.film else x
 
     def _head_eval(self, image: Tensor, text: Tensor) -> Tensor:
         """Head logits [B, C] of the current classes (they must all be known to the head)."""
@@ -292,7 +233,8 @@ class DePT(PromptLearner):
         if self.config.head == "similarity":
             return self.logits_from(img, self._film("text", text))
         rows = torch.tensor(self._head_rows, device=img.device)
-        return F.linear(img, self.prompt.head.weight.index_select(0, rows), self.prompt.head.bias.index_select(0, rows))
+        head = self.trainable.head
+        return F.linear(img, head.weight.index_select(0, rows), head.bias.index_select(0, rows))
 
     def _fuse(self, similarity: Tensor, head: Tensor) -> Tensor:
         if not self.config.fusion:
@@ -301,29 +243,14 @@ class DePT(PromptLearner):
         return (1.0 - w) * similarity.float() + w * head
 
     # ----- hooks -----------------------------------------------------------------------------------------
-    def text_features(self) -> Tensor:
-        out = self.base.text_features()
-        self.last_text_shared_prefix = self.base.last_text_shared_prefix
-        return out
-
-    def image_features(self, images: Tensor) -> Tensor:
-        return self.base.image_features(images)
-
-    def logit_scale(self) -> Tensor:
-        return self.base.logit_scale()
-
-    def block_adapters(self) -> tuple[BlockAdapters | None, BlockAdapters | None]:
-        return self.base.block_adapters()
-
     def _eval(self, images: Tensor, text_features: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
         """The base learner's own evaluation logits, and on the head's classes (head logits, raw text
         features, raw image features)."""
-        with self._recording() as seen:
+        with self.recording() as seen:
             if text_features is None:
                 similarity = self.base.logits(images)
             else:
                 similarity = self.base.predict_logits(images, text_features)
-        self.last_text_shared_prefix = self.base.last_text_shared_prefix
         if not self.head_active:
             return similarity, None
         text, image = seen.one("text", text_features), seen.one("image")
@@ -333,13 +260,12 @@ class DePT(PromptLearner):
         similarity, head = self._eval(images, None)
         return similarity if head is None else self._fuse(similarity, head[0])
 
+    def train_logits(self, images: Tensor) -> Tensor:
+        return self.logits(images)
+
     def predict_logits(self, images: Tensor, text_features: Tensor | None) -> Tensor:
         similarity, head = self._eval(images, text_features)
         return similarity if head is None else self._fuse(similarity, head[0])
-
-    @torch.no_grad()
-    def class_text_features(self) -> Tensor | None:
-        return self.base.class_text_features()
 
     def eval_tensors(self, images: Tensor) -> dict[str, Tensor]:
         """Each branch of the evaluation forward: ``logits_similarity``, ``logits_linear`` (the head's, on
@@ -354,7 +280,7 @@ class DePT(PromptLearner):
         if self._head_rows != list(range(len(self.head_classnames))):
             raise RuntimeError(f"DePT trains on the {len(self.head_classnames)} classes its head was built for; "
                                f"the learner now points at {self.num_classes} other class names")
-        with self._recording() as seen:
+        with self.recording() as seen:
             inner = self.base.objective(images, labels)
         if "ce" not in inner.terms:
             raise RuntimeError(f"DePT needs the base objective's 'ce' term; {self.config.base} gives "
@@ -364,7 +290,7 @@ class DePT(PromptLearner):
         img = self._film("img", image)
         if self.config.head == "linear":
             rows = torch.cat([self._film("text", text)[labels], img])
-            head = self.prompt.head(rows)
+            head = self.trainable.head(rows)
             ce_lin = F.cross_entropy(head, torch.cat([labels, labels]))
             head_img = head[labels.shape[0]:]
         else:
@@ -382,36 +308,18 @@ class DePT(PromptLearner):
         return Objective(total=total, terms=terms, logits=logits, grad_terms=dict(inner.grad_terms),
                          tensors=dict(inner.tensors))
 
-    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+    def parameter_groups(self) -> list[ParameterGroup]:
         """The base learner's groups as it defines them, then the FiLM layers and the head at
         ``lr_multiplier`` (the official staged rate: 0.0035 for prompts, 0.02275 for FiLM and head)."""
-        groups = list(self.base.parameter_groups())
-        new = [p for n, p in self.named_parameters() if n.startswith(("prompt.film_", "prompt.head."))]
-        if new:
-            groups.append((new, self.config.lr_multiplier))
-        return groups
-
-    def transform_gradients(self, grad_terms: Mapping[str, list[Tensor | None]]) -> None:
-        """The base's transform on its own parameters (they come first in :meth:`trainable_parameters`)."""
-        if grad_terms:
-            n = len(self.base.trainable_parameters())
-            self.base.transform_gradients({k: v[:n] for k, v in grad_terms.items()})
-
-    def on_epoch_end(self, epoch: int, epochs: int) -> None:
-        self.base.on_epoch_end(epoch, epochs)
-
-    def training_state(self) -> dict[str, Tensor]:
-        return self.base.training_state()
-
-    def load_training_state(self, state: Mapping[str, Tensor]) -> None:
-        self.base.load_training_state(state)
+        own = self.own_parameters()
+        return [*self.base.parameter_groups(), *([(own, self.config.lr_multiplier)] if own else [])]
 
 
 # ----- the method table's official names and config ------------------------------------------------------
 def _prefixed(target: str | Callable[[re.Match[str]], str]) -> str | Callable[[re.Match[str]], str]:
     if callable(target):
-        return lambda m: "prompt.base." + target(m)
-    return "prompt.base." + target
+        return lambda m: "trainable.base." + target(m)
+    return "trainable.base." + target
 
 
 def official_names() -> dict[str, str | Callable[[re.Match[str]], str]]:
@@ -419,9 +327,9 @@ def official_names() -> dict[str, str | Callable[[re.Match[str]], str]]:
     from . import coop, maple
 
     names = {pattern: _prefixed(target) for pattern, target in {**coop.OFFICIAL_NAMES, **maple.OFFICIAL_NAMES}.items()}
-    names.update({r"film_lp_img\.(scale|bias)": r"prompt.film_img.\1",
-                  r"film_lp_text\.(scale|bias)": r"prompt.film_text.\1",
-                  r"linear_probe_proj\.(weight|bias)": r"prompt.head.\1"})
+    names.update({r"film_lp_img\.(scale|bias)": r"trainable.film_img.\1",
+                  r"film_lp_text\.(scale|bias)": r"trainable.film_text.\1",
+                  r"linear_probe_proj\.(weight|bias)": r"trainable.head.\1"})
     return names
 
 

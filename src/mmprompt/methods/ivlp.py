@@ -70,10 +70,10 @@ class IVLP(PromptLearner):
     def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
         out = {}
         for tower in ("text", "vision"):
-            ctx = state.get(f"prompt.{tower}_ctx")
+            ctx = state.get(f"trainable.{tower}_ctx")
             out[f"n_ctx_{tower}"] = 0 if ctx is None else ctx.shape[0]
             out[f"depth_{tower}"] = 0 if ctx is None else 1 + sum(
-                1 for k in state if k.startswith(f"prompt.{tower}_deep."))
+                1 for k in state if k.startswith(f"trainable.{tower}_deep."))
         return out
 
     def build_prompts(self) -> None:
@@ -82,16 +82,16 @@ class IVLP(PromptLearner):
         if cfg.n_ctx_text:
             if cfg.ctx_init and cfg.n_ctx_text <= 4:
                 self.prefix_text = cfg.ctx_init.replace("_", " ")
-                self.prompt.text_ctx = nn.Parameter(self.init_words(self.prefix_text, cfg.n_ctx_text))
+                self.trainable.text_ctx = nn.Parameter(self.init_words(self.prefix_text, cfg.n_ctx_text))
             else:
                 self.prefix_text = " ".join(["X"] * cfg.n_ctx_text)
-                self.prompt.text_ctx = normal_init(cfg.n_ctx_text, w_t)
-            self.prompt.text_deep = nn.ParameterList(
+                self.trainable.text_ctx = normal_init(cfg.n_ctx_text, w_t)
+            self.trainable.text_deep = nn.ParameterList(
                 [normal_init(cfg.n_ctx_text, w_t) for _ in range(cfg.depth_text - 1)]
             )
         if cfg.n_ctx_vision:
-            self.prompt.vision_ctx = normal_init(cfg.n_ctx_vision, w_v)
-            self.prompt.vision_deep = nn.ParameterList(
+            self.trainable.vision_ctx = normal_init(cfg.n_ctx_vision, w_v)
+            self.trainable.vision_deep = nn.ParameterList(
                 [normal_init(cfg.n_ctx_vision, w_v) for _ in range(cfg.depth_vision - 1)]
             )
 
@@ -111,19 +111,19 @@ class IVLP(PromptLearner):
         if not self.config.n_ctx_text:
             return self.fixed_text_features
         c = self.token_prefix.shape[0]
-        ctx = self.prompt.text_ctx.unsqueeze(0).expand(c, -1, -1)
+        ctx = self.trainable.text_ctx.unsqueeze(0).expand(c, -1, -1)
         x = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
-        return self.encode_text(x, self.eot, deep_prompts=[None, *self.prompt.text_deep])
+        return self.encode_text(x, self.eot, deep_prompts=[None, *self.trainable.text_deep])
 
     def vision_prompts(self) -> tuple[Tensor | None, DeepPrompts | None]:
         if not self.config.n_ctx_vision:
             return None, None
-        return self.prompt.vision_ctx, [None, *self.prompt.vision_deep]
+        return self.trainable.vision_ctx, [None, *self.trainable.vision_deep]
 
 
 OFFICIAL_NAMES = {
-    r"prompt_learner\.ctx": "prompt.text_ctx",
-    r"image_encoder\.VPT": "prompt.vision_ctx",
-    r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow": lambda m: f"prompt.text_deep.{int(m[1]) - 1}",
-    r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow": lambda m: f"prompt.vision_deep.{int(m[1]) - 1}",
+    r"prompt_learner\.ctx": "trainable.text_ctx",
+    r"image_encoder\.VPT": "trainable.vision_ctx",
+    r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow": lambda m: f"trainable.text_deep.{int(m[1]) - 1}",
+    r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow": lambda m: f"trainable.vision_deep.{int(m[1]) - 1}",
 }

@@ -50,16 +50,16 @@ class MaPLe(PromptLearner):
         else:
             ctx = normal_init(cfg.n_ctx, w_t)
             self.prefix_text = " ".join(["X"] * cfg.n_ctx)
-        self.prompt.ctx = ctx  # [n_ctx, w_t]
-        self.prompt.proj = nn.Linear(w_t, w_v)  # coupling function of the input layer
-        self.prompt.deep_text = nn.ParameterList([normal_init(cfg.n_ctx, w_t) for _ in range(cfg.depth - 1)])
+        self.trainable.ctx = ctx  # [n_ctx, w_t]
+        self.trainable.proj = nn.Linear(w_t, w_v)  # coupling function of the input layer
+        self.trainable.deep_text = nn.ParameterList([normal_init(cfg.n_ctx, w_t) for _ in range(cfg.depth - 1)])
         coupling = nn.Linear(w_t, w_v)  # the deeper couplings start as copies of one fresh layer
-        self.prompt.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(cfg.depth - 1)])
+        self.trainable.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(cfg.depth - 1)])
 
     @classmethod
     def options_from_state(cls, state):  # noqa: ANN001, ANN206 - see PromptLearner
-        return {"n_ctx": state["prompt.ctx"].shape[0],
-                "depth": 1 + sum(1 for k in state if k.startswith("prompt.deep_text."))}
+        return {"n_ctx": state["trainable.ctx"].shape[0],
+                "depth": 1 + sum(1 for k in state if k.startswith("trainable.deep_text."))}
 
     def prepare_classes(self, classnames: list[str]) -> None:
         tokens, embeddings = self.embed_prompts(self.prefix_text, classnames)
@@ -70,20 +70,20 @@ class MaPLe(PromptLearner):
 
     def text_features(self) -> Tensor:
         c = self.token_prefix.shape[0]
-        ctx = self.prompt.ctx.unsqueeze(0).expand(c, -1, -1)
+        ctx = self.trainable.ctx.unsqueeze(0).expand(c, -1, -1)
         x = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)  # [C, L, w_t]
-        deep: list[Tensor | None] = [None, *self.prompt.deep_text]
+        deep: list[Tensor | None] = [None, *self.trainable.deep_text]
         return self.encode_text(x, self.eot, deep_prompts=deep)
 
     def vision_prompts(self) -> tuple[Tensor | None, DeepPrompts | None]:
-        first = self.prompt.proj(self.prompt.ctx)  # [n_ctx, w_v]
-        deep = [None, *(f(p) for f, p in zip(self.prompt.deep_proj, self.prompt.deep_text))]
+        first = self.trainable.proj(self.trainable.ctx)  # [n_ctx, w_v]
+        deep = [None, *(f(p) for f, p in zip(self.trainable.deep_proj, self.trainable.deep_text))]
         return first, deep
 
 
 OFFICIAL_NAMES = {
-    r"prompt_learner\.ctx": "prompt.ctx",
-    r"prompt_learner\.proj\.(weight|bias)": r"prompt.proj.\1",
-    r"prompt_learner\.compound_prompts_text\.(\d+)": r"prompt.deep_text.\1",
-    r"prompt_learner\.compound_prompt_projections\.(\d+)\.(weight|bias)": r"prompt.deep_proj.\1.\2",
+    r"prompt_learner\.ctx": "trainable.ctx",
+    r"prompt_learner\.proj\.(weight|bias)": r"trainable.proj.\1",
+    r"prompt_learner\.compound_prompts_text\.(\d+)": r"trainable.deep_text.\1",
+    r"prompt_learner\.compound_prompt_projections\.(\d+)\.(weight|bias)": r"trainable.deep_proj.\1.\2",
 }

@@ -154,11 +154,11 @@ class MMA(PromptLearner):
         widths = {"text": self.clip.config.text.width, "visual": self.clip.config.vision.width}
         indices = [str(i) for i in range(cfg.adapter_start, cfg.adapter_end + 1)]
         for tower in TOWERS:
-            setattr(self.prompt, f"{tower}_adapter",
+            setattr(self.trainable, f"{tower}_adapter",
                     nn.ModuleDict({i: TowerAdapter(widths[tower], cfg.adapter_dim) for i in indices}))
-        self.prompt.shared_adapter = nn.ModuleDict(
+        self.trainable.shared_adapter = nn.ModuleDict(
             {i: nn.Sequential(nn.Linear(cfg.adapter_dim, cfg.adapter_dim), nn.ReLU()) for i in indices})
-        for module in self.prompt.modules():
+        for module in self.trainable.modules():
             if isinstance(module, nn.Linear):
                 _init_linear(module)
         self._text_cache: tuple[tuple[Any, ...], Tensor] | None = None
@@ -169,7 +169,7 @@ class MMA(PromptLearner):
         found: dict[str, set[int]] = {}
         dim = None
         for name, value in state.items():
-            m = re.fullmatch(r"prompt\.(text_adapter|visual_adapter|shared_adapter)\.(\d+)\..*", name)
+            m = re.fullmatch(r"trainable\.(text_adapter|visual_adapter|shared_adapter)\.(\d+)\..*", name)
             if m:
                 found.setdefault(m.group(1), set()).add(int(m.group(2)))
                 if name.endswith("down.0.weight"):
@@ -192,8 +192,8 @@ class MMA(PromptLearner):
     # ----- adapters ------------------------------------------------------------------------------------
     def adapter(self, tower: str, index: int) -> Adapter:
         """The residual branch ``z -> s * A_tower,index(z)`` of one block (see the module docstring)."""
-        own: TowerAdapter = getattr(self.prompt, f"{tower}_adapter")[str(index)]
-        shared: nn.Linear = self.prompt.shared_adapter[str(index)][0]
+        own: TowerAdapter = getattr(self.trainable, f"{tower}_adapter")[str(index)]
+        shared: nn.Linear = self.trainable.shared_adapter[str(index)][0]
         scale = self.config.adapter_scale
         factor = 1.0 / scale
 
@@ -244,8 +244,8 @@ class MMA(PromptLearner):
 
 
 OFFICIAL_NAMES = {
-    r"(?:adapter_learner\.)?(text|visual)_adapter\.(\d+)\.(down\.0|up)\.(weight|bias)": r"prompt.\1_adapter.\2.\3.\4",
-    r"(?:adapter_learner\.)?shared_adapter\.(\d+)\.0\.(weight|bias)": r"prompt.shared_adapter.\1.0.\2",
+    r"(?:adapter_learner\.)?(text|visual)_adapter\.(\d+)\.(down\.0|up)\.(weight|bias)": r"trainable.\1_adapter.\2.\3.\4",
+    r"(?:adapter_learner\.)?shared_adapter\.(\d+)\.0\.(weight|bias)": r"trainable.shared_adapter.\1.0.\2",
 }
 """Official names (``CustomCLIP.named_parameters()``: ``adapter_learner.…``; the checkpoint in the folder
 ``adapter_learner`` drops that prefix and also holds the buffers ``token_embedding`` and

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_bool, check_int, check_number
-from .base import MethodConfig, is_trainable
+from .base import MethodConfig
 from .contract import Objective
 from .coop import OFFICIAL_NAMES as OFFICIAL_NAMES  # the same official parameter name (prompt_learner.ctx)
 from .coop import CoOp
@@ -196,7 +196,7 @@ class ProGrad(CoOp):
         init, words = self.init_text()
         ctx = torch.zeros(self.config.n_ctx, self.clip.config.text.width)
         ctx[self.config.n_ctx - words:] = self.init_words(init, words)  # tokens 1..k, k counted in words
-        self.prompt.ctx = nn.Parameter(ctx)
+        self.trainable.ctx = nn.Parameter(ctx)
 
     def prepare_classes(self, classnames: list[str]) -> None:
         if self.config.ctx_init:
@@ -235,7 +235,7 @@ class ProGrad(CoOp):
         kl = grad_terms.get("kl")
         if kl is None:
             return
-        named = [(n, p) for n, p in self.named_parameters() if is_trainable(n)]
+        named = list(self.named_trainable().items())
         if len(named) != len(kl):
             raise ValueError(f"prograd: {len(kl)} kl gradients for {len(named)} trainable tensors")
         self.last_cosines = {}

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import check_number
-from .base import is_trainable
 from .contract import Objective
 from .ivlp import IVLP, IVLPConfig
 from .ivlp import OFFICIAL_NAMES as OFFICIAL_NAMES  # the same official parameter names (IVLP's model)
@@ -182,7 +181,7 @@ class PromptSRC(IVLP):
         """How many epochs the sum holds."""
 
     def _prompts(self) -> dict[str, Tensor]:
-        return {name: p for name, p in self.named_parameters() if is_trainable(name)}
+        return dict(self.named_trainable())
 
     # ----- objective ---------------------------------------------------------------------------------
     def teacher_text(self) -> Tensor:
@@ -253,7 +252,7 @@ class PromptSRC(IVLP):
             self._gpa_sum, self._gpa_epochs = None, 0
             return
         own = self._prompts()
-        sums = {k[len(GPA_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(GPA_STATE_PREFIX)}
+        sums = self.current_names({k[len(GPA_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(GPA_STATE_PREFIX)})
         unknown = sorted(k for k in state if k != GPA_EPOCHS_KEY and not k.startswith(GPA_STATE_PREFIX))
         problems = [f"unknown keys {unknown}"] if unknown else []
         if GPA_EPOCHS_KEY not in state:

@@ -164,7 +164,7 @@ class TCP(KgCoOp):
     def build_prompts(self) -> None:
         super().build_prompts()  # the shared context ``ctx``
         d, w_t = self.clip.config.embed_dim, self.clip.config.text.width
-        self.prompt.meta_net = nn.Sequential(OrderedDict([
+        self.trainable.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(d, d // 4)),
             ("relu", QuickGELU()),  # named as officially; it is QuickGELU
             ("linear2", nn.Linear(d // 4, N_CLASS_PROMPTS * w_t)),
@@ -201,12 +201,12 @@ class TCP(KgCoOp):
     def class_prompts(self) -> Tensor:
         """The class-aware tokens [C, 4, w_t]: ``meta_net`` of each class's teacher feature."""
         teacher = self.teacher_features()
-        out = self.prompt.meta_net(teacher.to(self.prompt.meta_net.linear1.weight.dtype))
+        out = self.trainable.meta_net(teacher.to(self.trainable.meta_net.linear1.weight.dtype))
         return out.reshape(teacher.shape[0], N_CLASS_PROMPTS, -1)
 
     def text_features(self) -> Tensor:
         deep: list[Tensor | None] = [None] * self.config.injection_layer + [self.class_prompts()]
-        return self.encode_text(self.assemble(self.prompt.ctx), self.eot, deep_prompts=deep)
+        return self.encode_text(self.assemble(self.trainable.ctx), self.eot, deep_prompts=deep)
 
     # objective: KgCoOp's (ce + weight * kg) on these text features, with teacher/ and student/ tensors
 
@@ -216,6 +216,6 @@ class TCP(KgCoOp):
 
 
 OFFICIAL_NAMES = {
-    r"prompt_learner\.ctx": "prompt.ctx",
-    r"prompt_learner\.meta_net\.(linear1|linear2)\.(weight|bias)": r"prompt.meta_net.\1.\2",
+    r"prompt_learner\.ctx": "trainable.ctx",
+    r"prompt_learner\.meta_net\.(linear1|linear2)\.(weight|bias)": r"trainable.meta_net.\1.\2",
 }
