@@ -37,7 +37,13 @@ def add_download_parser(sub: Any) -> None:
 def run_download(args: argparse.Namespace) -> int:
     from mmprompt.commands.data import _print_report
     from mmprompt.data.check import check_dataset
-    from mmprompt.data.download import download_datasets, format_plan, plan_downloads, prepare_root, resolve_names
+    from mmprompt.data.download import (
+        download_datasets,
+        format_plan,
+        plan_downloads,
+        prepare_root,
+        resolve_names,
+    )
 
     keys = resolve_names(args.names)
     from_archive = Path(args.from_archive).expanduser() if args.from_archive else None

@@ -102,7 +102,7 @@ class DatasetPlan:
     def archive_bytes(self) -> int:
         """Archives this run downloads (kept until the dataset is in place)."""
         return 0 if self.complete else sum(
-            p.file.size for p in self.files if p.state in ("todo", "partial", "downloaded", "manual"))
+            p.file.size for p in self.files if p.state in ("todo", "partial", "downloaded"))
 
     @property
     def extracted_bytes(self) -> int:
@@ -272,6 +272,13 @@ def download_dataset(plan: DatasetPlan, root: Path, progress: bool = True, keep_
         raise DownloadError(f"{info.key}: {', '.join(manual)} cannot be downloaded from a public host. "
                             f"{info.manual or 'Pass your copy with --from-archive PATH.'}")
     _check_space(plan, root, completed)
+    for p in plan.files:  # the user's own archives are checked before anything is downloaded
+        if p.state == "local":
+            assert p.local is not None
+            logger.info("%s: using %s", p.file.name, p.local)
+            problem = verify_file(p.local, p.file, progress)
+            if problem is not None:
+                raise DownloadError(f"--from-archive {p.local}: {problem}; it is not the expected {p.file.name}")
     work = _work(root, info)
     staging = work / "staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -282,11 +289,6 @@ def download_dataset(plan: DatasetPlan, root: Path, progress: bool = True, keep_
                 continue
             if p.state == "local":
                 assert p.local is not None
-                logger.info("%s: using %s", p.file.name, p.local)
-                problem = verify_file(p.local, p.file, progress)
-                if problem is not None:
-                    raise DownloadError(f"--from-archive {p.local}: {problem}; it is not the expected "
-                                        f"{p.file.name}")
                 archive = p.local
             else:
                 archive = work / p.file.name

@@ -15,7 +15,6 @@ import hashlib
 import http.client
 import logging
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -153,7 +152,7 @@ def _from_source(url: str, dest: Path, file: DownloadFile, progress: bool,
         try:
             _transfer(url, partial, progress, file.name, opener)
             break
-        except (http.client.IncompleteRead, ConnectionResetError, socket.timeout, TimeoutError) as exc:
+        except (http.client.IncompleteRead, ConnectionResetError, TimeoutError) as exc:
             if attempt == RETRIES:
                 raise
             logger.warning("%s: the connection to %s dropped after %d bytes (%s); continuing where it stopped",
