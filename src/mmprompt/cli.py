@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
     "reproduce": ("reproduce", "run every protocol of the paper for methods; report beside the published numbers"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
+    "weights": ("weights", "list the CLIP weights known by name (OpenAI releases, Hugging Face Hub names)"),
     "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
 }
 ALIASES: dict[str, str] = {"bench": "speed"}
