@@ -355,3 +355,77 @@ def test_every_catalogue_source_is_https_or_a_named_http_host_and_checksums_are_
 
 def test_download_error_is_a_data_error() -> None:
     assert issubclass(DownloadError, DataError)
+
+
+def test_imagenet_from_its_ilsvrc2012_archives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The official archives: a tar of one tar per class, a flat tar of validation images, the devkit."""
+    np = pytest.importorskip("numpy")
+    scipy_io = pytest.importorskip("scipy.io")
+    made = make_fake_dataset("imagenet", tmp_path / "made", n_classes=3, per_class=6)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    wnids = sorted(p.name for p in (made / "images" / "train").iterdir())
+    with tarfile.open(mine / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in wnids:
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tf:
+                for img in sorted((made / "images" / "train" / wnid).iterdir()):
+                    tf.add(img, arcname=img.name)
+            info = tarfile.TarInfo(f"{wnid}.tar")
+            info.size = len(inner.getvalue())
+            outer.addfile(info, io.BytesIO(inner.getvalue()))
+    val = sorted((made / "images" / "val").glob("*/*"))
+    ids = {w: i + 1 for i, w in enumerate(wnids)}  # ILSVRC2012_ID of each class
+    truth = []
+    with tarfile.open(mine / "ILSVRC2012_img_val.tar", "w") as tf:
+        for n, img in enumerate(val, 1):
+            tf.add(img, arcname=f"ILSVRC2012_val_{n:08d}.JPEG")
+            truth.append(ids[img.parent.name])
+    devkit = tmp_path / "devkit" / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    synsets = np.array([(i, w, 0) for w, i in ids.items()] + [(1001, "n00000001", 5)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    scipy_io.savemat(str(devkit / "meta.mat"), {"synsets": synsets})
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{t}\n" for t in truth))
+    (mine / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(tar_gz(devkit.parent, "ILSVRC2012_devkit_t12"))
+    (mine / "classnames.txt").write_bytes((made / "classnames.txt").read_bytes())
+    info = DATASETS["imagenet"]
+    files = [dataclasses.replace(f, md5=hashlib.md5((mine / f.name).read_bytes()).hexdigest(),
+                                 urls=("http://127.0.0.1:9/unused",)) for f in info.files]
+    monkeypatch.setitem(DATASETS, "imagenet", dataclasses.replace(info, files=tuple(files)))
+    root = tmp_path / "data"
+    code, out, err = run(capsys, "imagenet", "--data-root", root, "--from-archive", mine)
+    assert code == 0, err
+    assert "OK: the dataset is ready" in out
+    images = root / "imagenet" / "images"
+    assert sorted(p.relative_to(images / "train").as_posix() for p in (images / "train").rglob("*.JPEG")) == \
+        sorted(p.relative_to(made / "images" / "train").as_posix() for p in (made / "images" / "train").rglob("*.JPEG"))
+    for n, img in enumerate(val, 1):  # each validation image is in its class's folder
+        sorted_copy = images / "val" / img.parent.name / f"ILSVRC2012_val_{n:08d}.JPEG"
+        assert sorted_copy.read_bytes() == img.read_bytes()
+    assert not list((images / "train").glob("*.tar"))
+
+
+def test_a_tls_error_is_one_line_naming_the_host_and_the_fallback(
+        tmp_path: Path, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, capsys, caplog) -> None:
+    payloads = dtd_payloads(tmp_path)
+    tls = server.url("/dtd-r1.0.1.tar.gz").replace("http://", "https://").replace("127.0.0.1", "localhost")
+    serve_dataset(monkeypatch, server, "dtd", payloads,
+                  urls={"dtd-r1.0.1.tar.gz": [tls, server.url("/dtd-r1.0.1.tar.gz")]})
+    with caplog.at_level(logging.WARNING, logger="mmprompt.data.fetch"):
+        code, _, err = run(capsys, "dtd", "--data-root", tmp_path / "data")
+    assert code == 0, err
+    (line,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert line.startswith("dtd-r1.0.1.tar.gz: localhost failed (TLS error: ") and line.endswith("; trying 127.0.0.1")
+    assert "\n" not in line
+
+
+def test_a_proxy_that_refuses_is_named_in_the_error(tmp_path: Path, server: LoopbackServer,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    serve_dataset(monkeypatch, server, "dtd", dtd_payloads(tmp_path))
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    code, _, err = run(capsys, "dtd", "--data-root", tmp_path / "data")
+    assert code == 3 and "127.0.0.1: connection refused (a proxy or firewall?)" in err
+    assert "through the proxy http://127.0.0.1:9" in err
+    assert server.requests == []  # nothing went around the proxy

@@ -86,6 +86,11 @@ class FilePlan:
     (no source: needs ``--from-archive``)."""
     local: Path | None = None
 
+    @property
+    def size(self) -> int:
+        """The file's size: the local copy's when there is one, else the catalogue's (maybe an estimate)."""
+        return self.local.stat().st_size if self.local is not None else self.file.size
+
 
 @dataclass
 class DatasetPlan:
@@ -102,12 +107,12 @@ class DatasetPlan:
     def archive_bytes(self) -> int:
         """Archives this run downloads (kept until the dataset is in place)."""
         return 0 if self.complete else sum(
-            p.file.size for p in self.files if p.state in ("todo", "partial", "downloaded"))
+            p.size for p in self.files if p.state in ("todo", "partial", "downloaded"))
 
     @property
     def extracted_bytes(self) -> int:
         """What the pending files extract to (images barely compress: about their archives' size)."""
-        return 0 if self.complete else sum(p.file.size for p in self.files if p.state != "installed")
+        return 0 if self.complete else sum(p.size for p in self.files if p.state != "installed")
 
     @property
     def disk_needed(self) -> int:
@@ -198,7 +203,7 @@ def format_plan(plans: Sequence[DatasetPlan], root: Path) -> str:
         for p in plan.files:
             checksum = checksum_of(p.file)
             check = f"{checksum[0]} {checksum[1][:12]}..." if checksum else "checksum unknown (none published)"
-            size = ("" if p.file.size_exact else "~") + _gb(p.file.size)
+            size = ("" if p.file.size_exact or p.local else "~") + _gb(p.size)
             hosts = ", then ".join(dict.fromkeys(host_of(u) for u in p.file.urls)) or "no public source: --from-archive"
             lines.append(f"  {p.file.name:<40} {size:>10}  {p.state:<10} {check:<34} {hosts}")
         if plan.info.manual and any(p.state == "manual" for p in plan.files):

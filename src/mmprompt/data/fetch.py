@@ -189,6 +189,9 @@ def fetch_file(file: DownloadFile, dest: Path, progress: bool = True,
             reason = _describe(exc)
         except (_SourceFailed, http.client.HTTPException, ValueError) as exc:
             reason = _describe(exc)
+        proxy = urllib.request.getproxies().get(urlparse(url).scheme)
+        if proxy and not urllib.request.proxy_bypass(host_of(url)):
+            reason += f"; through the proxy {proxy}"
         nxt = f"trying {host_of(file.urls[i + 1])}" if i + 1 < len(file.urls) else "no other source"
         logger.warning("%s: %s failed (%s); %s", file.name, host_of(url), reason, nxt)
         failures.append(f"{host_of(url)}: {reason}")
