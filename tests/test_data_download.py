@@ -346,7 +346,7 @@ datasets:
         parse_catalog(entry.replace("md5: NOTHEX", "sha1: abc"))
 
 
-def test_every_catalogue_source_is_https_or_a_named_http_host_and_checksums_are_published_ones() -> None:
+def test_every_catalogue_file_has_a_source_or_instructions() -> None:
     for info in DATASETS.values():
         for f in info.files:
             assert f.md5 is None or len(f.md5) == 32
@@ -429,3 +429,13 @@ def test_a_proxy_that_refuses_is_named_in_the_error(tmp_path: Path, server: Loop
     assert code == 3 and "127.0.0.1: connection refused (a proxy or firewall?)" in err
     assert "through the proxy http://127.0.0.1:9" in err
     assert server.requests == []  # nothing went around the proxy
+
+
+def test_a_dataset_that_cannot_be_downloaded_does_not_stop_the_others(
+        tmp_path: Path, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    serve_dataset(monkeypatch, server, "dtd", dtd_payloads(tmp_path))
+    root = tmp_path / "data"
+    code, out, err = run(capsys, "imagenet", "dtd", "--data-root", root)
+    assert code == 3
+    assert "complete: dtd. Not downloaded: imagenet (" in err and "image-net.org" in err
+    assert "OK: the dataset is ready" in out and (root / "dtd" / dl.MARKER).is_file()

@@ -321,17 +321,31 @@ def download_dataset(plan: DatasetPlan, root: Path, progress: bool = True, keep_
 def download_datasets(keys: Sequence[str], root: Path, from_archive: Path | None = None, progress: bool = True,
                       keep_archives: bool = False,
                       on_done: Callable[[DatasetPlan, Path], None] | None = None) -> list[Path]:
-    """Download every dataset of ``keys`` in turn; ``on_done(plan, folder)`` is called after each."""
+    """Download every dataset of ``keys`` in turn; ``on_done(plan, folder)`` is called after each.
+
+    A dataset that cannot be downloaded (a host down, ImageNet without ``--from-archive``) does not stop the
+    others: the run continues and then raises :class:`DownloadError` naming each such dataset and why. A full
+    disk stops the run at once (:class:`DiskSpaceError`).
+    """
     plans = plan_downloads(keys, root, from_archive)
     completed: list[str] = [p.info.key for p in plans if p.complete]
-    folders = []
+    folders, failed = [], []
     for plan in plans:
         if plan.complete:
             logger.info("%s: %s; skipped", plan.info.key, plan.complete)
-        folder = download_dataset(plan, root, progress, keep_archives, completed)
+        try:
+            folder = download_dataset(plan, root, progress, keep_archives, completed)
+        except DownloadError as exc:
+            if len(plans) == 1:
+                raise
+            logger.error("%s: not downloaded: %s", plan.info.key, exc)
+            failed.append(f"{plan.info.key} ({exc})")
+            continue
         if not plan.complete:
             completed.append(plan.info.key)
         folders.append(folder)
         if on_done is not None:
             on_done(plan, folder)
+    if failed:
+        raise DownloadError(f"complete: {', '.join(completed) or 'none'}. Not downloaded: {'; '.join(failed)}")
     return folders
