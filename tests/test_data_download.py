@@ -9,6 +9,7 @@ Formats covered: .tar.gz (DTD, Caltech101, FGVC-Aircraft), .zip (EuroSAT), plain
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import logging
@@ -439,3 +440,47 @@ def test_a_dataset_that_cannot_be_downloaded_does_not_stop_the_others(
     assert code == 3
     assert "complete: dtd. Not downloaded: imagenet (" in err and "image-net.org" in err
     assert "OK: the dataset is ready" in out and (root / "dtd" / dl.MARKER).is_file()
+
+
+def test_a_read_only_root_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(dl.tempfile, "NamedTemporaryFile", read_only)
+    code, _, err = run(capsys, "dtd", "--data-root", tmp_path)
+    assert code == 3
+    assert f"cannot write to the data root {tmp_path} (Read-only file system)" in err and "Traceback" not in err
+
+
+def test_the_plan_counts_what_a_partial_download_still_needs(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    work = root / dl.WORK_DIR / "dtd"
+    work.mkdir(parents=True)
+    (work / "dtd-r1.0.1.tar.gz.part").write_bytes(b"x" * 1000)
+    (plan,) = dl.plan_downloads(["dtd"], root)
+    archive, split = plan.files
+    assert (archive.state, archive.partial_bytes, split.state) == ("partial", 1000, "todo")
+    assert plan.to_download == archive.file.size - 1000 + split.file.size
+
+
+def test_a_disk_filling_up_midway_stops_and_the_rerun_continues_without_downloading_again(
+        tmp_path: Path, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    serve_dataset(monkeypatch, server, "dtd", dtd_payloads(tmp_path))
+    real = dl.extract_archive
+
+    def full(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "extract_archive", full)
+    root = tmp_path / "data"
+    code, _, err = run(capsys, "dtd", "--data-root", root)
+    assert code == 5 and "not enough disk space" in err and "Complete so far: none" in err
+    assert not (root / "dtd").exists()
+    assert (root / dl.WORK_DIR / "dtd" / "dtd-r1.0.1.tar.gz").is_file()  # the verified archive is kept
+    monkeypatch.setattr(dl, "extract_archive", real)
+    served = [p for p, _ in server.requests]
+    code, out, err = run(capsys, "dtd", "--data-root", root)
+    assert code == 0, err
+    assert "OK: the dataset is ready" in out
+    # the archive was not downloaded again; only the split file, not reached before, was fetched
+    assert [p for p, _ in server.requests][len(served):] == ["/split_zhou_DescribableTextures.json"]

@@ -85,6 +85,8 @@ class FilePlan:
     (a ``.part`` to continue), ``local`` (taken from ``--from-archive``), ``todo`` or ``manual``
     (no source: needs ``--from-archive``)."""
     local: Path | None = None
+    partial_bytes: int = 0
+    """How much of a ``partial`` file is already here."""
 
     @property
     def size(self) -> int:
@@ -101,13 +103,13 @@ class DatasetPlan:
 
     @property
     def to_download(self) -> int:
-        return sum(p.file.size for p in self.files if p.state in ("todo", "partial"))
+        return sum(p.file.size - p.partial_bytes for p in self.files if p.state in ("todo", "partial"))
 
     @property
     def archive_bytes(self) -> int:
         """Archives this run downloads (kept until the dataset is in place)."""
         return 0 if self.complete else sum(
-            p.size for p in self.files if p.state in ("todo", "partial", "downloaded"))
+            p.size - p.partial_bytes for p in self.files if p.state in ("todo", "partial"))
 
     @property
     def extracted_bytes(self) -> int:
@@ -171,7 +173,8 @@ def plan_downloads(keys: Sequence[str], root: Path, from_archive: Path | None = 
                 state = "manual"
             else:
                 state = "partial" if (work / f"{file.name}.part").is_file() else "todo"
-            plan.files.append(FilePlan(file, state, local))
+            part = work / f"{file.name}.part"
+            plan.files.append(FilePlan(file, state, local, part.stat().st_size if state == "partial" else 0))
         plans.append(plan)
     if from_archive is not None and from_archive.is_file() and not any(
             p.local for plan in plans for p in plan.files):
@@ -218,17 +221,26 @@ def format_plan(plans: Sequence[DatasetPlan], root: Path) -> str:
     return "\n".join(lines)
 
 
-def _merge(source: Path, target: Path) -> None:
-    """Move ``source``'s entries into ``target``; existing files in ``target`` are kept."""
+def _merge(source: Path, target: Path, keep_existing: bool = False) -> int:
+    """Move ``source``'s entries into ``target``, replacing files there (``keep_existing``: keeping them);
+    returns how many existing files were kept."""
     target.mkdir(parents=True, exist_ok=True)
+    kept = 0
     for entry in sorted(source.iterdir()):
         dest = target / entry.name
-        if not dest.exists():
+        if dest.is_dir() and entry.is_dir() and not dest.is_symlink():
+            kept += _merge(entry, dest, keep_existing)
+        elif not dest.exists() and not dest.is_symlink():
             os.replace(entry, dest)
-        elif dest.is_dir() and entry.is_dir():
-            _merge(entry, dest)
+        elif keep_existing:
+            kept += 1
         else:
-            logger.warning("%s exists already; kept it (the downloaded copy is discarded)", dest)
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            else:
+                dest.unlink()
+            os.replace(entry, dest)
+    return kept
 
 
 def _install(plan: FilePlan, archive: Path, staging: Path, work: Path) -> None:
@@ -309,7 +321,9 @@ def download_dataset(plan: DatasetPlan, root: Path, progress: bool = True, keep_
             raise DiskSpaceError(_space_message(plan, root, plan.disk_needed, None, completed)) from exc
         raise
     if folder.exists():
-        _merge(staging, folder)
+        kept = _merge(staging, folder, keep_existing=True)
+        if kept:
+            logger.warning("%s: %d file(s) were already in %s and were kept as they are", info.key, kept, folder)
     else:
         os.replace(staging, folder)  # the whole dataset appears in one step
     atomic_write_json(folder / MARKER, {"dataset": info.key, "files": done})
