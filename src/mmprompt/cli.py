@@ -20,7 +20,7 @@ from collections.abc import Sequence
 # subcommand name -> (module under mmprompt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("parity", "check the implementation against an official reference file"),
-    "data": ("data", "inspect and check datasets (inspect, check)"),
+    "data": ("data", "list, inspect, check and download datasets"),
     "import-official": ("import_official", "convert an official Dassl checkpoint into an mmprompt checkpoint"),
     "train": ("train", "train prompts on one dataset"),
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),

@@ -111,8 +111,8 @@ def parse_hub_spec(name: str) -> tuple[str, str | None, HubModel | None]:
     if name in HUB_MODELS:
         return HUB_MODELS[name].repo, None, HUB_MODELS[name]
     spec = name[len(PREFIX):]
-    repo, _, revision = spec.partition("@")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo) or (_ and not revision):
+    repo, at, revision = spec.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo) or (at and not revision):
         raise ValueError(f"{name!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
     entry = next((m for m in _TABLE if m.repo == repo), None)
     return repo, revision or None, entry
@@ -185,8 +185,8 @@ def fetch_hub(name: str, cache_dir: str | Path | None = None) -> HubWeights:
         actual = _get(config, key)
         if actual != value:
             raise UnsupportedCheckpointError(
-                f"{where}: its config says {key} = {actual!r}, but {entry.name} is expected to have {value!r}; "  # type: ignore[union-attr]
-                "the repository is not the release the name stands for")
+                f"{where}: its config says {key} = {actual!r}, but {name} is expected to have {value!r}; the "
+                "repository is not the release the name stands for")
     commit = folder.name
     if layout == "transformers" and any((folder / f"{w}.index.json").is_file() for w in _WEIGHTS[layout]):
         index = json.loads(next(folder / f"{w}.index.json" for w in _WEIGHTS[layout]
