@@ -96,6 +96,8 @@ class FilePlan:
 
 @dataclass
 class DatasetPlan:
+    """One dataset of a download run: its files' plans, or why it is skipped."""
+
     info: DatasetInfo
     files: list[FilePlan] = field(default_factory=list)
     complete: str = ""

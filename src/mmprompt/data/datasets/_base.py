@@ -103,8 +103,9 @@ class DatasetInfo:
 
 def split_file_hint(info: DatasetInfo) -> str:
     """Where the official split file comes from, in words."""
+    auto = f"run `mmprompt data download {info.key} --data-root <root>`, or " if info.files else ""
     return (
-        f"download {info.split_file} from the Google Drive link in the {info.coop_name} section of CoOp's "
+        f"{auto}download {info.split_file} from the Google Drive link in the {info.coop_name} section of CoOp's "
         f"DATASETS.md ({COOP_DATASETS_MD}) and put it in the dataset folder"
     )
 
