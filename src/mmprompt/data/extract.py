@@ -142,8 +142,9 @@ def unpack_nested_tars(folder: Path) -> None:
 
 def sort_imagenet_val(folder: Path, dataset_dir: Path) -> None:
     """Move ImageNet's 50,000 validation images into ``<wnid>/`` folders, with the devkit's labels."""
-    data = next(iter(sorted(dataset_dir.glob("**/ILSVRC2012_devkit_t12/data"))), None)
-    if data is None or not (data / "meta.mat").is_file():
+    places = (dataset_dir / "devkit" / "ILSVRC2012_devkit_t12" / "data", dataset_dir / "ILSVRC2012_devkit_t12" / "data")
+    data = next((p for p in places if (p / "meta.mat").is_file()), None)
+    if data is None:
         raise DataError(f"sorting ImageNet's validation images needs the development kit "
                         f"(ILSVRC2012_devkit_t12.tar.gz), which is not extracted under {dataset_dir}")
     try:
