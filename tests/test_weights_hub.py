@@ -123,10 +123,26 @@ def test_open_clip_style_names_map_to_their_repository_and_config_fields_are_che
 
 def test_the_table_maps_the_usual_open_clip_names() -> None:
     assert clip_hub.parse_hub_spec("ViT-B-16/laion2b_s34b_b88k")[0] == "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
-    assert clip_hub.parse_hub_spec("ViT-SO400M-14-SigLIP")[0] == "timm/ViT-SO400M-14-SigLIP"
+    # open_clip's SigLIP names map to Google's transformers releases of the same weights (timm towers are refused)
+    assert clip_hub.parse_hub_spec("ViT-SO400M-14-SigLIP")[0] == "google/siglip-so400m-patch14-224"
+    assert all(m.layout == "transformers" for m in clip_hub.HUB_MODELS.values() if m.family == "siglip")
     assert clip_hub.parse_hub_spec("hf-hub:a/b@c")[:2] == ("a/b", "c")
     with pytest.raises(ValueError, match="hf-hub:ORG/NAME"):
         clip_hub.parse_hub_spec("hf-hub:no-org")
+
+
+def test_transformers_fields_left_out_of_config_json_are_checked_at_their_defaults(
+        tmp_path: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tiny_hf_clip(tmp_path / "made")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"].pop("image_size", None)  # transformers' default: 224
+    (folder / "config.json").write_text(json.dumps(config))
+    put_in_hub_cache(hf_home / "hub", "tiny-org/tiny-clip", folder)
+    wrong = clip_hub.HubModel("tiny/wrong", "tiny-org/tiny-clip", "transformers", "clip", "1M", "MIT",
+                              {"model_type": "clip", "vision_config.image_size": 32})
+    monkeypatch.setitem(clip_hub.HUB_MODELS, wrong.name, wrong)
+    with pytest.raises(UnsupportedCheckpointError, match=r"vision_config.image_size = 224, but tiny/wrong"):
+        mclip.load("tiny/wrong")
 
 
 def test_a_missing_revision_offline_is_a_clear_error(tmp_path: Path, hf_home: Path) -> None:

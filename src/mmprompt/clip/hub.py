@@ -57,6 +57,13 @@ def _hf(repo: str, family: str, params: str, licence: str, model_type: str, patc
 
 
 _MIT, _APACHE = "MIT", "Apache-2.0"
+
+
+def _sig(name: str, repo: str, params: str, patch: int, size: int) -> HubModel:
+    return HubModel(name, repo, "transformers", "siglip", params, _APACHE,
+                    {"model_type": "siglip", "vision_config.patch_size": patch, "vision_config.image_size": size})
+
+
 _TABLE = [
     _oc("ViT-B-32/laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "clip (LAION-2B)", "151M", _MIT,
         512, 32),
@@ -72,18 +79,20 @@ _TABLE = [
         "Apple sample code licence (apple-amlr): see the model card", 768, 14),
     _oc("ViT-H-14-quickgelu/dfn5b", "apple/DFN5B-CLIP-ViT-H-14", "clip (DFN)", "986M",
         "Apple sample code licence (apple-amlr): see the model card", 1024, 14),
-    _oc("ViT-B-16-SigLIP/webli", "timm/ViT-B-16-SigLIP", "siglip", "203M", _APACHE, 768, 16),
-    _oc("ViT-SO400M-14-SigLIP/webli", "timm/ViT-SO400M-14-SigLIP", "siglip", "878M", _APACHE, 1152, 14),
+    # open_clip's SigLIP repositories (timm/...) hold a timm image tower, which the exact loaders refuse; the
+    # same WebLI weights are published by Google as transformers SiglipModel folders, which load
+    _sig("ViT-B-16-SigLIP/webli", "google/siglip-base-patch16-224", "203M", 16, 224),
+    _sig("ViT-SO400M-14-SigLIP/webli", "google/siglip-so400m-patch14-224", "878M", 14, 224),
+    _sig("ViT-SO400M-14-SigLIP-384/webli", "google/siglip-so400m-patch14-384", "878M", 14, 384),
     _hf("openai/clip-vit-base-patch32", "clip (OpenAI)", "151M", _MIT, "clip", 32),
     _hf("openai/clip-vit-base-patch16", "clip (OpenAI)", "150M", _MIT, "clip", 16),
     _hf("openai/clip-vit-large-patch14", "clip (OpenAI)", "428M", _MIT, "clip", 14),
-    _hf("google/siglip-base-patch16-224", "siglip", "203M", _APACHE, "siglip", 16),
-    _hf("google/siglip-so400m-patch14-384", "siglip", "878M", _APACHE, "siglip", 14),
     _hf("facebook/metaclip-b16-fullcc2.5b", "clip (MetaCLIP)", "150M", "CC-BY-NC-4.0 (non-commercial)", "clip", 16),
 ]
 HUB_MODELS: dict[str, HubModel] = {m.name: m for m in _TABLE}
 """Known names: open_clip-style ``ARCH/PRETRAINED`` names and Hub repositories, with what they must be."""
-_ALIASES = {"ViT-B-16-SigLIP": "ViT-B-16-SigLIP/webli", "ViT-SO400M-14-SigLIP": "ViT-SO400M-14-SigLIP/webli"}
+_ALIASES = {"ViT-B-16-SigLIP": "ViT-B-16-SigLIP/webli", "ViT-SO400M-14-SigLIP": "ViT-SO400M-14-SigLIP/webli",
+            "ViT-SO400M-14-SigLIP-384": "ViT-SO400M-14-SigLIP-384/webli"}
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,21 @@ def _cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
+def _get(config: dict[str, Any], dotted: str, layout: str) -> Any:
+    """A config field as the loaders read it: keys a file leaves out take the library's defaults."""
+    from .hf import HF_DEFAULTS, hf_tower
+    from .openclip import OPEN_CLIP_TEXT_DEFAULTS, OPEN_CLIP_VISION_DEFAULTS
+
+    parts = dotted.split(".")
+    if layout == "transformers" and parts[0] in ("vision_config", "text_config") and len(parts) == 2:
+        defaults = HF_DEFAULTS.get(config.get("model_type", ""), {}).get(parts[0].split("_")[0], {})
+        return hf_tower(config, parts[0].split("_")[0], defaults).get(parts[1])
+    if layout == "open_clip" and parts[:2] in (["model_cfg", "vision_cfg"], ["model_cfg", "text_cfg"]) \
+            and len(parts) == 3:
+        defaults = OPEN_CLIP_VISION_DEFAULTS if parts[1] == "vision_cfg" else OPEN_CLIP_TEXT_DEFAULTS
+        return {**defaults, **(config.get("model_cfg", {}).get(parts[1]) or {})}.get(parts[2])
     value: Any = config
-    for part in dotted.split("."):
+    for part in parts:
         value = value.get(part) if isinstance(value, dict) else None
     return value
 
@@ -182,7 +203,7 @@ def fetch_hub(name: str, cache_dir: str | Path | None = None) -> HubWeights:
                                       f"({type(exc).__name__}: {exc})") from exc
     layout, config = _layout(folder, repo)
     for key, value in (entry.expected if entry else {}).items():
-        actual = _get(config, key)
+        actual = _get(config, key, layout)
         if actual != value:
             raise UnsupportedCheckpointError(
                 f"{where}: its config says {key} = {actual!r}, but {name} is expected to have {value!r}; the "
