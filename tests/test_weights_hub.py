@@ -190,3 +190,13 @@ def test_train_with_hf_hub_clip_offline_through_the_cli(tmp_path: Path, hf_home:
     # the prompts reload the same weights by their recorded commit, still offline
     assert main(["eval", "--checkpoint", str(run), "--dataset", "eurosat", "--data-root", str(root),
                  "--subsample", "new", "--num-workers", "0", "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_only_prefixed_ids_and_table_names_are_hub_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert clip_hub.is_hub_name("hf-hub:openai/clip-vit-base-patch16")
+    assert clip_hub.is_hub_name("ViT-B-16/laion2b_s34b_b88k")
+    assert not clip_hub.is_hub_name("openai/clip-vit-base-patch16")  # a repository id alone may be a local folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ViT-B-16").mkdir()
+    (tmp_path / "ViT-B-16" / "laion2b_s34b_b88k").mkdir()
+    assert not clip_hub.is_hub_name("ViT-B-16/laion2b_s34b_b88k")  # an existing path wins

@@ -110,8 +110,14 @@ class HubWeights:
 
 
 def is_hub_name(name: Any) -> bool:
-    """True for ``hf-hub:...`` and for the open_clip-style names of :data:`HUB_MODELS`."""
-    return isinstance(name, str) and (name.startswith(PREFIX) or name in HUB_MODELS or name in _ALIASES)
+    """True for ``hf-hub:...`` and for the open_clip-style names of :data:`HUB_MODELS` (a repository id
+    needs the ``hf-hub:`` prefix, and an existing local path of the same name wins)."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith(PREFIX):
+        return True
+    known = name in _ALIASES or (name in HUB_MODELS and HUB_MODELS[name].repo != name)
+    return known and not Path(name).exists()
 
 
 def parse_hub_spec(name: str) -> tuple[str, str | None, HubModel | None]:

@@ -20,13 +20,14 @@ def run(args: argparse.Namespace) -> int:
     from mmprompt.clip.hub import HUB_MODELS, PREFIX
     from mmprompt.clip.weights import PRETRAINED
 
-    print(f"{'name (pass to --clip)':<52} {'family':<16} {'params':>6}  {'source':<12} licence")
+    print(f"{'name (pass to --clip)':<38} {'family':<16} {'params':>6}  {'layout':<12} {'from':<48} licence")
     for name, entry in PRETRAINED.items():
-        print(f"{name:<52} {'clip (OpenAI)':<16} {_OPENAI_PARAMS.get(name, '?'):>6}  {'openai':<12} MIT "
-              f"({entry.url.split('/')[2]})")
+        print(f"{name:<38} {'clip (OpenAI)':<16} {_OPENAI_PARAMS.get(name, '?'):>6}  {'openai':<12} "
+              f"{entry.url.split('/')[2]:<48} MIT")
     for name, model in HUB_MODELS.items():
-        shown = name if model.layout == "open_clip" else f"{PREFIX}{name}"
-        print(f"{shown:<52} {model.family:<16} {model.params:>6}  {model.layout:<12} {model.licence}")
+        shown = f"{PREFIX}{name}" if name == model.repo else name
+        print(f"{shown:<38} {model.family:<16} {model.params:>6}  {model.layout:<12} {PREFIX + model.repo:<48} "
+              f"{model.licence}")
     print(f"any other Hub repository: {PREFIX}ORG/NAME[@REVISION] (an open_clip or transformers CLIP/SigLIP layout); "
           "parameter counts are approximate, from the model cards; check each licence before use")
     return 0
