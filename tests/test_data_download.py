@@ -14,8 +14,10 @@ import hashlib
 import io
 import logging
 import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -35,6 +37,26 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "*")
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request the downloader makes must go to this machine: a test that would go out fails."""
+    real = urllib.request.build_opener
+
+    def guarded(*handlers: object) -> urllib.request.OpenerDirector:
+        opener = real(*handlers)
+        send = opener.open
+
+        def open_local(request: object, *args: object, **kwargs: object) -> object:
+            url = request.full_url if isinstance(request, urllib.request.Request) else str(request)
+            assert urlparse(url).hostname in ("127.0.0.1", "localhost"), f"a test tried to reach {url}"
+            return send(request, *args, **kwargs)
+
+        opener.open = open_local  # type: ignore[method-assign]
+        return opener
+
+    monkeypatch.setattr(urllib.request, "build_opener", guarded)
 
 
 @pytest.fixture
@@ -484,3 +506,11 @@ def test_a_disk_filling_up_midway_stops_and_the_rerun_continues_without_download
     assert "OK: the dataset is ready" in out
     # the archive was not downloaded again; only the split file, not reached before, was fetched
     assert [p for p, _ in server.requests][len(served):] == ["/split_zhou_DescribableTextures.json"]
+
+
+def test_the_loopback_guard_stops_a_request_to_another_host(tmp_path: Path) -> None:
+    from mmprompt.data.fetch import fetch_file
+
+    file = DATASETS["dtd"].files[0]
+    with pytest.raises(AssertionError, match="a test tried to reach https://www.robots.ox.ac.uk/"):
+        fetch_file(file, tmp_path / file.name, progress=False)
