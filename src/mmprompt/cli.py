@@ -20,7 +20,7 @@ from collections.abc import Sequence
 # subcommand name -> (module under mmprompt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("parity", "check the implementation against an official reference file"),
-    "data": ("data", "inspect and check datasets (inspect, check)"),
+    "data": ("data", "list, inspect, check and download datasets"),
     "import-official": ("import_official", "convert an official Dassl checkpoint into an mmprompt checkpoint"),
     "train": ("train", "train prompts on one dataset"),
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
     "reproduce": ("reproduce", "run every protocol of the paper for methods; report beside the published numbers"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
+    "weights": ("weights", "list the CLIP weights known by name (OpenAI releases, Hugging Face Hub names)"),
     "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
 }
 ALIASES: dict[str, str] = {"bench": "speed"}

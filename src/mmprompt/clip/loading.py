@@ -22,6 +22,7 @@ from .config import CLIPConfig, Preprocess, shapes_from_state_dict
 from .convert import CheckpointFile, check_state_dict, convert_to_openai, read_checkpoint, sniff_format
 from .describe import Stated, UnsupportedCheckpointError, architecture_fields, assemble
 from .hf import hf_preprocess, read_hf_config
+from .hub import is_hub_name
 from .model import CLIP
 from .openclip import open_clip_preprocess, read_open_clip_config
 from .weights import (
@@ -64,6 +65,8 @@ class WeightsInfo:
     tokenizer_clean: str | None = None
     """How texts are cleaned before tokenization, when the checkpoint's config says it (open_clip's
     ``text_cfg.tokenizer_kwargs.clean`` or its default); None: the tokenizer's own default."""
+    hub: str | None = None
+    """``hf-hub:ORG/NAME@COMMIT`` when the weights came from the Hugging Face Hub by name."""
 
 
 def _read_config_file(ckpt: CheckpointFile, config: str | Path) -> None:
@@ -236,7 +239,9 @@ def load(
     open_clip checkpoint (``.pt`` / ``.safetensors``, with its ``open_clip_config.json`` in the folder or
     beside the file), a Hugging Face ``CLIPModel`` / ``MetaClip2Model`` / ``SiglipModel`` folder or a weights
     file beside its ``config.json``. A string is tried as a registry name first; pass a
-    :class:`~pathlib.Path` to force a path.
+    :class:`~pathlib.Path` to force a path. ``"hf-hub:ORG/NAME[@REVISION]"`` and the open_clip-style names
+    of :data:`~mmprompt.clip.hub.HUB_MODELS` (``"ViT-B-16/laion2b_s34b_b88k"``) are downloaded from the
+    Hugging Face Hub into its cache (``HF_HOME``; nothing is downloaded with ``HF_HUB_OFFLINE=1``).
 
     Fields that are not in the tensors' shapes come from the checkpoint's config, else from the arguments:
     ``architecture`` (every field of a named architecture, e.g. ``"ViT-H/14"``), ``config`` (the path of a
@@ -252,9 +257,15 @@ def load(
         raise ValueError(f"dtype must be a floating point type, got {dtype}")
     registry = PRETRAINED if registry is None else registry
     entry = _find_entry(name_or_path, registry) if isinstance(name_or_path, str) else None
+    hub_weights = None
     if entry is not None:
         path = fetch_pretrained(entry, cache_dir=cache_dir, verify=verify, progress=progress)
         digest = entry.sha256 if verify else None
+    elif is_hub_name(name_or_path):
+        from .hub import fetch_hub
+
+        hub_weights = fetch_hub(str(name_or_path))
+        path, digest = hub_weights.path, None
     else:
         path, digest = Path(name_or_path), None
         if not path.exists():
@@ -274,6 +285,7 @@ def load(
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     model = _attach_tokenizer(model, info)
+    info.hub = hub_weights.spec if hub_weights is not None else None
     model.weights_info = info
     logger.info(
         "loaded %s from %s (%s, %s layout); fields: %s",

@@ -3,6 +3,7 @@
 mmprompt data list
 mmprompt data inspect --dataset caltech101 --root /data --shots 16 --seed 1 --subsample base --json
 mmprompt data check --dataset caltech101 --root /data
+mmprompt data download all --data-root /data --dry-run   (commands/data_download.py)
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = sub.add_parser("check", help="check a dataset folder and explain what is missing or wrong")
     _dataset_arguments(check)
     check.add_argument("--verify-images", action="store_true", help="also decode every image (slow)")
+
+    from .data_download import add_download_parser
+
+    add_download_parser(sub)
 
 
 def _dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,4 +158,8 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if args.data_command == "inspect":
         return _inspect(args)
+    if args.data_command == "download":
+        from .data_download import run_download
+
+        return run_download(args)
     return _check(args)

@@ -110,7 +110,8 @@ def check_dataset(name: str, root: str | os.PathLike[str], verify_images: bool =
             missing += cannot_generate
     report.problems.extend(missing)
     if missing:
-        report.problems.append(f"To get {info.coop_name}: {info.download}")
+        auto = f"run `mmprompt data download {info.key} --data-root {root}`, or by hand: " if info.files else ""
+        report.problems.append(f"To get {info.coop_name}: {auto}{info.download}")
         return report
 
     image_dir = dataset_dir / info.image_subdir if info.image_subdir else dataset_dir

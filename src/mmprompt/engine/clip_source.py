@@ -21,8 +21,8 @@ __all__ = ["ClipSpec", "load_clip_from_info", "resolve_clip"]
 logger = logging.getLogger(__name__)
 
 ClipSpec = str | Path | CLIP | Callable[[], Any]
-"""A registry name or path for :func:`mmprompt.clip.load`, ``"demo"`` (the built-in demo CLIP), a CLIP,
-or a callable returning a CLIP or ``(CLIP, clip_info)``."""
+"""A registry name, an ``hf-hub:ORG/NAME[@REVISION]`` name or a path for :func:`mmprompt.clip.load`,
+``"demo"`` (the built-in demo CLIP), a CLIP, or a callable returning a CLIP or ``(CLIP, clip_info)``."""
 DEMO = "demo"
 
 
@@ -30,6 +30,12 @@ def _demo_clip() -> tuple[CLIP, dict[str, Any]]:
     from ..demo import demo_clip_info, load_demo_clip
 
     return load_demo_clip(), {"weights": DEMO, "source": "package", "sha256": demo_clip_info()["sha256"]}
+
+
+def _is_hub_name(spec: str) -> bool:
+    from ..clip.hub import is_hub_name
+
+    return is_hub_name(spec)
 
 
 def _file_digest(path: Path) -> str | None:
@@ -63,6 +69,12 @@ def resolve_clip(
             raise TypeError(f"the CLIP callable returned {type(clip).__name__}, expected a mmprompt CLIP")
         name = getattr(spec, "__qualname__", None) or type(spec).__name__
         info = {"weights": None, "source": f"callable:{name}", **dict(extra)}
+    elif isinstance(spec, str) and _is_hub_name(spec):
+        from ..clip import load
+
+        clip = load(spec, device="cpu", activation=activation)
+        hub = clip.weights_info.hub
+        info = {"weights": hub, "source": "hf-hub", "sha256": _file_digest(clip.weights_info.weights_file)}
     else:
         from ..clip import load
         from ..clip.weights import get_pretrained

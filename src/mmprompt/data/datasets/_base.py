@@ -36,6 +36,32 @@ class Requirement:
 
 
 @dataclass(frozen=True)
+class DownloadFile:
+    """One file of a dataset as ``mmprompt data download`` fetches it (see :mod:`mmprompt.data.download`).
+
+    ``urls`` are tried in order: the official host(s) first, then public mirrors; an empty list means the
+    file cannot be downloaded without a login (``--from-archive``). ``size`` is its size in bytes, exact
+    when ``size_exact``, else an estimate used only for the plan and the disk-space check. ``md5`` /
+    ``sha256`` is the published checksum (``None``: none is published, the file cannot be verified).
+    ``extract``: ``tar`` / ``zip`` archives are unpacked into ``into`` (a folder of the dataset folder)
+    after dropping the leading folder(s) ``strip`` of every member; ``none`` copies the file there.
+    ``unpack`` names an extra step for archives of archives (ImageNet's).
+    """
+
+    name: str
+    urls: tuple[str, ...]
+    size: int
+    what: str
+    size_exact: bool = False
+    md5: str | None = None
+    sha256: str | None = None
+    extract: Literal["tar", "zip", "none"] = "none"
+    into: str = ""
+    strip: str = ""
+    unpack: Literal["", "nested_tars", "imagenet_val"] = ""
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """One dataset of the benchmark: where it lives, how to read it, how many classes it should have.
 
@@ -57,6 +83,10 @@ class DatasetInfo:
     val_is_test: bool = False
     test_only: bool = False
     display_name: str = ""
+    files: tuple[DownloadFile, ...] = ()
+    """What ``mmprompt data download`` fetches, in order (empty: nothing to download)."""
+    manual: str = ""
+    """Why some files need the user's own archives (``--from-archive``), and where to get them."""
 
     @property
     def label(self) -> str:
@@ -73,8 +103,9 @@ class DatasetInfo:
 
 def split_file_hint(info: DatasetInfo) -> str:
     """Where the official split file comes from, in words."""
+    auto = f"run `mmprompt data download {info.key} --data-root <root>`, or " if info.files else ""
     return (
-        f"download {info.split_file} from the Google Drive link in the {info.coop_name} section of CoOp's "
+        f"{auto}download {info.split_file} from the Google Drive link in the {info.coop_name} section of CoOp's "
         f"DATASETS.md ({COOP_DATASETS_MD}) and put it in the dataset folder"
     )
 

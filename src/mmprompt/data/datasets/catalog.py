@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mmprompt.data.datasets._base import DatasetInfo, Requirement
+from mmprompt.data.datasets._base import DatasetInfo, DownloadFile, Requirement
 from mmprompt.data.datasets.readers import READERS
 
 __all__ = ["CATALOG_FILE", "CatalogError", "load_catalog", "parse_catalog"]
@@ -73,9 +73,38 @@ def _parse_entry(entry: Any, where: str) -> DatasetInfo:
         Requirement(**_check_fields(Requirement, r, f"{where}: field 'requirements', item {j}"))
         for j, r in enumerate(fields.get("requirements", ()), 1)
     )
+    fields["files"] = tuple(
+        _parse_file(f, f"{where}: field 'files', item {j}") for j, f in enumerate(fields.get("files", ()), 1)
+    )
     fields["aliases"] = tuple(fields.get("aliases", ()))
     fields["reader"] = _build_reader(fields["reader"], fields["download"], f"{where}: field 'reader'")
     return DatasetInfo(**fields)
+
+
+_HEX = {"md5": 32, "sha256": 64}
+
+
+def _parse_file(item: Any, where: str) -> DownloadFile:
+    """One entry of a dataset's ``files`` list: its URLs, checksum and where it goes, checked."""
+    fields = _check_fields(DownloadFile, item, where)
+    for algo, length in _HEX.items():
+        value = fields.get(algo)
+        if value is not None and (len(value) != length or any(c not in "0123456789abcdef" for c in value)):
+            raise CatalogError(f"{where}: field {algo!r}: expected {length} lower-case hex digits, got {value!r}")
+    if fields.get("md5") and fields.get("sha256"):
+        raise CatalogError(f"{where}: give one checksum (md5 or sha256), not both")
+    if fields["size"] <= 0:
+        raise CatalogError(f"{where}: field 'size': expected a positive number of bytes, got {fields['size']}")
+    for url in fields["urls"]:
+        if not url.startswith(("https://", "http://")):
+            raise CatalogError(f"{where}: field 'urls': expected http(s) URLs, got {url!r}")
+    for name in ("name", "into", "strip"):
+        value = fields.get(name) or ""
+        if value.startswith("/") or ".." in value.split("/") or (name == "name" and "/" in value):
+            raise CatalogError(f"{where}: field {name!r}: expected a relative path inside the dataset folder, "
+                               f"got {value!r}")
+    fields["urls"] = tuple(fields["urls"])
+    return DownloadFile(**fields)
 
 
 def _check_fields(cls: type, item: Any, where: str) -> dict[str, Any]:
