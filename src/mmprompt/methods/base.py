@@ -120,6 +120,8 @@ class PromptLearner(nn.Module):
     """True when class text features depend on the image (CoCoOp): no caching across images."""
     class_specific: ClassVar[bool] = False
     """True when prompts are tied to the training class names (class-specific CoOp)."""
+    inference_paths: ClassVar[tuple[str, ...]] = ()
+    """Named evaluation paths (MMRL: ``("base", "novel")``); empty: one path. See :meth:`set_inference_path`."""
 
     def __init__(
         self,
@@ -146,6 +148,10 @@ class PromptLearner(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(is_trainable(name))
         self.classnames: list[str] = []
+        self.trained_on: tuple[tuple[str, ...], str | None] = (tuple(classnames), self.dataset.name)
+        """The class names and dataset key the learner was built for (its training classes)."""
+        self.inference_path: str | None = self.inference_paths[0] if self.inference_paths else None
+        """The evaluation path :meth:`logits` takes (None: the method has one path)."""
         self.last_text_shared_prefix = 0
         """The shared prefix length the last :meth:`encode_text` used (for benchmarks and logs)."""
         self.set_classnames(classnames, dataset=self.dataset)
@@ -374,6 +380,36 @@ class PromptLearner(nn.Module):
         if labels is None:
             return self.logits(images)
         return self.objective(images, labels)
+
+    # ----- separate inference paths ----------------------------------------------------------------
+    # A method whose evaluation differs by what it is evaluated on (MMRL: fused heads on the training
+    # classes, the class-token head on unseen classes) names its paths in ``inference_paths`` and reads
+    # ``self.inference_path`` in :meth:`logits` / :meth:`predict_logits`. The convention: the FIRST path
+    # serves the classes the learner was trained on, the LAST one everything else. The engine picks the
+    # path with :meth:`protocol_path` before each evaluation (or takes the user's ``--path``) and records
+    # it in the results.
+    def set_inference_path(self, path: str | None) -> None:
+        """Evaluate along ``path`` from now on (None: the default, the first path). Raises ValueError for
+        a path the method does not declare, or any path for a method without paths."""
+        if not self.inference_paths:
+            if path is not None:
+                raise ValueError(f"method {self.method!r} has a single inference path; path {path!r} does not apply")
+            return
+        path = self.inference_paths[0] if path is None else path
+        if path not in self.inference_paths:
+            raise ValueError(f"unknown inference path {path!r} for method {self.method!r}; "
+                             f"its paths: {', '.join(self.inference_paths)}")
+        self.inference_path = path
+
+    def protocol_path(self) -> str | None:
+        """The path for the current classes: the first path when they are the training classes of the
+        training dataset (base classes, few-shot, the transfer source), the last one otherwise (novel
+        classes, other datasets, domain shift). None for a method without paths."""
+        if not self.inference_paths:
+            return None
+        names, dataset = self.trained_on
+        seen = tuple(self.classnames) == names and (dataset is None or self.dataset.name in (None, dataset))
+        return self.inference_paths[0] if seen else self.inference_paths[-1]
 
     # ----- frozen teachers (the CLIP without prompts) ----------------------------------------------
     @torch.no_grad()
