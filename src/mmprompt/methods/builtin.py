@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, mmrl, prograd, promptsrc, tcp, vpt, zeroshot
+from . import (
+         cocoop,
+         coop,
+         dept,
+         ivlp,
+         kgcoop,
+         language,
+         maple,
+         mma,
+         mmrl,
+         prograd,
+         promptsrc,
+         tcp,
+         vpt,
+         zeroshot,
+)
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -69,5 +84,5 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                mmrl.OFFICIAL_NAMES_PP, mmrl.from_official_pp, official_folders=("MultiModalPromptLearner",),
                aliases=("mmrl++", "mmrl_pp"),
                description="MMRL++: SRRA + PRC (Guo & Gu, IJCV 2026)",
-               demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=16")),
+               demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=8")),
 )}

@@ -103,10 +103,17 @@ class MMRLppConfig(MMRLConfig):
     """Rank of the low-rank update A B of the representation feature's projection."""
     res_lora_dim: int = 4
     """Rank of each layer's SRRA residual."""
+    dataset_beta: dict[str, float] = dataclasses.field(default_factory=dict)
+    """``beta`` per dataset key the learner is pointed at (the official cross-dataset table sets it per
+    target dataset at test time); other datasets use ``beta``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.beta = check_number("mmrlpp.beta", self.beta, minimum=0, maximum=1)
+        if not isinstance(self.dataset_beta, Mapping):
+            raise ValueError(f"mmrlpp.dataset_beta must map dataset keys to numbers, got {self.dataset_beta!r}")
+        self.dataset_beta = {str(k): check_number(f"mmrlpp.dataset_beta.{k}", v, minimum=0, maximum=1)
+                             for k, v in self.dataset_beta.items()}
         check_int("mmrlpp.proj_lora_dim", self.proj_lora_dim, minimum=1)
         check_int("mmrlpp.res_lora_dim", self.res_lora_dim, minimum=1)
 
@@ -226,7 +233,7 @@ class MMRL(PromptLearner):
         eot = self.eot
         x = self.token_embeddings
         causal = clip.config.text.causal
-        if causal:
+        if causal and self.encoder.truncate_text:
             x = x[:, : int(eot.max()) + 1]  # exact: no position attends to later ones
         x = x.to(clip.dtype) + clip.positional_embedding[: x.shape[1]].to(clip.dtype)
         x = self._run_blocks(x, clip.transformer.resblocks, text_tokens, causal)
@@ -301,9 +308,8 @@ class MMRL(PromptLearner):
         return self.fuse(out["logits"], out["logits_rep"])
 
     def eval_tensors(self, images: Tensor) -> dict[str, Tensor]:
-        out = self.heads(images)
-        return {"logits_base_path": self.fuse(out["logits"], out["logits_rep"]),
-                "logits_novel_path": out["logits"], "logits_rep": out["logits_rep"],
+        out = self.heads(images)  # each path's logits are checked through set_inference_path
+        return {"logits_rep": out["logits_rep"],
                 "debug/rep_tokens_text": out["tokens_text"], "debug/rep_tokens_visual": out["tokens_visual"]}
 
     def objective(self, images: Tensor, labels: Tensor) -> Objective:
@@ -362,8 +368,13 @@ class MMRLpp(MMRL):
     def rep_projection(self) -> Tensor:
         return self.clip.visual.proj + self.prompt.proj_A @ self.prompt.proj_B
 
+    @property
+    def beta(self) -> float:
+        """PRC's weight for the current dataset (``dataset_beta``, else ``beta``)."""
+        return self.config.dataset_beta.get(self.dataset.name or "", self.config.beta)
+
     def renew(self, new: Tensor, previous: Tensor) -> Tensor:
-        beta = self.config.beta
+        beta = self.beta
         return beta * new + (1 - beta) * previous
 
     @classmethod

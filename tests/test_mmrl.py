@@ -1,0 +1,170 @@
+"""MMRL and MMRL++ beyond the per-case loop of test_parity.py: every reference tensor (each inference path's
+logits, the loss terms, teacher / student features, the projected tokens, the gradients) is checked, the
+official initialisation and parameter counts hold, the separate inference paths are chosen, selectable and
+recorded, bad paths are refused with one line, and the methods train, resume, evaluate and predict on the
+demo world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmprompt.checkpoint import load_prompts
+from mmprompt.cli import main
+from mmprompt.clip.config import get_config
+from mmprompt.clip.model import CLIP
+from mmprompt.methods import DatasetContext, EncoderOptions, config_from_official, create_learner, make_config
+from mmprompt.parity import load_reference, reference_clip, run_parity
+
+REFERENCE = Path(__file__).parent / "data" / "mmrl_reference.npz"
+NAMES = ["sea_or_lake", "Forest", "dog"]
+SMALL = {"rep_layers": [2, 3, 4], "rep_dim": 16, "n_rep_tokens": 3}
+
+
+@pytest.mark.parametrize("case", ["mmrl", "mmrlpp"])
+@pytest.mark.parametrize("truncate", [True, False])
+def test_every_reference_tensor_matches(case: str, truncate: bool) -> None:
+    (result,) = run_parity(REFERENCE, [case], EncoderOptions(truncate_text=truncate))
+    assert not result.error, result.error
+    bad = [(c.name, c.max_rel) for c in result.checks if not c.ok]
+    assert not bad, bad
+    ref = load_reference(REFERENCE)
+    checked = {c.name for c in result.checks}
+    expected = {k.split("/", 1)[1] for k in ref.arrays if k.startswith(f"{case}/") and "/param/" not in k}
+    assert expected <= checked, sorted(expected - checked)
+    assert {"logits_base_path", "logits_novel_path", "logits_rep", "debug/rep_tokens_text",
+            "student/image_features_rep"} <= checked
+
+
+@pytest.mark.parametrize("case,method,count", [("mmrl", "mmrl", 83_392), ("mmrlpp", "mmrlpp", 33_728)])
+def test_parameter_counts_and_official_initialisation(case: str, method: str, count: int) -> None:
+    ref = load_reference(REFERENCE)
+    spec = ref.meta["cases"][case]
+    config = config_from_official(method, spec["official_config"], spec)
+    torch.manual_seed(0)
+    learner = create_learner(method, reference_clip(ref), ref.meta["classnames"], config)
+    assert sum(p.numel() for p in learner.trainable_parameters()) == count
+    p = learner.prompt
+    if method == "mmrl":  # one Linear deep-copied per layer; proj_rep random, not visual.proj
+        assert all(torch.equal(p.r2t[0].weight, layer.weight) and torch.equal(p.r2v[0].bias, q.bias)
+                   for layer, q in zip(p.r2t, p.r2v, strict=True))
+        assert not torch.allclose(p.proj_rep, learner.clip.visual.proj)
+    else:  # B matrices start at zero, biases are copies of one Linear's bias
+        assert not p.proj_B.any() and not any(r.B.any() for r in p.r2t.residual)
+        assert all(torch.equal(r.bias, p.r2v.residual[0].bias) for r in p.r2v.residual)
+        assert 0 < float(p.proj_A.detach().abs().max()) <= 64**-0.5 + 1e-6
+
+
+def test_vit_b16_parameter_counts() -> None:
+    """The spec's counts for ViT-B/16 (built on the meta device: shapes only)."""
+    with torch.device("meta"):
+        clip = CLIP(get_config("ViT-B/16"))
+    for method, count in (("mmrl", 4_992_256), ("mmrlpp", 813_312)):
+        learner_cls = create_learner.__globals__["get_method"](method).learner
+        config = make_config(method)
+        learner = learner_cls.__new__(learner_cls)
+        torch.nn.Module.__init__(learner)
+        learner.config, learner.clip, learner.prompt = config, clip, torch.nn.Module()
+        with torch.device("meta"):
+            learner.build_prompts()
+        assert sum(t.numel() for t in learner.prompt.parameters()) == count
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(get_config("tiny")).eval().requires_grad_(False)
+
+
+def test_paths_differ_and_bad_paths_are_refused(tiny: CLIP) -> None:
+    torch.manual_seed(1)
+    learner = create_learner("mmrl", tiny, NAMES, SMALL).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert learner.inference_paths == ("base", "novel") and learner.inference_path == "base"
+    with torch.no_grad():
+        base = learner(images)
+        learner.set_inference_path("novel")
+        novel = learner(images)
+        tensors = learner.eval_tensors(images)
+    torch.testing.assert_close(base, 0.7 * novel + 0.3 * tensors["logits_rep"])
+    assert not torch.allclose(base, novel)
+    with pytest.raises(ValueError, match="unknown inference path 'fused'.*base, novel"):
+        learner.set_inference_path("fused")
+    coop = create_learner("coop", tiny, NAMES, {"n_ctx": 2})
+    assert coop.protocol_path() is None
+    coop.set_inference_path(None)
+    with pytest.raises(ValueError, match="single inference path"):
+        coop.set_inference_path("base")
+
+
+def test_protocol_path_follows_the_official_test(tiny: CLIP) -> None:
+    """Fusion on the training classes of the training dataset (B2N base, few-shot, the transfer source),
+    the class-token head elsewhere (B2N novel, cross-dataset targets, domain generalisation)."""
+    learner = create_learner("mmrlpp", tiny, NAMES, SMALL, dataset=DatasetContext("imagenet", "a photo of a {}."))
+    assert learner.protocol_path() == "base"
+    learner.set_classnames(["cat", "car"])
+    assert learner.protocol_path() == "novel"
+    learner.set_classnames(NAMES, dataset=DatasetContext("imagenetv2", "a photo of a {}."))
+    assert learner.protocol_path() == "novel"
+    learner.set_classnames(NAMES, dataset=DatasetContext("imagenet", "a photo of a {}."))
+    assert learner.protocol_path() == "base"
+
+
+def test_dataset_beta_applies_where_the_learner_is_pointed(tiny: CLIP) -> None:
+    learner = create_learner("mmrlpp", tiny, NAMES, {**SMALL, "beta": 0.9, "dataset_beta": {"dtd": 0.5}},
+                             dataset=DatasetContext("imagenet", "a photo of a {}."))
+    assert learner.beta == 0.9
+    learner.set_classnames(NAMES, dataset=DatasetContext("dtd", "{} texture."))
+    assert learner.beta == 0.5
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"rep_layers": [3, 2]}, "increasing"), ({"rep_layers": []}, "non-empty"), ({"alpha": 2}, "alpha"),
+    ({"n_rep_tokens": 0}, "n_rep_tokens"),
+])
+def test_config_errors_are_clear(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_config("mmrl", options)
+    with pytest.raises(ValueError, match="beta"):
+        make_config("mmrlpp", {"beta": -0.1})
+
+
+def test_layers_beyond_the_model_are_refused(tiny: CLIP) -> None:
+    with pytest.raises(ValueError, match=r"rep_layers \[6, 7\] go beyond the model's 4 layers"):
+        create_learner("mmrl", tiny, NAMES, {"rep_layers": [6, 7]})
+
+
+def test_official_config_and_checkpoint_import(tmp_path: Path) -> None:
+    """A Dassl checkpoint holding the whole CustomCLIP converts (the frozen CLIP is dropped) and gives the
+    reference's logits; the official names map one to one."""
+    ref = load_reference(REFERENCE)
+    for case, folder in (("mmrl", "MultiModalRepresentationLearner"), ("mmrlpp", "MultiModalPromptLearner")):
+        prefix = f"{case}/param/"
+        state = {k[len(prefix):]: torch.from_numpy(v) for k, v in ref.arrays.items() if k.startswith(prefix)}
+        state["image_encoder.proj"] = torch.zeros(128, 64)  # frozen CLIP tensors, as in the real file
+        state["prompt_embeddings"] = torch.zeros(5, 77, 64)
+        where = tmp_path / case / folder
+        where.mkdir(parents=True)
+        torch.save({"state_dict": state, "epoch": 10}, where / "model.pth.tar-10")
+        out = tmp_path / f"{case}-imported"
+        official = ref.meta["cases"][case]["official_config"]
+        section = official["TRAINER.MMRL" if case == "mmrl" else "TRAINER.MMRLpp"]
+        sets = [f"rep_layers={json.dumps(section['REP_LAYERS']).replace(' ', '')}"]
+        sets += [f"{k}={section[k.upper()]}" for k in ("alpha", "reg_weight")]
+        sets += ["beta=0.6"] if case == "mmrlpp" else []
+        argv = ["import-official", str(tmp_path / case), "--method", case, "-o", str(out), "--arch", "tiny-parity",
+                "--set", *sets]
+        assert main(argv) == 0
+        meta = json.loads((out / "prompts.json").read_text())
+        assert meta["config"]["rep_dim"] == 64 and meta["config"]["n_rep_tokens"] == 5
+        learner = load_prompts(out, reference_clip(ref), classnames=ref.meta["classnames"],
+                               dataset=DatasetContext("dtd" if case == "mmrl" else "caltech101",
+                                                      "{} texture." if case == "mmrl" else "a photo of a {}."))
+        learner.eval().set_inference_path("novel")
+        with torch.no_grad():
+            logits = learner(torch.from_numpy(ref.arrays["images"]))
+        torch.testing.assert_close(logits, torch.from_numpy(ref.arrays[f"{case}/logits_novel_path"]),
+                                   rtol=1e-4, atol=1e-4)
