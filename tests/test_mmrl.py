@@ -168,3 +168,91 @@ def test_official_config_and_checkpoint_import(tmp_path: Path) -> None:
             logits = learner(torch.from_numpy(ref.arrays["images"]))
         torch.testing.assert_close(logits, torch.from_numpy(ref.arrays[f"{case}/logits_novel_path"]),
                                    rtol=1e-4, atol=1e-4)
+
+
+# ----- the commands on the demo world --------------------------------------------------------------
+DEMO_SET = ["optim.epochs=2", "method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=8"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """MMRL++ trained on the demo world's base classes, once stopped after an epoch and resumed, once straight."""
+    from mmprompt.demo import generate_demo_dataset
+
+    base = tmp_path_factory.mktemp("mmrl-demo")
+    generate_demo_dataset(base / "data", seed=0)
+    common = ["train", "--method", "mmrlpp", "--dataset", "mmprompt_demo", "--data-root", str(base / "data"),
+              "--clip", "demo", "--num-workers", "0", "--no-progress", "--set", *DEMO_SET]
+    assert main([*common, "--output", str(base / "run")]) == 0
+    assert main([*common, "--output", str(base / "cut"), "--stop-after-epochs", "1"]) == 0
+    assert main([*common, "--output", str(base / "cut"), "--resume"]) == 0
+    return {"base": base, "run": base / "run", "cut": base / "cut", "data": base / "data"}
+
+
+def test_train_records_each_evaluation_path_and_resume_is_exact(demo: dict) -> None:
+    metrics = json.loads((demo["run"] / "metrics.json").read_text())
+    assert metrics["method"] == "mmrlpp" and metrics["epochs"] == 2
+    assert metrics["eval"]["base"]["path"] == "base" and metrics["eval"]["novel"]["path"] == "novel"
+    cut = json.loads((demo["cut"] / "metrics.json").read_text())
+    assert cut["train"]["resumed_from"] == 1
+    assert cut["eval"]["base"]["accuracy"] == metrics["eval"]["base"]["accuracy"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(demo["run"] / "prompts.safetensors")), load_file(str(demo["cut"] / "prompts.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_chooses_records_and_takes_a_path(demo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    common = ["eval", "--checkpoint", str(demo["run"]), "--dataset", "mmprompt_demo", "--data-root",
+              str(demo["data"]), "--num-workers", "0", "--no-progress"]
+    results = {}
+    for name, extra in (("new", ["--subsample", "new"]), ("base", ["--subsample", "base"]),
+                        ("new_as_base", ["--subsample", "new", "--path", "base"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--output", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["new"]["path"] == "novel" and results["base"]["path"] == "base"
+    assert results["new_as_base"]["path"] == "base"
+    run = json.loads((demo["run"] / "metrics.json").read_text())["eval"]
+    assert results["new"]["accuracy"] == run["novel"]["accuracy"]
+    assert results["base"]["accuracy"] == run["base"]["accuracy"]
+    assert "novel path" in capsys.readouterr().out
+
+
+def test_unknown_path_is_one_clear_line(demo: dict, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["eval", "--checkpoint", str(demo["run"]), "--dataset", "mmprompt_demo", "--data-root",
+            str(demo["data"]), "--path", "fused", "--no-progress"]
+    assert main(argv) == 2
+    assert "no inference path 'fused'; its paths: base, novel" in caplog.text
+    image = next((demo["data"] / "mmprompt_demo" / "images").rglob("*.png"))
+    assert main(["predict", "--checkpoint", str(demo["run"]), str(image), "--path", "fused"]) == 2
+
+
+def test_a_method_without_paths_refuses_a_path(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mmprompt.demo.weights import load_demo_clip
+
+    learner = create_learner("coop", load_demo_clip(), ["a", "b"], {"n_ctx": 2})
+    from mmprompt.checkpoint import save_prompts
+
+    save_prompts(learner, tmp_path / "coop", clip_info={"name": "demo"})
+    assert main(["eval", "--checkpoint", str(tmp_path / "coop"), "--dataset", "mmprompt_demo", "--data-root",
+                 str(tmp_path), "--path", "base"]) == 2
+    assert "coop" in caplog.text and "single inference path" in caplog.text
+
+
+def test_predict_takes_the_path(demo: dict, capsys: pytest.CaptureFixture) -> None:
+    images = sorted((demo["data"] / "mmprompt_demo" / "images").rglob("*.png"))[:2]
+    outputs = {}
+    for path in ("base", "novel"):
+        assert main(["predict", "--checkpoint", str(demo["run"]), *map(str, images), "--path", path, "--json"]) == 0
+        outputs[path] = json.loads(capsys.readouterr().out)
+    probs = {p: [e["predictions"][0]["probability"] for e in outputs[p]] for p in outputs}
+    assert probs["base"] != probs["novel"]
+    from mmprompt.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(demo["run"])
+    assert predictor.current_path() == "base"  # the trained classes
+    predictor.set_classes(["red square", "blue circle"])
+    assert predictor.current_path() == "novel"
+    with pytest.raises(ValueError, match="unknown inference path"):
+        Predictor(predictor.learner, path="fused")
