@@ -256,3 +256,58 @@ def test_predict_takes_the_path(demo: dict, capsys: pytest.CaptureFixture) -> No
     assert predictor.current_path() == "novel"
     with pytest.raises(ValueError, match="unknown inference path"):
         Predictor(predictor.learner, path="fused")
+
+
+# ----- presets and the table row -------------------------------------------------------------------
+@pytest.mark.parametrize("dataset,reg,extra", [("dtd", 6.0, {}), ("eurosat", 0.01, {"rep_dim": 2048}),
+                                               ("imagenet", 0.5, {}), ("caltech101", 0.5, {})])
+def test_mmrl_presets_carry_the_official_per_dataset_values(dataset: str, reg: float, extra: dict) -> None:
+    from mmprompt.config import load_config
+
+    for preset in ("mmrl_b2n", "mmrl_fewshot"):
+        cfg = load_config(preset, dataset=dataset)
+        options = cfg.method.options if isinstance(cfg.method.options, dict) else cfg.method.options.to_dict()
+        assert options["reg_weight"] == reg and options["rep_dim"] == extra.get("rep_dim", 512)
+        assert cfg.optim.optimizer == "adamw" and cfg.optim.weight_decay == 5e-4
+    b2n = load_config("mmrl_b2n", dataset=dataset)
+    assert (b2n.optim.epochs, b2n.optim.batch_size, b2n.optim.lr) == ((5, 32) if dataset == "imagenet" else (10, 4)) + (
+        0.001,)
+    fewshot = load_config("mmrl_fewshot", dataset=dataset)
+    assert (fewshot.optim.epochs, fewshot.optim.batch_size) == (50, 32)
+
+
+def test_mmrlpp_presets_carry_the_official_tables() -> None:
+    from mmprompt.config import load_config
+
+    def options(cfg):  # noqa: ANN001, ANN202
+        return cfg.method.options if isinstance(cfg.method.options, dict) else cfg.method.options.to_dict()
+
+    assert {k: options(load_config("mmrlpp_b2n", dataset="food101"))[k] for k in ("beta", "reg_weight")} == {
+        "beta": 0.1, "reg_weight": 1.0}
+    fewshot = load_config("mmrlpp_fewshot", dataset="oxford_pets")
+    assert (options(fewshot)["beta"], fewshot.optim.lr, fewshot.optim.epochs) == (0.7, 0.002, 100)
+    xd = load_config("mmrlpp_xd")
+    assert options(xd)["reg_weight"] == 0.1 and options(xd)["dataset_beta"]["imagenet_sketch"] == 0.7
+    assert (xd.optim.epochs, xd.optim.warmup_epochs, xd.data.dataset) == (1, 0, "imagenet")
+
+
+def test_reproduce_plans_both_methods_with_their_presets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["reproduce", "mmrl", "mmrlpp", "--protocols", "base2novel", "--datasets", "dtd", "imagenet",
+                 "--dry-run", "--output", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    import re
+
+    rows = re.findall(r"^base2novel +(\w+) +(\w+) +(\d) +(\d+) +to run", out, re.M)
+    assert {(m, d, int(e)) for m, d, _, e in rows} == {(m, d, 10 if d == "dtd" else 5)
+                                                       for m in ("mmrl", "mmrlpp") for d in ("dtd", "imagenet")}
+
+
+def test_speed_command_compares_with_the_official_computation(capsys: pytest.CaptureFixture) -> None:
+    code = main(["speed", "--method", "mmrlpp", "--random-weights", "--arch", "tiny", "--classes", "10", "--steps",
+                 "1", "--warmup", "0", "--eval-images", "2", "--no-isolate", "--option", "rep_layers=[2,3,4]",
+                 "--option", "rep_dim=32", "--json"])
+    assert code == 0
+    [entry] = json.loads(capsys.readouterr().out)["results"]
+    for path in ("default", "reference"):
+        assert entry[path]["error"] == "" and entry[path]["train_step_s"] > 0
+    assert entry["comparison"]["first_loss_abs_diff"] < 1e-4 and entry["comparison"]["train_speedup"] > 0

@@ -82,7 +82,7 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("mmrlpp", mmrl.MMRLpp, mmrl.MMRLppConfig,
                {"base2novel": "mmrlpp_b2n", "transfer": "mmrlpp_xd", "few-shot": "mmrlpp_fewshot"},
                mmrl.OFFICIAL_NAMES_PP, mmrl.from_official_pp, official_folders=("MultiModalPromptLearner",),
-               aliases=("mmrl++", "mmrl_pp"),
+               aliases=("mmrl_pp",),
                description="MMRL++: SRRA + PRC (Guo & Gu, IJCV 2026)",
                demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=8")),
 )}
