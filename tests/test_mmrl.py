@@ -311,3 +311,87 @@ def test_speed_command_compares_with_the_official_computation(capsys: pytest.Cap
     for path in ("default", "reference"):
         assert entry[path]["error"] == "" and entry[path]["train_step_s"] > 0
     assert entry["comparison"]["first_loss_abs_diff"] < 1e-4 and entry["comparison"]["train_speedup"] > 0
+
+
+# ----- configurations beyond the reference file ----------------------------------------------------
+def spec_forward(learner, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Class-token and representation logits written from the spec, over the full 77-token context, with
+    explicit additive masks as the official blocks build them (77 x 77, then (77 + K) x (77 + K))."""
+    clip, cfg = learner.clip, learner.config
+    text_tokens, visual_tokens = learner.rep_tokens()
+    beta = getattr(learner, "beta", None)
+    k_of = {layer: k for k, layer in enumerate(cfg.rep_layers)}
+    n = cfg.n_rep_tokens
+
+    def block_with_mask(block, x, mask):  # noqa: ANN001, ANN202
+        h = block.ln_1(x)
+        q, k, v = block.attn.heads_of(block.attn.in_projection(h))
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        if mask is not None:
+            scores = scores + mask
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = x + block.attn.project(out)
+        return x + block.feed_forward(block.ln_2(x))
+
+    def tower(x, blocks, tokens, text):  # noqa: ANN001, ANN202
+        for i, block in enumerate(blocks):
+            layer = i + 1
+            if layer in k_of:
+                new = tokens[k_of[layer]].unsqueeze(0).expand(x.shape[0], -1, -1)
+                if layer == cfg.rep_layers[0]:
+                    x = torch.cat([x[:, :1], new, x[:, 1:]], 1)
+                else:
+                    prev = x[:, 1:1 + n]
+                    mid = new if beta is None else beta * new + (1 - beta) * prev
+                    x = torch.cat([x[:, :1], mid, x[:, 1 + n:]], 1)
+            mask = torch.full((x.shape[1], x.shape[1]), float("-inf"), dtype=x.dtype).triu(1) if text else None
+            x = block_with_mask(block, x, mask)
+        return x
+
+    x = learner.token_embeddings.to(clip.dtype) + clip.positional_embedding.to(clip.dtype)
+    x = tower(x, clip.transformer.resblocks, text_tokens, True)
+    text = clip.ln_final(x[torch.arange(x.shape[0]), learner.eot + n]) @ clip.text_projection
+    v = clip.visual
+    x = v.ln_pre(v.embed_patches(images))
+    x = tower(x, v.transformer.resblocks, visual_tokens, False)
+    image = v.ln_post(x[:, 0]) @ v.proj
+    image_rep = v.ln_post(x[:, 1:1 + n]).mean(1) @ learner.rep_projection()
+    t = torch.nn.functional.normalize(text, dim=-1)
+    return (100 * torch.nn.functional.normalize(image, dim=-1) @ t.T,
+            100 * torch.nn.functional.normalize(image_rep, dim=-1) @ t.T)
+
+
+@pytest.mark.parametrize("method,options", [
+    ("mmrl", {"rep_layers": [2, 4], "n_rep_tokens": 2, "rep_dim": 8}),
+    ("mmrlpp", {"rep_layers": [1, 3, 4], "n_rep_tokens": 4, "rep_dim": 12, "beta": 0.3, "res_lora_dim": 2,
+                "proj_lora_dim": 3}),
+    ("mmrlpp", {"rep_layers": [4], "n_rep_tokens": 1, "rep_dim": 5}),
+])
+def test_other_configurations_follow_the_spec(method: str, options: dict) -> None:
+    torch.manual_seed(3)
+    clip = CLIP(get_config("tiny")).double().eval().requires_grad_(False)
+    learner = create_learner(method, clip, NAMES, options, dataset=DatasetContext("dtd", "{} texture.")).double()
+    with torch.no_grad():
+        for p in learner.trainable_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want, want_rep = spec_forward(learner, images)
+        got = learner.heads(images)
+    # the heads are fp32 (as every method's logits); the towers ran in float64
+    torch.testing.assert_close(got["logits"].double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["logits_rep"].double(), want_rep, rtol=1e-5, atol=1e-5)
+    assert float((want - want_rep).abs().max()) > 1e-3  # the two heads differ: the check sees both
+
+
+def test_bf16_training_step_runs_and_stays_close() -> None:
+    torch.manual_seed(0)
+    clip = CLIP(get_config("tiny")).eval().requires_grad_(False)
+    learner = create_learner("mmrlpp", clip, NAMES, SMALL)
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    full = learner(images, labels).total.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = learner(images, labels)
+    low.total.backward()
+    assert torch.isfinite(low.total) and abs(float(low.total.detach()) - float(full)) < 0.05 * abs(float(full))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.trainable_parameters())
