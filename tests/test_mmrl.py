@@ -163,6 +163,7 @@ def test_official_config_and_checkpoint_import(tmp_path: Path) -> None:
         learner = load_prompts(out, reference_clip(ref), classnames=ref.meta["classnames"],
                                dataset=DatasetContext("dtd" if case == "mmrl" else "caltech101",
                                                       "{} texture." if case == "mmrl" else "a photo of a {}."))
+        assert learner.protocol_path() == "novel"  # imported without class names: none count as trained
         learner.eval().set_inference_path("novel")
         with torch.no_grad():
             logits = learner(torch.from_numpy(ref.arrays["images"]))
