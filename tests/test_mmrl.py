@@ -396,3 +396,22 @@ def test_bf16_training_step_runs_and_stays_close() -> None:
     low.total.backward()
     assert torch.isfinite(low.total) and abs(float(low.total.detach()) - float(full)) < 0.05 * abs(float(full))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.trainable_parameters())
+
+
+def test_sweep_results_record_the_inference_paths(tmp_path: Path) -> None:
+    assert main(["demo", "--methods", "mmrl", "--seeds", "1", "--output", str(tmp_path / "demo"), "--no-progress",
+                 "--set", "optim.epochs=1"]) == 0
+    results = json.loads((tmp_path / "demo" / "runs" / "results.json").read_text())
+    assert results["inference_paths"] == {"mmrl": {"mmprompt_demo": {"base": "base", "novel": "novel"}}}
+
+
+def test_transfer_payload_paths() -> None:
+    from mmprompt.protocols.plan import RunSpec, payload_paths
+
+    spec = RunSpec("transfer", "mmrl", "imagenet", 1, "/x", {}, ("dtd", "imagenetv2"))
+    payload = {"metrics": {"eval": {"test": {"accuracy": 70.0, "path": "base"}}},
+               "targets": {"dtd": {"accuracy": 40.0, "path": "novel"}, "imagenetv2": {"accuracy": 60.0, "path": "novel"}}}
+    assert payload_paths(spec, payload) == {"imagenet": {"accuracy": "base"}, "dtd": {"accuracy": "novel"},
+                                            "imagenetv2": {"accuracy": "novel"}}
+    plain = {"metrics": {"eval": {"test": {"accuracy": 70.0}}}, "targets": {"dtd": {"accuracy": 40.0}}}
+    assert payload_paths(spec, plain) == {}
