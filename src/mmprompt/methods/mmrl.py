@@ -86,7 +86,9 @@ class MMRLConfig(MethodConfig):
         name = type(self).__name__.removesuffix("Config").lower()
         layers = min(clip.config.text.layers, clip.config.vision.layers)
         if self.rep_layers[-1] > layers:
-            raise ValueError(f"{name}.rep_layers {self.rep_layers} go beyond the model's {layers} layers")
+            scaled = ",".join(str(v) for v in sorted({max(1, math.ceil(v * layers / 12)) for v in self.rep_layers}))
+            raise ValueError(f"{name}.rep_layers {self.rep_layers} go beyond the model's {layers} layers (scaled "
+                             f"from ViT-B/16's 12: --set 'method.rep_layers=[{scaled}]')")
         v = clip.config.vision
         if not (v.class_token and v.pool == "tok" and v.projection):
             raise ValueError(f"{name} needs an image tower pooled at its class token with a projection "
