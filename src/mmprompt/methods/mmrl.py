@@ -29,7 +29,10 @@ MMRL++'s SRRA shares one weight matrix per modality over the layers; each layer 
 
 Differences from the official code, deliberate: the official evaluation caches the text features at the
 first eval-mode call and never invalidates them; here they are computed per evaluation. The text tower
-runs each prompt only up to its EOT (exact under the causal mask: the tokens sit before every EOT).
+runs each prompt only up to its EOT (exact under the causal mask: the tokens sit before every EOT;
+``encoder.truncate_text=False`` runs the official 77 + K positions). The shared prefix and text chunking of
+:class:`~mmprompt.methods.contract.EncoderOptions` are not used: the tokens sit at position 1 of every prompt, so
+no position after BOT is shared, and the class prompts are encoded in one batch (as the official code does).
 """
 
 from __future__ import annotations
