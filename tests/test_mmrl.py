@@ -137,6 +137,13 @@ def test_layers_beyond_the_model_are_refused(tiny: CLIP) -> None:
         create_learner("mmrl", tiny, NAMES, {"rep_layers": [6, 7]})
 
 
+def test_official_config_keys() -> None:
+    config = config_from_official("mmrl", {"TRAINER.MMRL": {"SCALE": 0.6, "REP_LAYERS": [3, 4], "PREC": "amp"}})
+    assert (config.alpha, config.rep_layers) == (0.6, [3, 4])  # SCALE: the older name of ALPHA
+    with pytest.raises(ValueError, match=r"official MMRL option\(s\) \['BETA'\]"):
+        config_from_official("mmrl", {"TRAINER.MMRL": {"BETA": 0.5}})
+
+
 def test_official_config_and_checkpoint_import(tmp_path: Path) -> None:
     """A Dassl checkpoint holding the whole CustomCLIP converts (the frozen CLIP is dropped) and gives the
     reference's logits; the official names map one to one."""
@@ -269,7 +276,7 @@ def test_mmrl_presets_carry_the_official_per_dataset_values(dataset: str, reg: f
         cfg = load_config(preset, dataset=dataset)
         options = cfg.method.options if isinstance(cfg.method.options, dict) else cfg.method.options.to_dict()
         assert options["reg_weight"] == reg and options["rep_dim"] == extra.get("rep_dim", 512)
-        assert cfg.optim.optimizer == "adamw" and cfg.optim.weight_decay == 5e-4
+        assert cfg.optim.optimizer == "adamw" and cfg.optim.weight_decay == 5e-4 and cfg.data.crop_scale_min == 0.5
     b2n = load_config("mmrl_b2n", dataset=dataset)
     assert (b2n.optim.epochs, b2n.optim.batch_size, b2n.optim.lr) == ((5, 32) if dataset == "imagenet" else (10, 4)) + (
         0.001,)

@@ -123,7 +123,7 @@ class MMRLppConfig(MMRLConfig):
         check_int("mmrlpp.res_lora_dim", self.res_lora_dim, minimum=1)
 
 
-_OFFICIAL_KEYS = {"ALPHA": "alpha", "REG_WEIGHT": "reg_weight", "N_REP_TOKENS": "n_rep_tokens",
+_OFFICIAL_KEYS = {"ALPHA": "alpha", "SCALE": "alpha", "REG_WEIGHT": "reg_weight", "N_REP_TOKENS": "n_rep_tokens",
                   "REP_LAYERS": "rep_layers", "REP_DIM": "rep_dim", "BETA": "beta",
                   "PROJ_LORA_DIM": "proj_lora_dim", "RES_LORA_DIM": "res_lora_dim"}
 
@@ -146,7 +146,8 @@ def _from_official(section: str, allowed: tuple[str, ...]) -> Any:  # noqa: ANN4
     return read
 
 
-_MMRL_KEYS = ("ALPHA", "REG_WEIGHT", "N_REP_TOKENS", "REP_LAYERS", "REP_DIM")
+_MMRL_KEYS = ("ALPHA", "SCALE", "REG_WEIGHT", "N_REP_TOKENS", "REP_LAYERS", "REP_DIM")
+"""``SCALE`` is the name earlier official configs (before 27d8821) gave ``ALPHA``."""
 from_official = _from_official("MMRL", _MMRL_KEYS)
 from_official_pp = _from_official("MMRLpp", (*_MMRL_KEYS, "BETA", "PROJ_LORA_DIM", "RES_LORA_DIM"))
 
