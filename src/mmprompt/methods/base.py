@@ -381,13 +381,9 @@ class PromptLearner(nn.Module):
             return self.logits(images)
         return self.objective(images, labels)
 
-    # ----- separate inference paths ----------------------------------------------------------------
-    # A method whose evaluation differs by what it is evaluated on (MMRL: fused heads on the training
-    # classes, the class-token head on unseen classes) names its paths in ``inference_paths`` and reads
-    # ``self.inference_path`` in :meth:`logits` / :meth:`predict_logits`. The convention: the FIRST path
-    # serves the classes the learner was trained on, the LAST one everything else. The engine picks the
-    # path with :meth:`protocol_path` before each evaluation (or takes the user's ``--path``) and records
-    # it in the results.
+    # ----- separate inference paths (docs/writing-a-method.md 3.1; MMRL) ----------------------------
+    # A learner naming ``inference_paths`` reads ``self.inference_path`` in logits / predict_logits: the
+    # FIRST path serves its training classes, the LAST everything else (the engine's protocol_path).
     def set_inference_path(self, path: str | None) -> None:
         """Evaluate along ``path`` from now on (None: the default, the first path). Raises ValueError for
         a path the method does not declare, or any path for a method without paths."""
