@@ -63,6 +63,30 @@ def test_plugin_method_trains_through_train_and_benchmark(site: Path, tmp_path: 
     assert listed.returncode == 0
 
 
+@pytest.mark.slow  # three subprocess runs; tests/test_mmrl.py covers the same engine paths in-process
+def test_plugin_method_declares_its_inference_paths(site: Path, tmp_path: Path) -> None:
+    """A plugin's two paths are chosen by the protocol (its first on the trained classes, its last on the novel
+    ones), recorded in metrics.json, and selectable (and checked) in ``mmprompt eval --path``."""
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    common = ["--data-root", str(data), "--clip", str(weights), "--clip-activation", "quick_gelu", "--no-progress",
+              "--num-workers", "0"]
+    run = mmprompt(site, tmp_path, "train", "--method", "probe_paths", "--dataset", "eurosat", "--output",
+                   str(tmp_path / "run"), *common, "--shots", "2", "--set", "optim.epochs=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    evals = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]
+    assert (evals["base"]["path"], evals["novel"]["path"]) == ("seen", "unseen")
+    out = tmp_path / "eval.json"
+    ev = mmprompt(site, tmp_path, "eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "eurosat",
+                  "--subsample", "new", "--path", "seen", "--output", str(out), *common)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(out.read_text())["path"] == "seen"
+    bad = mmprompt(site, tmp_path, "eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "eurosat",
+                   "--path", "base", *common)
+    assert bad.returncode == 2 and "no inference path 'base'; its paths: seen, unseen" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> None:
     data = make_data_root(tmp_path / "data")
     weights = save_tiny_clip(tmp_path / "tiny.pt")
@@ -78,4 +102,4 @@ def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> 
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 
-    assert "probe" not in list_methods()
+    assert "probe" not in list_methods() and "probe_paths" not in list_methods()

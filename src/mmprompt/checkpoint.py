@@ -150,6 +150,7 @@ def load_prompts(
     trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"))
     learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,
                              encoder=encoder)
+    learner.trained_on = (tuple(trained), trained_on.name)  # no recorded names: no class list counts as trained
     state = load_file(str(weights))
     learner.load_prompt_state_dict(state)
     new_names = classnames is not None and list(classnames) != list(learner.classnames)

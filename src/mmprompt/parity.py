@@ -198,6 +198,12 @@ def check_method_case(
     learner.eval()
     with torch.no_grad():
         result.checks.append(compare(case, "logits", learner(images), a[f"{case}/logits"]))
+        for path in learner.inference_paths:  # separate inference paths: ``logits_<path>_path`` each
+            key = f"{case}/logits_{path}_path"
+            if key in a:
+                learner.set_inference_path(path)
+                result.checks.append(compare(case, f"logits_{path}_path", learner(images), a[key]))
+        learner.set_inference_path(None)
         _compare_named(result, case, "", learner.eval_tensors(images), a)
     learner.train()
     learner.zero_grad(set_to_none=True)

@@ -66,7 +66,8 @@ class Predictor:
     Build it with :meth:`from_checkpoint` (a folder written by ``mmprompt train``) or :meth:`zero_shot`.
     """
 
-    def __init__(self, learner: PromptLearner, precision: str = "fp32", batch_size: int = 64) -> None:
+    def __init__(self, learner: PromptLearner, precision: str = "fp32", batch_size: int = 64,
+                 path: str | None = None) -> None:
         from .clip.transforms import transform_for
 
         if precision not in ("fp32", "bf16", "fp16"):
@@ -77,6 +78,8 @@ class Predictor:
         # the preprocessing of the weights (resolution, resize mode, interpolation, statistics)
         self.transform = transform_for(learner.clip.config, train=False)
         self._text: Tensor | None = None
+        self.path = path
+        self._text_path = self.current_path()  # an unknown path fails here
 
     # --------------------------------------------------------------------------------------------- builders
     @classmethod
@@ -154,6 +157,14 @@ class Predictor:
         self.learner.set_classnames(names)
         self._text = None
 
+    def current_path(self) -> str | None:
+        """The inference path predictions take: :attr:`path` if set (a method with several paths: MMRL's
+        ``base`` / ``novel``), else the protocol's choice (the first path on the trained classes, the last one
+        on others); None for a method with one path. Raises ValueError for a path the method does not have."""
+        path = self.path if self.path is not None else self.learner.protocol_path()
+        self.learner.set_inference_path(path)
+        return path
+
     # --------------------------------------------------------------------------------------------- predict
     def _autocast(self) -> Any:
         from .engine.precision import autocast_context
@@ -171,6 +182,9 @@ class Predictor:
     def logits(self, images: Sequence[ImageInput]) -> Tensor:
         """Logits [N, C] of ``images`` against the current classes."""
         out = []
+        path = self.current_path()
+        if path != self._text_path:  # class text features may differ per path
+            self._text, self._text_path = None, path
         with self._autocast():
             if self._text is None and not self.learner.image_conditioned_text:
                 self._text = self.learner.class_text_features()

@@ -115,6 +115,16 @@ class VisionTransformer(nn.Module):
         if v.projection:
             self.proj = nn.Parameter(scale * torch.randn(v.width, config.embed_dim))
 
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """The image's own tokens [B, (1 +) g*g, Dv] before ``ln_pre``: patch embeddings, the class token
+        (when the tower has one) first, plus the positional embedding."""
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # [B, Dv, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, Dv]
+        if self.config.class_token:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # [B, 1+g*g, Dv]
+        return x + self.positional_embedding.to(x.dtype)
+
     def forward(
         self,
         images: Tensor,
@@ -128,13 +138,7 @@ class VisionTransformer(nn.Module):
         replaces the last ``n`` tokens before block ``i`` (index 0 is ignored: block 0 sees ``prompts``).
         """
         v = self.config
-        dtype = self.conv1.weight.dtype
-        x = self.conv1(images.to(dtype))  # [B, Dv, g, g]
-        x = x.flatten(2).transpose(1, 2)  # [B, g*g, Dv]
-        if v.class_token:
-            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls, x], dim=1)  # [B, 1+g*g, Dv]
-        x = x + self.positional_embedding.to(x.dtype)
+        x = self.embed_patches(images)
         n_image = x.shape[1]
         n_prompts = 0
         if prompts is not None:

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", required=True, help="folder holding the datasets")
     parser.add_argument("--subsample", choices=("all", "base", "new"), default="all",
                         help="which classes to evaluate on (default all)")
+    parser.add_argument("--path", metavar="PATH",
+                        help="inference path of a method that has several (MMRL: base | novel; default: base on the "
+                             "classes the prompts were trained on, novel on any other classes or dataset)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the dataset's few-shot selection (default 1)")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
@@ -40,6 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
     add_custom_data_arguments(parser)
     add_torchscript_argument(parser)
+
+
+def unknown_path_error(checkpoint: str, path: str) -> str | None:
+    """The one-line error for ``--path`` naming a path the checkpoint's method does not have (None: it has it)."""
+    from ..checkpoint import read_prompt_meta
+    from ..methods import get_method
+
+    method = read_prompt_meta(checkpoint)["method"]
+    paths = get_method(method).learner.inference_paths
+    if path in paths:
+        return None
+    known = f"its paths: {', '.join(paths)}" if paths else "it has a single inference path"
+    return f"--path {path}: {method} (checkpoint {checkpoint}) has no inference path {path!r}; {known}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if zero_shot == (args.checkpoint is not None):
         logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
         return 2
+    if zero_shot and args.path is not None:
+        logger.error("--path %s: zero-shot CLIP has a single inference path", args.path)
+        return 2
+    if args.checkpoint is not None and args.path is not None:
+        error = unknown_path_error(args.checkpoint, args.path)
+        if error:
+            logger.error("%s", error)
+            return 2
     if zero_shot and not args.clip:
         logger.error("--method zeroshot needs --clip WEIGHTS")
         return 2
@@ -93,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
         "method": {"name": method},
     })
     result = evaluate_split(learner, splits, cfg, ctx, progress=not args.no_progress,
-                            desc=f"{splits.name} {args.subsample}")
+                            desc=f"{splits.name} {args.subsample}", path=args.path)
     metrics = {"method": method, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                "dataset": splits.name, "subsample": args.subsample, "clip": info, **result.to_dict(), "data_check": data_check}
     if ctx.is_main:
-        print(f"{splits.name} ({args.subsample}, {learner.num_classes} classes): top-1 {result.accuracy:.2f}% "
+        via = f", {result.path} path" if result.path else ""
+        print(f"{splits.name} ({args.subsample}, {learner.num_classes} classes{via}): top-1 {result.accuracy:.2f}% "
               f"({result.correct}/{result.total}), mean per-class {result.mean_per_class_accuracy:.2f}%")
         if args.output:
             atomic_write_json(Path(args.output), json.loads(json.dumps(metrics, default=str)))

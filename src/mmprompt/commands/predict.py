@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="comma-separated class names, or @FILE with one per line")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    parser.add_argument("--path", metavar="PATH",
+                        help="inference path of a method that has several (MMRL: base | novel; default: base with the "
+                             "trained classes, novel with other --classes)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
@@ -77,6 +80,16 @@ def run(args: argparse.Namespace) -> int:
     if zero_shot == (args.checkpoint is not None):
         logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
         return 2
+    if args.path is not None:
+        if zero_shot:
+            logger.error("--path %s: zero-shot CLIP has a single inference path", args.path)
+            return 2
+        from .eval import unknown_path_error
+
+        error = unknown_path_error(args.checkpoint, args.path)
+        if error:
+            logger.error("%s", error)
+            return 2
     classes = parse_classes(args.classes) if args.classes is not None else None
     device = resolve_device(args.device)
     if zero_shot:
@@ -92,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                                               allow_torchscript=args.allow_torchscript)
         if classes:
             predictor.set_classes(classes)
+        predictor.path = args.path
+        if predictor.current_path():
+            logger.info("inference path: %s", predictor.current_path())
     loaded, errors = {}, {}
     for i, path in enumerate(args.images):  # one bad file is reported; the others are predicted
         try:

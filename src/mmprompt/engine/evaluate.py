@@ -41,9 +41,14 @@ class EvalResult:
     num_classes: int
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    """The learner's inference path (``base`` / ``novel`` for MMRL); None for a method with one path."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["path"] is None:  # methods with one path keep their records as they were
+            del out["path"]
+        return out
 
 
 @torch.no_grad()

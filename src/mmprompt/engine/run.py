@@ -137,17 +137,25 @@ def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: An
 
 def evaluate_split(
     learner: PromptLearner, splits: Any, cfg: RunConfig, ctx: DistContext | None = None, progress: bool = True,
-    desc: str = "test",
+    desc: str = "test", path: str | None = None,
 ) -> EvalResult:
-    """Evaluate on the test split of ``splits`` with the learner set to its class names and dataset."""
+    """Evaluate on the test split of ``splits`` with the learner set to its class names and dataset.
+
+    ``path``: the inference path of a method that has several (None: the protocol's choice,
+    :meth:`PromptLearner.protocol_path`: the first path on the training classes of the training dataset,
+    the last one elsewhere); it is recorded in the result."""
     context = dataset_context(splits)
     if list(learner.classnames) != list(splits.classnames) or learner.dataset != context:
         learner.set_classnames(list(splits.classnames), dataset=context)
-    return evaluate(
+    chosen = path if path is not None else learner.protocol_path()
+    learner.set_inference_path(chosen)
+    result = evaluate(
         learner, splits.test, image_dir=splits.image_dir, batch_size=cfg.eval_batch_size,
         precision=cfg.precision, num_workers=cfg.data.num_workers, ctx=ctx,
-        skip_corrupt=cfg.data.skip_corrupt, progress=progress, desc=desc,
+        skip_corrupt=cfg.data.skip_corrupt, progress=progress, desc=f"{desc} ({chosen} path)" if chosen else desc,
     )
+    result.path = chosen
+    return result
 
 
 def run_experiment(cfg: RunConfig, clip: CLIP, clip_info: Mapping[str, Any], run_dir: str | Path,

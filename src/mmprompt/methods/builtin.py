@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, prograd, promptsrc, tcp, vpt, zeroshot
+from . import (
+         cocoop,
+         coop,
+         dept,
+         ivlp,
+         kgcoop,
+         language,
+         maple,
+         mma,
+         mmrl,
+         prograd,
+         promptsrc,
+         tcp,
+         vpt,
+         zeroshot,
+)
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -59,4 +74,15 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                official_folders=("adapter_learner",), aliases=("multimodal_adapter", "mmadapter"),
                description="MMA: multi-modal adapter (Yang et al., CVPR 2024)",
                demo_overrides=("method.adapter_start=2", "method.adapter_end=4")),
+    MethodSpec("mmrl", mmrl.MMRL, mmrl.MMRLConfig,
+               {"base2novel": "mmrl_b2n", "transfer": "mmrl_xd", "few-shot": "mmrl_fewshot"},
+               mmrl.OFFICIAL_NAMES, mmrl.from_official, official_folders=("MultiModalRepresentationLearner",),
+               description="MMRL: multi-modal representation learning (Guo & Gu, CVPR 2025)",
+               demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64")),
+    MethodSpec("mmrlpp", mmrl.MMRLpp, mmrl.MMRLppConfig,
+               {"base2novel": "mmrlpp_b2n", "transfer": "mmrlpp_xd", "few-shot": "mmrlpp_fewshot"},
+               mmrl.OFFICIAL_NAMES_PP, mmrl.from_official_pp, official_folders=("MultiModalPromptLearner",),
+               aliases=("mmrl_pp",),
+               description="MMRL++: SRRA + PRC (Guo & Gu, IJCV 2026)",
+               demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=8")),
 )}

@@ -81,6 +81,8 @@ class PromptLearner(TextEncoding, nn.Module):
     """True when class text features depend on the image (CoCoOp): no caching across images."""
     class_specific: ClassVar[bool] = False
     """True when prompts are tied to the training class names (class-specific CoOp)."""
+    inference_paths: ClassVar[tuple[str, ...]] = ()
+    """Named evaluation paths (MMRL: ``("base", "novel")``); empty: one path. See :meth:`set_inference_path`."""
 
     def __init__(
         self,
@@ -110,6 +112,10 @@ class PromptLearner(TextEncoding, nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(is_trainable(name))
         self.classnames: list[str] = []
+        self.trained_on: tuple[tuple[str, ...], str | None] = (tuple(classnames), self.dataset.name)
+        """The class names and dataset key the learner was built for (its training classes)."""
+        self.inference_path: str | None = self.inference_paths[0] if self.inference_paths else None
+        """The evaluation path :meth:`logits` takes (None: the method has one path)."""
         self.last_text_shared_prefix = 0
         """The shared prefix length the last :meth:`encode_text` used (for benchmarks and logs)."""
         self.set_classnames(classnames, dataset=self.dataset)
@@ -183,6 +189,32 @@ class PromptLearner(TextEncoding, nn.Module):
         """Named intermediate tensors of the evaluation forward, for checks against reference files
         (e.g. each head's logits). Default: none."""
         return {}
+
+    # ----- separate inference paths (docs/writing-a-method.md 3.1; MMRL) ----------------------------
+    # A learner naming ``inference_paths`` reads ``self.inference_path`` in logits / predict_logits: the
+    # FIRST path serves its training classes, the LAST everything else (the engine's protocol_path).
+    def set_inference_path(self, path: str | None) -> None:
+        """Evaluate along ``path`` from now on (None: the default, the first path). Raises ValueError for
+        a path the method does not declare, or any path for a method without paths."""
+        if not self.inference_paths:
+            if path is not None:
+                raise ValueError(f"method {self.method!r} has a single inference path; path {path!r} does not apply")
+            return
+        path = self.inference_paths[0] if path is None else path
+        if path not in self.inference_paths:
+            raise ValueError(f"unknown inference path {path!r} for method {self.method!r}; "
+                             f"its paths: {', '.join(self.inference_paths)}")
+        self.inference_path = path
+
+    def protocol_path(self) -> str | None:
+        """The path for the current classes: the first path when they are the training classes of the
+        training dataset (base classes, few-shot, the transfer source), the last one otherwise (novel
+        classes, other datasets, domain shift). None for a method without paths."""
+        if not self.inference_paths:
+            return None
+        names, dataset = self.trained_on
+        seen = tuple(self.classnames) == names and (dataset is None or self.dataset.name in (None, dataset))
+        return self.inference_paths[0] if seen else self.inference_paths[-1]
 
     # ----- training ------------------------------------------------------------------------------------
     def objective(self, images: Tensor, labels: Tensor) -> Objective:

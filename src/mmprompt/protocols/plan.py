@@ -206,6 +206,20 @@ def payload_values(spec: RunSpec, payload: Mapping[str, Any]) -> dict[str, dict[
     return out
 
 
+def payload_paths(spec: RunSpec, payload: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``{dataset: {metric: inference path}}`` of the evaluations that record one (methods with several
+    paths, e.g. MMRL's ``base`` / ``novel``); empty for the others."""
+    ev = payload["metrics"]["eval"]
+    if spec.protocol == "base2novel":
+        found = {m: ev[m].get("path") for m in ("base", "novel") if m in ev}
+        out = {spec.dataset: found}
+    else:
+        out = {spec.dataset: {"accuracy": ev.get("test", {}).get("path")}}
+        for t, result in payload.get("targets", {}).items():
+            out[t] = {"accuracy": result.get("path")}
+    return {d: {m: p for m, p in v.items() if p} for d, v in out.items() if any(v.values())}
+
+
 def sweep_results(
     protocol: str,
     specs: list[RunSpec],
@@ -223,10 +237,14 @@ def sweep_results(
 
     runs: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     costs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    paths: dict[str, dict[str, dict[str, str]]] = {}
     for spec in specs:
         payload = outcome.payloads.get(spec.folder)
         if payload is None:
             continue
+        for dataset, chosen in payload_paths(spec, payload).items():
+            if keep is None or dataset in keep:
+                paths.setdefault(spec.method, {}).setdefault(dataset, {}).update(chosen)
         for dataset, values in payload_values(spec, payload).items():
             if keep is not None and dataset not in keep:
                 continue
@@ -235,6 +253,8 @@ def sweep_results(
             costs.setdefault(spec.method, {}).setdefault(spec.dataset, []).append(payload["metrics"]["cost"])
     results = aggregate(protocol, runs, metrics, average_over=average_over, roles=roles, extra=extra)
     results["costs"] = aggregate_costs(costs)
+    if paths:  # the inference path each number was evaluated with (methods with several paths)
+        results["inference_paths"] = paths
     order = {s.folder: i for i, s in enumerate(specs)}  # in plan order, whatever order they failed in
     failed = [{k: f[k] for k in ("run", "cause", "attempts")}
               for f in sorted((f for f in outcome.failed if f["folder"] in order), key=lambda f: order[f["folder"]])]
