@@ -117,7 +117,7 @@ class DataSection:
         check_int("data.seed", self.seed)
 
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass
@@ -127,7 +127,8 @@ class OptimSection:
     lr: float = 0.0035
     """Base learning rate (after warm-up)."""
     optimizer: str = "sgd"
-    """``sgd`` (Dassl's default) or ``adam`` (torch Adam, weight decay as L2 on the gradient, as Dassl's)."""
+    """``sgd`` (Dassl's default), ``adam`` (torch Adam, weight decay as L2 on the gradient, as Dassl's) or
+    ``adamw`` (torch AdamW, decoupled weight decay; CLIP-LoRA)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's betas (Dassl's ADAM_BETA1 / ADAM_BETA2)."""
     adam_eps: float = 1e-8

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.optim import SGD, Adam, Optimizer
+from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["WarmupCosineLR", "build_optimizer", "lr_at"]
@@ -45,7 +45,8 @@ def build_optimizer(
     adam_eps: float = 1e-8,
 ) -> Optimizer:
     """Plain SGD (no Nesterov, no dampening), or with ``optimizer="adam"`` torch Adam (weight decay added
-    to the gradient, no AMSGrad, as Dassl's; ``momentum`` unused), over the learner's trainable parameters.
+    to the gradient, no AMSGrad, as Dassl's; ``momentum`` unused), or ``"adamw"`` torch AdamW (decoupled
+    weight decay), over the learner's trainable parameters.
 
     ``params`` is a list of parameters (one group at ``lr``) or of (parameters, multiplier) groups, each
     at ``lr * multiplier`` (the schedule then anneals every group from its own rate).
@@ -63,8 +64,10 @@ def build_optimizer(
     param_groups = [{"params": list(group), "lr": lr * float(mult)} for group, mult in groups if list(group)]
     if optimizer == "adam":
         return Adam(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)
+    if optimizer == "adamw":  # decoupled weight decay (CLIP-LoRA's official optimiser)
+        return AdamW(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)
     if optimizer != "sgd":
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: sgd, adam")
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: sgd, adam, adamw")
     return SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, dampening=0.0)
 
 

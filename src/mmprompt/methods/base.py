@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..clip.model import CLIP, BlockAdapters, DeepPrompts
+from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts, merge_weight_deltas
 from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 
@@ -112,7 +112,9 @@ class PromptLearner(nn.Module):
     * :meth:`on_epoch_end` with :meth:`training_state` / :meth:`load_training_state`: per-epoch logic
       whose state is resumed exactly;
     * :meth:`parameter_groups`: learning-rate multipliers per group of trainable parameters;
-    * :meth:`block_adapters`: per-block residual adapters in either tower.
+    * :meth:`block_adapters`: per-block residual adapters in either tower;
+    * :meth:`weight_adapters`: per-block updates of the attention weights (e.g. low-rank, CLIP-LoRA) in
+      either tower, which :meth:`merge_weight_adapters` folds into the CLIP for deployment.
     """
 
     method: ClassVar[str] = ""
@@ -279,6 +281,7 @@ class PromptLearner(nn.Module):
         self.last_text_shared_prefix = shared
 
         adapters = self.block_adapters()[1]
+        weight_deltas = self.active_weight_adapters()[1]
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
             return self.clip.encode_text_embeddings(
@@ -290,6 +293,7 @@ class PromptLearner(nn.Module):
                 shared_prefix=shared,
                 prefix_groups=groups,
                 adapters=adapters,
+                weight_deltas=weight_deltas,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
@@ -345,7 +349,8 @@ class PromptLearner(nn.Module):
         """Image features [B, E], not normalised, with this method's vision prompts and adapters."""
         prompts, deep = self.vision_prompts()
         adapters = self.block_adapters()[0]
-        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep, adapters=adapters)
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep, adapters=adapters,
+                                      weight_deltas=self.active_weight_adapters()[0])
 
     def logit_scale(self) -> Tensor:
         return self.clip.logit_scale.exp().float()
@@ -449,6 +454,58 @@ class PromptLearner(nn.Module):
         """Residual adapters per block of the (vision, text) towers (see :class:`~mmprompt.clip.model.
         CLIP`). Default: none."""
         return None, None
+
+    # ----- weight-space adapters (updates of the frozen CLIP's attention weights) -----------------------
+    def weight_adapters(self) -> tuple[BlockWeightDeltas | None, BlockWeightDeltas | None]:
+        """Updates of the attention projections per block of the (vision, text) towers: entry ``i`` maps
+        ``q`` / ``k`` / ``v`` / ``o`` to a :class:`~mmprompt.clip.model.WeightDelta` (a module under
+        ``self.prompt``, e.g. a low-rank ``s * B @ A``), applied beside the frozen weight with no patched copy
+        of CLIP (see :mod:`mmprompt.clip.model`). Default: none."""
+        return None, None
+
+    @property
+    def weights_merged(self) -> bool:
+        """Whether :meth:`merge_weight_adapters` has folded the weight adapters into the CLIP."""
+        return bool(self.__dict__.get("_weights_merged", False))
+
+    def active_weight_adapters(self) -> tuple[BlockWeightDeltas | None, BlockWeightDeltas | None]:
+        """What the encoders apply: :meth:`weight_adapters`, or nothing once they are merged."""
+        return (None, None) if self.weights_merged else self.weight_adapters()
+
+    def merge_weight_adapters(self) -> None:
+        """Add every weight adapter's ``delta_weight()`` into the CLIP's attention weights, for deployment:
+        the same logits (to float rounding) with no adapter cost. The adapters stay (and a checkpoint still
+        holds only them); :meth:`unmerge_weight_adapters` takes the merge back. Merging twice is refused, and
+        so is training a merged learner."""
+        if self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are already merged into the CLIP weights; "
+                               "merging again would add them twice (unmerge_weight_adapters() first)")
+        vision, text = self.weight_adapters()
+        if vision is None and text is None:
+            raise RuntimeError(f"{self.method} has no weight adapters to merge")
+        self._apply_weight_adapters(1.0)
+        self.__dict__["_weights_merged"] = True
+
+    def unmerge_weight_adapters(self) -> None:
+        """Subtract what :meth:`merge_weight_adapters` added (the CLIP's weights again, to float rounding)."""
+        if not self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are not merged; nothing to unmerge")
+        self._apply_weight_adapters(-1.0)
+        self.__dict__["_weights_merged"] = False
+
+    def _apply_weight_adapters(self, sign: float) -> None:
+        vision, text = self.weight_adapters()
+        if vision is not None:
+            merge_weight_deltas(self.clip.visual.transformer, vision, sign)
+        if text is not None:
+            merge_weight_deltas(self.clip.transformer, text, sign)
+        self._teacher_cache.clear()  # the frozen CLIP changed
+
+    def train(self, mode: bool = True) -> PromptLearner:
+        if mode and self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are merged into the CLIP (deployment); "
+                               "unmerge_weight_adapters() before training")
+        return super().train(mode)
 
     @torch.no_grad()
     def class_text_features(self) -> Tensor | None:

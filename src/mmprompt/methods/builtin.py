@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, prograd, promptsrc, tcp, vpt, zeroshot
+from . import (
+         clip_lora,
+         cocoop,
+         coop,
+         dept,
+         ivlp,
+         kgcoop,
+         language,
+         maple,
+         mma,
+         prograd,
+         promptsrc,
+         tcp,
+         vpt,
+         zeroshot,
+)
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -59,4 +74,9 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                official_folders=("adapter_learner",), aliases=("multimodal_adapter", "mmadapter"),
                description="MMA: multi-modal adapter (Yang et al., CVPR 2024)",
                demo_overrides=("method.adapter_start=2", "method.adapter_end=4")),
+    MethodSpec("clip_lora", clip_lora.CLIPLoRA, clip_lora.CLIPLoRAConfig,
+               {"few-shot": "clip_lora_fs", "base2novel": "clip_lora_fs"}, clip_lora.OFFICIAL_NAMES,
+               clip_lora.from_official, official_reader=clip_lora.read_official, aliases=("lora", "cliplora"),
+               description="CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): low-rank updates of q/k/v in both towers",
+               demo_overrides=("optim.epochs=10",), quick_overrides=("optim.epochs=3",)),
 )}
