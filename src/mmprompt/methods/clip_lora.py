@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_bool, check_int, check_number
+from ..clip.config import CLIPConfig
 from ..clip.model import CLIP, AttentionDeltas, BlockWeightDeltas
 from .base import MethodConfig, PromptLearner
 from .contract import Objective
@@ -326,13 +327,14 @@ OFFICIAL_NAMES = {
 """Official names: the CLIP's ``named_parameters()`` after ``apply_lora``."""
 
 
-def read_official(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def read_official(path: str | Path, clip_config: CLIPConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """An official ``save_lora`` file (``{'weights': {'layer_<n>': {'q_proj': {'w_lora_A', 'w_lora_B'}, ...}},
     'metadata': {r, alpha, encoder, params, position}}``, usually ``<save_path>/<backbone>/<dataset>/<shots>shots/
     seed<seed>/lora_weights.pt``; a folder is searched for that one file) -> our trainable state and config
     values. ``layer_<n>`` counts the replaced blocks in the official order: the text tower's, then the image
-    tower's, each in block order; the backbone (for the image-tower table) is read from the folder name
-    (vitb16, vitb32, vitl14) when present, else ViT-B/16."""
+    tower's, each in block order, only blocks that exist in ``clip_config``'s towers; the backbone (for the
+    image-tower table) is read from the folder name (vitb16, vitb32, vitl14) when present, else from the
+    architecture."""
     path = Path(path)
     if path.is_dir():
         found = sorted(path.rglob("*.pt"))
@@ -352,7 +354,8 @@ def read_official(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     missing = sorted({"r", "alpha", "encoder", "params", "position"} - set(meta))
     if missing:
         raise ValueError(f"{path}: field 'metadata' lacks {missing}")
-    backbone = "ViT-B/16"
+    v = clip_config.vision
+    backbone = "ViT-L/14" if v.layers == 24 else ("ViT-B/32" if v.patch_size == 32 else "ViT-B/16")
     for part in path.parts:
         backbone = {"vitb16": "ViT-B/16", "vitb32": "ViT-B/32", "vitl14": "ViT-L/14"}.get(part, backbone)
     values = {"r": int(meta["r"]), "alpha": meta["alpha"], "encoder": meta["encoder"], "params": list(meta["params"]),
@@ -360,14 +363,14 @@ def read_official(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     cfg = CLIPLoRAConfig(**values)
     order: list[tuple[str, int]] = []
     if cfg.encoder in ("text", "both"):
-        order += [("text", i) for i in TEXT_TABLE[cfg.position]]
+        order += [("text", i) for i in TEXT_TABLE[cfg.position] if i < clip_config.text.layers]
     if cfg.encoder in ("vision", "both"):
-        order += [("visual", i) for i in VISION_TABLES[backbone].get(cfg.position, [])]
+        order += [("visual", i) for i in VISION_TABLES[backbone].get(cfg.position, []) if i < v.layers]
     weights = data["weights"]
     state: dict[str, Tensor] = {}
     for n in range(len(weights)):
         key = f"layer_{n}"
-        if key not in weights or n >= len(order):
+        if key not in weights or len(weights) != len(order):
             raise ValueError(f"{path}: field 'weights' has {sorted(weights)}; the metadata ({cfg.encoder}, "
                              f"{cfg.position}, {backbone}) gives {len(order)} layers")
         tower, i = order[n]

@@ -54,9 +54,10 @@ class MethodSpec:
     """Official keys that do not change our computation (precision is a run option)."""
     official_folders: tuple[str, ...] = ()
     """Dassl model names the official checkpoints are saved under (``<dir>/<name>/model.pth.tar-N``)."""
-    official_reader: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]] | None = None
-    """For official code bases that are not Dassl: reads an official checkpoint (a file, or a folder holding
-    it) -> (our trainable tensors by name, the config values it fixes); used by ``import-official``."""
+    official_reader: Callable[[Path, Any], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    """For official code bases that are not Dassl: (an official checkpoint file or a folder holding it, the
+    CLIP architecture's :class:`~mmprompt.clip.config.CLIPConfig`) -> (our trainable tensors by name, the
+    config values the file fixes); used by ``import-official``."""
     aliases: tuple[str, ...] = ()
     alias_presets: Mapping[str, Mapping[str, str | Path]] = field(default_factory=dict)
     """Alias -> its own presets per protocol (``dept_coop`` -> DePT's CoOp presets), used when a user names
