@@ -89,6 +89,9 @@ class CLIPLoRAConfig(MethodConfig):
     """The prompt; ``{}`` is the class name (the official datasets all use "a photo of a {}.")."""
     logit_scale: float = 100.0
     """The constant logit scale (the official main.py sets 100)."""
+    official_branch: bool = False
+    """Compute each update as the official layer does, ``drop(x) @ (s B A)^T``: a full d x d product per
+    projection instead of two rank-r ones (the same numbers; the speed reference of ``mmprompt speed``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +110,7 @@ class CLIPLoRAConfig(MethodConfig):
             raise ValueError(f"clip_lora.dropout_rate must be below 1, got {self.dropout_rate}")
         check_bool("clip_lora.official_dropout0_gradient", self.official_dropout0_gradient)
         check_bool("clip_lora.dropout_masks", self.dropout_masks)
+        check_bool("clip_lora.official_branch", self.official_branch)
         if self.vision_table not in ("auto", *VISION_TABLES):
             raise ValueError(f"clip_lora.vision_table must be auto or one of {tuple(VISION_TABLES)}, "
                              f"got {self.vision_table!r}")
@@ -148,8 +152,10 @@ class CLIPLoRAConfig(MethodConfig):
 class LoRADelta(nn.Module):
     """One projection's low-rank update ``s * drop(x) A^T B^T`` (a :class:`~mmprompt.clip.model.WeightDelta`)."""
 
-    def __init__(self, width: int, r: int, scaling: float, dropout: float, detach_input: bool) -> None:
+    def __init__(self, width: int, r: int, scaling: float, dropout: float, detach_input: bool,
+                 full_product: bool = False) -> None:
         super().__init__()
+        self.full_product = full_product
         self.w_lora_A = nn.Parameter(torch.empty(r, width))
         self.w_lora_B = nn.Parameter(torch.zeros(width, r))
         nn.init.kaiming_uniform_(self.w_lora_A, a=math.sqrt(5))  # U(-1/sqrt(d), 1/sqrt(d))
@@ -165,6 +171,8 @@ class LoRADelta(nn.Module):
         a, b = self.w_lora_A, self.w_lora_B
         if not torch.is_autocast_enabled(x.device.type):
             a, b = a.to(x.dtype), b.to(x.dtype)
+        if self.full_product:  # the official LinearLoRA: x @ (B A)^T * s
+            return F.linear(x, b @ a) * self.scaling
         return F.linear(F.linear(x, a), b) * self.scaling
 
     def delta_weight(self) -> Tensor:
@@ -205,7 +213,8 @@ class CLIPLoRA(PromptLearner):
         self.lora_blocks = cfg.blocks(self.clip)
         for tower, indices in self.lora_blocks.items():
             setattr(self.prompt, tower, nn.ModuleDict({
-                str(i): nn.ModuleDict({PROJ_NAMES[p]: LoRADelta(widths[tower], cfg.r, cfg.scaling, dropout, detach)
+                str(i): nn.ModuleDict({PROJ_NAMES[p]: LoRADelta(widths[tower], cfg.r, cfg.scaling, dropout, detach,
+                                                                 cfg.official_branch)
                                        for p in cfg.params})
                 for i in indices}))
         self._text_cache: tuple[tuple[Any, ...], Tensor] | None = None

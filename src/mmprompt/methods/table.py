@@ -67,6 +67,9 @@ class MethodSpec:
     """Overrides of the preset for the 4-layer demo CLIP (``method.depth=3``: depths scaled from 12 layers)."""
     quick_overrides: tuple[str, ...] = ()
     """Further overrides for ``mmprompt demo --quick`` (fewer epochs for long recipes)."""
+    reference_options: Mapping[str, Any] = field(default_factory=dict)
+    """Method options that ``mmprompt speed``'s reference path sets: the official computation where the method
+    has a cheaper exact one of its own (CLIP-LoRA: the update as a full d x d product)."""
 
     def preset_for(self, protocol: str, alias: str | None = None) -> str | Path:
         """The default preset of this method (as named by ``alias``, if given) for ``protocol``."""
