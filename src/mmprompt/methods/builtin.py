@@ -78,6 +78,6 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                {"few-shot": "clip_lora_fs", "base2novel": "clip_lora_fs"}, clip_lora.OFFICIAL_NAMES,
                clip_lora.from_official, official_reader=clip_lora.read_official, aliases=("lora", "cliplora"),
                description="CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): low-rank updates of q/k/v in both towers",
-               demo_overrides=("optim.epochs=10",), quick_overrides=("optim.epochs=3",),
+               demo_overrides=("optim.epochs=100",), quick_overrides=("optim.epochs=20",),
                reference_options={"official_branch": True}),
 )}
