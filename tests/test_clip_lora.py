@@ -107,11 +107,15 @@ def official_tower(blocks, x, learner, tower: str, causal: bool) -> torch.Tensor
     return x
 
 
-@pytest.mark.parametrize("truncate", [True, False])
+TEXT_PATHS = {"packed": EncoderOptions(), "full": EncoderOptions(truncate_text=False, share_text_prefix=False),
+              "chunks": EncoderOptions(text_chunk_size=2)}
+
+
+@pytest.mark.parametrize("path", list(TEXT_PATHS))
 @pytest.mark.parametrize("options", [{}, {"params": ["q", "v", "o"], "position": "top3", "r": 3, "alpha": 2}])
-def test_low_rank_updates_equal_the_official_layers(clip: CLIP, batch, truncate: bool, options: dict) -> None:  # noqa: ANN001
+def test_low_rank_updates_equal_the_official_layers(clip: CLIP, batch, path: str, options: dict) -> None:  # noqa: ANN001
     images, _ = batch
-    learner = make(clip, EncoderOptions(truncate_text=truncate), **options)
+    learner = make(clip, TEXT_PATHS[path], **options)
     v = clip.visual
     x = v.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], 1) + v.positional_embedding
