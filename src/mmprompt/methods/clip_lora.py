@@ -21,8 +21,15 @@ weights for deployment.
 * Logits: ``100 * cos`` (a constant 100, not the CLIP's logit scale). Training text features go through
   the LoRA text encoder (``encoder`` text / both) or are the frozen zero-shot classifier of the plain CLIP
   (``vision``); with ``text`` the image features carry no gradient. The loss is plain cross-entropy.
-* The official optimiser is AdamW (lr 2e-4, weight decay 1e-2) under a per-iteration cosine schedule over
-  500 x shots iterations (eta_min 1e-6), batch 32.
+* The official optimiser is AdamW (lr 2e-4, weight decay 1e-2 on A and B) under a per-iteration cosine schedule
+  over 500 x shots iterations (eta_min 1e-6, no warm-up), batch 32. The preset ``clip_lora_fs`` has AdamW with
+  those values; its cosine is the engine's per-epoch one (no warm-up, eta_min 0) over as many epochs as give the
+  official number of iterations at 16 shots (a deliberate difference: the rate is updated once per epoch).
+
+Deliberate differences (D in the spec): fp32 rather than the official fp16 CLIP under autocast (``precision`` is
+a run option); the update is kept apart from the weights in evaluation instead of being added into them and
+subtracted again (the same numbers to rounding; :meth:`merge_weight_adapters` merges for deployment); any exact
+attention kernel.
 """
 
 from __future__ import annotations
