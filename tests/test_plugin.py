@@ -85,6 +85,38 @@ def test_plugin_method_declares_its_inference_paths(site: Path, tmp_path: Path) 
                    "--path", "base", *common)
     assert bad.returncode == 2 and "no inference path 'base'; its paths: seen, unseen" in bad.stderr
     assert "Traceback" not in bad.stderr
+def test_a_plugin_method_adapts_the_weights_through_the_hook(site: Path, tmp_path: Path) -> None:
+    """``probe_lora`` (module ``mmprompt_probe.lora``) trains a rank-1 update of one value projection through
+    ``weight_adapters()``: the checkpoint holds the two matrices, which trained, and merging them into the CLIP
+    gives the learner's logits."""
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    run = mmprompt(site, tmp_path, "train", "--method", "probe_lora", "--dataset", "eurosat", "--output",
+                   str(tmp_path / "run"), "--data-root", str(data), "--clip", str(weights), "--clip-activation",
+                   "quick_gelu", "--no-progress", "--num-workers", "0", "--shots", "2", "--set", "optim.epochs=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    script = f"""
+import torch
+from safetensors.torch import load_file
+from mmprompt.checkpoint import load_prompts
+from mmprompt.engine.clip_source import resolve_clip
+saved = load_file({str(tmp_path / "run" / "prompts.safetensors")!r})
+assert sorted(saved) == ["prompt.value.A", "prompt.value.B"], sorted(saved)
+assert float(saved["prompt.value.B"].abs().max()) > 0
+model, _ = resolve_clip({str(weights)!r}, "quick_gelu", "cpu")
+learner = load_prompts({str(tmp_path / "run")!r}, model).eval()
+images = torch.randn(2, 3, 32, 32)
+with torch.no_grad():
+    before = learner(images)
+    learner.merge_weight_adapters()
+    assert learner.active_weight_adapters() == (None, None)
+    torch.testing.assert_close(learner(images), before, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    check = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site),
+                                                                            os.environ.get("PYTHONPATH", "")])})
+    assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr[-3000:]
 
 
 def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> None:
@@ -102,4 +134,4 @@ def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> 
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 
-    assert "probe" not in list_methods() and "probe_paths" not in list_methods()
+    assert not {"probe", "probe_paths", "probe_lora"} & set(list_methods())

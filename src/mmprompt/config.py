@@ -128,7 +128,7 @@ class OptimSection:
     """Base learning rate (after warm-up)."""
     optimizer: str = "sgd"
     """``sgd`` (Dassl's default), ``adam`` (torch Adam, weight decay as L2 on the gradient, as Dassl's) or
-    ``adamw`` (decoupled weight decay, Dassl's AdamW: MMRL)."""
+    ``adamw`` (torch AdamW, decoupled weight decay: MMRL, CLIP-LoRA)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's betas (Dassl's ADAM_BETA1 / ADAM_BETA2)."""
     adam_eps: float = 1e-8

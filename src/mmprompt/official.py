@@ -1,4 +1,5 @@
-"""Import checkpoints of the official implementation (Dassl ``model.pth.tar-<epoch>`` files)."""
+"""Import checkpoints of the official implementation (Dassl ``model.pth.tar-<epoch>`` files, or a method's own
+format through its table row's ``official_reader``)."""
 
 from __future__ import annotations
 
@@ -78,12 +79,22 @@ def import_official(
     to the method's (the official yaml's) defaults; the shapes fix ``n_ctx`` and depths.
     """
     method = canonical_method(method)
-    path = find_official_checkpoint(directory, method, epoch)
-    state = convert_official_state_dict(method, read_official_state(path, method))
+    spec = get_method(method)
+    values = dict(config or {})
+    if spec.official_reader is not None:  # not a Dassl code base: the method reads its own format
+        path = Path(directory)
+        if not path.exists():
+            raise FileNotFoundError(f"official checkpoint not found: {path}")
+        state, fixed = spec.official_reader(path, clip_config)
+        clash = {k: (values[k], v) for k, v in fixed.items() if k in values and values[k] != v}
+        if clash:
+            raise ValueError(f"{path}: the checkpoint fixes {clash} (given, in file); drop those --set options")
+        values.update(fixed)
+    else:
+        path = find_official_checkpoint(directory, method, epoch)
+        state = convert_official_state_dict(method, read_official_state(path, method))
     if not state:
         raise ValueError(f"{path}: no {method} prompt parameters found in the state dict")
-    values = dict(config or {})
-    spec = get_method(method)
     values.update({k: v for k, v in spec.learner.options_from_state(state).items() if k not in values})
     cfg = make_config(method, values)
     names = list(classnames or [])

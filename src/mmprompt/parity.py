@@ -231,11 +231,39 @@ def check_method_case(
                 term = key[len(case) + 6: -len(off) - 1]
                 got = held[term][params.index(ours)] if term in held else raw[ours]
                 result.checks.append(compare(case, f"grad_{term}/{off}", got, a[key]))
+    if f"{case}/step1/logits" in a:
+        _check_step(result, case, spec, learner, images, a)
     if "lr_per_param" in spec:
         _check_learning_rates(result, case, spec, learner, name_map)
     if f"{case}/gpa/losses" in a:
         _check_epochs(result, case, spec, learner, images, labels, name_map, a)
     return result
+
+
+def _check_step(result: CaseResult, case: str, spec: Mapping[str, Any], learner: Any, images: torch.Tensor,
+                a: Mapping[str, np.ndarray]) -> None:
+    """One step of the case's official optimizer (JSON ``optimizer``: class, lr, betas, eps, weight decay) with
+    the gradients just checked, then the evaluation logits (``step1/logits``; code bases with their own loop,
+    e.g. CLIP-LoRA's AdamW step)."""
+    from .engine.optim import build_optimizer
+
+    opt = spec.get("optimizer")
+    if not isinstance(opt, Mapping) or "class" not in opt:
+        result.checks.append(TensorCheck(case, "step1/logits", float("inf"), float("inf"), False,
+                                         "the case has step1/logits but its JSON names no 'optimizer'"))
+        return
+    kind = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}.get(str(opt["class"]))
+    if kind is None:
+        result.checks.append(TensorCheck(case, "step1/logits", float("inf"), float("inf"), False,
+                                         f"optimizer {opt['class']!r} is not supported (AdamW, Adam, SGD)"))
+        return
+    betas = tuple(opt.get("betas", (0.9, 0.999)))
+    optimizer = build_optimizer(learner.parameter_groups(), float(opt["lr"]), float(opt.get("momentum", 0.0)),
+                                float(opt.get("weight_decay", 0.0)), kind, betas, float(opt.get("eps", 1e-8)))
+    optimizer.step()
+    learner.eval()
+    with torch.no_grad():
+        result.checks.append(compare(case, "step1/logits", learner(images), a[f"{case}/step1/logits"]))
 
 
 def _check_learning_rates(result: CaseResult, case: str, spec: Mapping[str, Any], learner: Any,

@@ -288,8 +288,11 @@ def path_config(settings: BenchSettings, path: str, clip_config: CLIPConfig | No
     from ..methods import get_method
 
     path_encoder(settings, path)  # checks the path
+    spec = get_method(settings.method)
     values = dict(settings.method_options)
-    fields = {f.name: f for f in dataclasses.fields(get_method(settings.method).config)}
+    if path == "reference":  # the official computation of the method's own parts (unless the user set them)
+        values.update({k: v for k, v in spec.reference_options.items() if k not in settings.method_options})
+    fields = {f.name: f for f in dataclasses.fields(spec.config)}
     values = {k: v for k, v in values.items() if k in fields or k in settings.method_options}
     if clip_config is not None:
         t, v = clip_config.text.layers, clip_config.vision.layers

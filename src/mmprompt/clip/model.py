@@ -15,6 +15,10 @@ that make them:
 * Both towers also take ``adapters``: ``adapters[i]``, when not ``None``, is a function of block ``i``'s
   normalised input ``ln_1(x)`` (token-wise) whose output is added to the block's output, in parallel
   with the whole block: ``out = h + mlp(ln_2(h)) + adapter(ln_1(x))`` with ``h = x + attn(ln_1(x))``.
+* Both towers also take ``weight_deltas``: ``weight_deltas[i]``, when not ``None``, maps projection names
+  (``q``, ``k``, ``v``, ``o``) to :class:`~mmprompt.clip.transformer.WeightDelta` updates of block ``i``'s
+  attention weights (e.g. low-rank ones), applied to the projection's input alongside the frozen weight:
+  ``y = x W^T + b + delta(x)``. :func:`merge_weight_deltas` adds them into the weights for deployment.
 
 Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly; what other families add
 has names in the same style (``visual.conv1.bias``, ``visual.attn_pool.*``, ``text_projection_bias``,
@@ -33,27 +37,35 @@ from torch import Tensor, nn
 
 from .config import CLIPConfig
 from .transformer import (
+    PROJECTIONS,
     Adapter,
     Attention,
+    AttentionDeltas,
     BlockAdapters,
+    BlockWeightDeltas,
     DeepPrompts,
     LayerNorm,
     PackedLayout,
     QuickGELU,
     ResidualAttentionBlock,
     Transformer,
+    WeightDelta,
     attention,
     frozen_cast,
     make_mlp,
+    merge_weight_deltas,
     replace_packed,
     replace_tokens,
 )
 
 __all__ = [
     "CLIP",
+    "PROJECTIONS",
     "Adapter",
     "Attention",
+    "AttentionDeltas",
     "BlockAdapters",
+    "BlockWeightDeltas",
     "AttentionPool",
     "DeepPrompts",
     "LayerNorm",
@@ -62,9 +74,11 @@ __all__ = [
     "ResidualAttentionBlock",
     "Transformer",
     "VisionTransformer",
+    "WeightDelta",
     "attention",
     "build_model",
     "frozen_cast",
+    "merge_weight_deltas",
     "replace_packed",
     "replace_tokens",
 ]
@@ -131,11 +145,13 @@ class VisionTransformer(nn.Module):
         prompts: Tensor | None = None,
         deep_prompts: DeepPrompts | None = None,
         adapters: BlockAdapters | None = None,
+        weight_deltas: BlockWeightDeltas | None = None,
     ) -> Tensor:
         """Image features [B, E] (not normalised) of ``images`` [B, 3, H, W].
 
         ``prompts`` ([n, Dv] or [B, n, Dv]) are appended after the patch tokens; ``deep_prompts[i]``
         replaces the last ``n`` tokens before block ``i`` (index 0 is ignored: block 0 sees ``prompts``).
+        ``adapters`` and ``weight_deltas``: per block, as in the module docstring.
         """
         v = self.config
         x = self.embed_patches(images)
@@ -154,7 +170,7 @@ class VisionTransformer(nn.Module):
             x = self.ln_pre(x)
         rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if v.pool == "tok" else None
         x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=rows,
-                             adapters=adapters)
+                             adapters=adapters, weight_deltas=weight_deltas)
         if v.pool == "tok":
             pooled = self.ln_post(x[:, 0])  # the class token
         elif v.pool == "avg":
@@ -240,8 +256,8 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text_projection, std=t.width**-0.5)
 
     def encode_image(self, images: Tensor, **insertions: Any) -> Tensor:
-        """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``)
-        as in :meth:`VisionTransformer.forward`."""
+        """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``,
+        ``weight_deltas``) as in :meth:`VisionTransformer.forward`."""
         return self.visual(images, **insertions)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
@@ -275,6 +291,7 @@ class CLIP(nn.Module):
         shared_prefix: int = 0,
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
+        weight_deltas: BlockWeightDeltas | None = None,
     ) -> Tensor:
         """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and pooled positions ``eot`` [N].
 
@@ -306,6 +323,7 @@ class CLIP(nn.Module):
                 shared_prefix=shared_prefix,
                 prefix_groups=prefix_groups,
                 adapters=adapters,
+                weight_deltas=weight_deltas,
             )  # [N, Dt]
         else:
             x = self.transformer(
@@ -315,6 +333,7 @@ class CLIP(nn.Module):
                 prompt_start=prompt_start,
                 output_rows=eot,
                 adapters=adapters,
+                weight_deltas=weight_deltas,
             )[:, 0]
         x = self.ln_final(x) @ self.text_projection.to(x.dtype)  # the pooled token [N, E]
         if self.config.text.proj_bias:

@@ -7,7 +7,8 @@ from the caller (see :mod:`mmprompt.clip.model`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,26 @@ from torch import Tensor, nn
 DeepPrompts = Sequence[Tensor | None]
 Adapter = Callable[[Tensor], Tensor]
 BlockAdapters = Sequence[Adapter | None]
+
+
+@runtime_checkable
+class WeightDelta(Protocol):
+    """A learned additive update of one attention projection ``y = x W^T + b``: the projection becomes
+    ``y + delta(x)``, with ``delta_weight()`` the matrix ``dW`` [out, in] of the same update when it is linear
+    (``y = x (W + dW)^T + b``), which :func:`merge_weight_deltas` adds into the weights for deployment."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def delta_weight(self) -> Tensor: ...
+
+
+PROJECTIONS: tuple[str, ...] = ("q", "k", "v", "o")
+"""The attention projections a :class:`WeightDelta` can act on: the query, key and value rows of the packed
+input projection (rows ``0:D``, ``D:2D``, ``2D:3D``) and the output projection ``out_proj``."""
+AttentionDeltas = Mapping[str, WeightDelta]
+"""The weight deltas of one block's attention, by projection name (a subset of :data:`PROJECTIONS`)."""
+BlockWeightDeltas = Sequence[AttentionDeltas | None]
+"""One entry per block (``None``: that block's weights as they are)."""
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the input and parameter dtype."""
@@ -131,13 +152,24 @@ class Attention(nn.Module):
         d = self.out_proj.in_features
         return t.view(b, n, width // d, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
 
-    def in_projection(self, x: Tensor, part: slice = slice(None)) -> Tensor:
-        """``x @ in_proj[part].T + bias[part]`` (rows ``0:D`` queries, ``D:2D`` keys, ``2D:3D`` values)."""
-        return F.linear(x, frozen_cast(self, "in_proj_weight")[part], frozen_cast(self, "in_proj_bias")[part])
+    def in_projection(self, x: Tensor, part: slice = slice(None), deltas: AttentionDeltas | None = None) -> Tensor:
+        """``x @ in_proj[part].T + bias[part]`` (rows ``0:D`` queries, ``D:2D`` keys, ``2D:3D`` values), plus
+        the ``q`` / ``k`` / ``v`` entries of ``deltas`` on the rows they own."""
+        out = F.linear(x, frozen_cast(self, "in_proj_weight")[part], frozen_cast(self, "in_proj_bias")[part])
+        if not deltas:
+            return out
+        d = self.out_proj.in_features
+        first = (part.start or 0) // d
+        last = 3 if part.stop is None else part.stop // d
+        for j, name in enumerate(("q", "k", "v")[first:last]):
+            delta = deltas.get(name)
+            if delta is not None:  # in place on the fresh product (its backward does not need it)
+                out[..., j * d : (j + 1) * d] += delta(x).to(out.dtype)
+        return out
 
-    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def key_values(self, x: Tensor, deltas: AttentionDeltas | None = None) -> tuple[Tensor, Tensor]:
         """Keys and values [B, H, L, Dh] of ``x`` [B, L, D]."""
-        k, v = self.heads_of(self.in_projection(x, slice(x.shape[-1], None)))
+        k, v = self.heads_of(self.in_projection(x, slice(x.shape[-1], None), deltas))
         return k, v
 
     def forward(
@@ -146,28 +178,29 @@ class Attention(nn.Module):
         causal: bool = False,
         rows: Tensor | None = None,
         return_kv: bool = False,
+        deltas: AttentionDeltas | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Self-attention of ``x`` [B, L, D] -> [B, L, D].
 
         With ``rows`` [B] only one query position per sequence is computed (its keys and values are
         all positions, or those up to it when ``causal``): output [B, 1, D]. With ``return_kv`` the
-        keys and values [B, H, L, Dh] come back too.
+        keys and values [B, H, L, Dh] come back too. ``deltas``: updates of the projections
+        (:data:`AttentionDeltas`).
         """
         b, n, d = x.shape  # [B, L, D]
         if rows is None:
-            q, k, v = self.heads_of(self.in_projection(x))  # 3 x [B, H, L, Dh]
+            q, k, v = self.heads_of(self.in_projection(x, deltas=deltas))  # 3 x [B, H, L, Dh]
         else:
             x_rows = x[torch.arange(b, device=x.device), rows].unsqueeze(1)  # [B, 1, D]
-            q = self.heads_of(self.in_projection(x_rows, slice(0, d)))[0]  # [B, H, 1, Dh]
-            k, v = self.key_values(x)  # 2 x [B, H, L, Dh]
+            q = self.heads_of(self.in_projection(x_rows, slice(0, d), deltas))[0]  # [B, H, 1, Dh]
+            k, v = self.key_values(x, deltas)  # 2 x [B, H, L, Dh]
             query_pos = rows.view(b, 1, 1, 1)
         mask = None
         if causal and rows is not None:
             mask = torch.arange(n, device=x.device) <= query_pos  # key <= query: [B, 1, 1, L]
         out = attention(q, k, v, mask=mask, causal=causal)  # [B, H, L | 1, Dh]
-        out = self.project(out.transpose(1, 2).reshape(b, out.shape[2], d))  # [B, L | 1, D]
+        out = self.project(out.transpose(1, 2).reshape(b, out.shape[2], d), deltas)  # [B, L | 1, D]
         return (out, (k, v)) if return_kv else out
-
 
     def forward_packed(
         self,
@@ -175,19 +208,20 @@ class Attention(nn.Module):
         layout: PackedLayout,
         past: tuple[Tensor, Tensor] | None = None,
         rows: Tensor | None = None,
+        deltas: AttentionDeltas | None = None,
     ) -> Tensor:
         """Causal self-attention of packed tokens ``x`` [T, D] -> [T, D] (or, with ``rows`` [B] packed
         rows, only those queries: [B, D]). ``past``: keys and values [G, H, P, Dh] of the shared
         positions before every sequence (``layout.offset`` = P), one set per group of ``B / G``
-        consecutive sequences."""
+        consecutive sequences. ``deltas``: updates of the projections (:data:`AttentionDeltas`)."""
         d = x.shape[-1]
         b = layout.num_sequences
         if rows is None:
-            q, k, v = self.heads_of(layout.pad(self.in_projection(x)))  # 3 x [B, H, S, Dh]
+            q, k, v = self.heads_of(layout.pad(self.in_projection(x, deltas=deltas)))  # 3 x [B, H, S, Dh]
             query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
         else:
-            k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None))))  # 2 x [B, H, S, Dh]
-            q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d)).unsqueeze(1))[0]
+            k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None), deltas)))  # 2 x [B, H, S, Dh]
+            q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d), deltas).unsqueeze(1))[0]
             query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
         offset = 0
         if past is not None:
@@ -198,11 +232,13 @@ class Attention(nn.Module):
         out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
         out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
         out = layout.unpad(out) if rows is None else out.squeeze(1)
-        return self.project(out)
+        return self.project(out, deltas)
 
-    def project(self, x: Tensor) -> Tensor:
-        """The output projection (``out_proj``)."""
-        return F.linear(x, frozen_cast(self.out_proj, "weight"), frozen_cast(self.out_proj, "bias"))
+    def project(self, x: Tensor, deltas: AttentionDeltas | None = None) -> Tensor:
+        """The output projection (``out_proj``), plus the ``o`` entry of ``deltas``."""
+        out = F.linear(x, frozen_cast(self.out_proj, "weight"), frozen_cast(self.out_proj, "bias"))
+        delta = deltas.get("o") if deltas else None
+        return out if delta is None else out + delta(x).to(out.dtype)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -222,12 +258,14 @@ class ResidualAttentionBlock(nn.Module):
         rows: Tensor | None = None,
         return_kv: bool = False,
         adapter: Adapter | None = None,
+        deltas: AttentionDeltas | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """The block on ``x`` [B, L, D]; with ``rows`` [B], only those positions' outputs [B, 1, D].
         With ``return_kv``, also the attention's keys and values of ``x`` (:meth:`Attention.forward`).
-        ``adapter``: a residual branch on ``ln_1(x)`` added to the output (see :mod:`mmprompt.clip.model`)."""
+        ``adapter``: a residual branch on ``ln_1(x)`` added to the output (see :mod:`mmprompt.clip.model`);
+        ``deltas``: updates of the attention's projections (:data:`AttentionDeltas`)."""
         normed = self.ln_1(x)
-        h = self.attn(normed, causal=causal, rows=rows, return_kv=return_kv)
+        h = self.attn(normed, causal=causal, rows=rows, return_kv=return_kv, deltas=deltas)
         kv = None
         if return_kv:
             h, kv = h
@@ -247,9 +285,9 @@ class ResidualAttentionBlock(nn.Module):
         x = F.linear(x, frozen_cast(fc, "weight"), frozen_cast(fc, "bias"))
         return F.linear(self.mlp.gelu(x), frozen_cast(proj, "weight"), frozen_cast(proj, "bias"))
 
-    def key_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def key_values(self, x: Tensor, deltas: AttentionDeltas | None = None) -> tuple[Tensor, Tensor]:
         """The attention's keys and values [B, H, L, Dh] for the block input ``x``."""
-        return self.attn.key_values(self.ln_1(x))
+        return self.attn.key_values(self.ln_1(x), deltas)
 
     def forward_packed(
         self,
@@ -258,18 +296,38 @@ class ResidualAttentionBlock(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
         last_only: bool = False,
         adapter: Adapter | None = None,
+        deltas: AttentionDeltas | None = None,
     ) -> Tensor:
         """The block on packed causal tokens ``x`` [T, D] (see :class:`PackedLayout`) -> [T, D], or
         with ``last_only`` only each sequence's last token: [B, D]. ``past``: keys and values of the
         shared positions before every sequence."""
         rows = layout.last if last_only else None
         normed = self.ln_1(x)
-        h = self.attn.forward_packed(normed, layout, past=past, rows=rows)
+        h = self.attn.forward_packed(normed, layout, past=past, rows=rows, deltas=deltas)
         if rows is not None:
             x, normed = x.index_select(0, rows), normed.index_select(0, rows)
         x = x + h
         x = x + self.feed_forward(self.ln_2(x))
         return x if adapter is None else x + adapter(normed)
+
+
+def merge_weight_deltas(transformer: Transformer, weight_deltas: BlockWeightDeltas, sign: float = 1.0) -> None:
+    """Add ``sign * delta_weight()`` of every delta into the attention weights of ``transformer`` in place
+    (``sign`` -1 takes a merge back): afterwards the plain blocks compute what the deltas did, at no cost."""
+    blocks = transformer._adapters(weight_deltas, "sets of weight deltas")
+    with torch.no_grad():
+        for block, deltas in zip(transformer.resblocks, blocks, strict=True):
+            for name, delta in (deltas or {}).items():
+                if name not in PROJECTIONS:
+                    raise ValueError(f"weight delta for unknown projection {name!r}; known: {PROJECTIONS}")
+                attn = block.attn
+                if name == "o":
+                    target = attn.out_proj.weight
+                else:
+                    d = attn.out_proj.in_features
+                    j = "qkv".index(name)
+                    target = attn.in_proj_weight[j * d : (j + 1) * d]
+                target.add_(delta.delta_weight().to(target.dtype), alpha=sign)
 
 
 def replace_tokens(x: Tensor, prompts: Tensor, start: int) -> Tensor:
@@ -308,30 +366,33 @@ class Transformer(nn.Module):
         prompt_start: int = 1,
         output_rows: Tensor | None = None,
         adapters: BlockAdapters | None = None,
+        weight_deltas: BlockWeightDeltas | None = None,
     ) -> Tensor:
         """Run the blocks on ``x`` [B, L, D] -> [B, L, D].
 
         ``deep_prompts[i]`` (block ``i``), when given and not ``None``, replaces the prompt positions
         starting at ``prompt_start`` (negative: counted from the end) before that block runs. With
         ``output_rows`` [B], the last block computes only that position of each sequence: [B, 1, D]
-        (the same numbers, without the work for outputs nobody reads).
+        (the same numbers, without the work for outputs nobody reads). ``weight_deltas[i]``: updates of
+        block ``i``'s attention projections (:data:`BlockWeightDeltas`).
         """
         if deep_prompts is not None and len(deep_prompts) > self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for a transformer of {self.layers} layers")
         adapter_of = self._adapters(adapters)
+        deltas_of = self._adapters(weight_deltas, "sets of weight deltas")
         for i, block in enumerate(self.resblocks):
             if deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
                 x = replace_tokens(x, deep_prompts[i], prompt_start)
             last = output_rows if i == self.layers - 1 else None
-            x = block(x, causal=causal, rows=last, adapter=adapter_of[i])
+            x = block(x, causal=causal, rows=last, adapter=adapter_of[i], deltas=deltas_of[i])
         return x
 
-    def _adapters(self, adapters: BlockAdapters | None) -> list[Adapter | None]:
-        """One adapter slot per block (None where there is none)."""
+    def _adapters(self, adapters: Sequence[Any] | None, what: str = "block adapters") -> list[Any]:
+        """One slot per block (None where there is nothing)."""
         if adapters is None:
             return [None] * self.layers
         if len(adapters) > self.layers:
-            raise ValueError(f"{len(adapters)} block adapters for a transformer of {self.layers} layers")
+            raise ValueError(f"{len(adapters)} {what} for a transformer of {self.layers} layers")
         return [*adapters, *([None] * (self.layers - len(adapters)))]
 
     def forward_last(
@@ -343,6 +404,7 @@ class Transformer(nn.Module):
         shared_prefix: int = 0,
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
+        weight_deltas: BlockWeightDeltas | None = None,
     ) -> Tensor:
         """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
 
@@ -377,6 +439,7 @@ class Transformer(nn.Module):
         tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
         prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
         adapter_of = self._adapters(adapters)
+        deltas_of = self._adapters(weight_deltas, "sets of weight deltas")
         for i, block in enumerate(self.resblocks):
             prompts = deep[i] if i < len(deep) else None
             if prompts is not None:
@@ -397,10 +460,12 @@ class Transformer(nn.Module):
             kv = None
             if prefix is not None:
                 if last:
-                    kv = block.key_values(prefix)  # the prefix's own outputs are not read
+                    kv = block.key_values(prefix, deltas_of[i])  # the prefix's own outputs are not read
                 else:
-                    prefix, kv = block(prefix, causal=True, return_kv=True, adapter=adapter_of[i])
-            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last, adapter=adapter_of[i])
+                    prefix, kv = block(prefix, causal=True, return_kv=True, adapter=adapter_of[i],
+                                       deltas=deltas_of[i])
+            tokens = block.forward_packed(tokens, layout, past=kv, last_only=last, adapter=adapter_of[i],
+                                          deltas=deltas_of[i])
         return tokens
 
 

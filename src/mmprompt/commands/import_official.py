@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="the official output folder holding <name>/model.pth.tar-<epoch>")
+    parser.add_argument("directory", help="the official output folder holding <name>/model.pth.tar-<epoch> "
+                        "(CLIP-LoRA: its lora_weights.pt file, or a folder holding it)")
     from ..methods import all_methods
 
-    importable = [name for name, spec in all_methods().items() if spec.official_folders]
+    importable = [name for name, spec in all_methods().items() if spec.official_folders or spec.official_reader]
     parser.add_argument("--method", required=True, choices=importable, help="the method the checkpoint was trained with")
     parser.add_argument("-o", "--output", required=True, help="folder for the mmprompt prompt checkpoint")
     parser.add_argument("--epoch", type=int, default=None, help="epoch to import (default: the last one)")

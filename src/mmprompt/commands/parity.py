@@ -27,15 +27,15 @@ def run(args: argparse.Namespace) -> int:
     )
     results = run_parity(args.reference, args.case, encoder)
     failed = 0
-    print(f"{'case':<16}{'tensor':<72}{'max abs err':>14}{'max rel err':>14}  result")
+    print(f"{'case':<20} {'tensor':<72}{'max abs err':>14}{'max rel err':>14}  result")
     for res in results:
         if res.error:
             failed += 1
-            print(f"{res.case:<16}{'-':<72}{'':>14}{'':>14}  CANNOT CHECK: {res.error}")
+            print(f"{res.case:<20} {'-':<72}{'':>14}{'':>14}  CANNOT CHECK: {res.error}")
             continue
         for c in res.checks:
             status = "ok" if c.ok else f"MISMATCH {c.note}".rstrip()
-            print(f"{c.case:<16}{c.name:<72}{c.max_abs:>14.3e}{c.max_rel:>14.3e}  {status}")
+            print(f"{c.case:<20} {c.name:<72}{c.max_abs:>14.3e}{c.max_rel:>14.3e}  {status}")
         failed += 0 if res.ok else 1
     print(f"{len(results) - failed} of {len(results)} cases pass (relative error <= 1e-4)")
     return 1 if failed else 0

@@ -71,7 +71,7 @@ def build_optimizer(
             param_groups.append({"params": list(group), "lr": lr * float(mult)})
             if decay:
                 param_groups[-1]["weight_decay"] = float(decay[0])
-    if optimizer == "adamw":  # Dassl's adamw: decoupled weight decay (MMRL)
+    if optimizer == "adamw":  # decoupled weight decay: Dassl's AdamW (MMRL), CLIP-LoRA's own
         return AdamW(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)
     if optimizer == "adam":
         return Adam(param_groups, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)

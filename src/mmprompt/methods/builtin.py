@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from . import (
-         cocoop,
-         coop,
-         dept,
-         ivlp,
-         kgcoop,
-         language,
-         maple,
-         mma,
-         mmrl,
-         prograd,
-         promptsrc,
-         tcp,
-         vpt,
-         zeroshot,
+    clip_lora,
+    cocoop,
+    coop,
+    dept,
+    ivlp,
+    kgcoop,
+    language,
+    maple,
+    mma,
+    mmrl,
+    prograd,
+    promptsrc,
+    tcp,
+    vpt,
+    zeroshot,
 )
 from .table import MethodSpec
 
@@ -85,4 +86,10 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                aliases=("mmrl_pp",),
                description="MMRL++: SRRA + PRC (Guo & Gu, IJCV 2026)",
                demo_overrides=("method.rep_layers=[2,3,4]", "method.rep_dim=64", "method.proj_lora_dim=8")),
+    MethodSpec("clip_lora", clip_lora.CLIPLoRA, clip_lora.CLIPLoRAConfig,
+               {"few-shot": "clip_lora_fs", "base2novel": "clip_lora_fs"}, clip_lora.OFFICIAL_NAMES,
+               clip_lora.from_official, official_reader=clip_lora.read_official, aliases=("lora", "cliplora"),
+               description="CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): low-rank updates of q/k/v in both towers",
+               demo_overrides=("optim.epochs=100",), quick_overrides=("optim.epochs=20",),
+               reference_options={"official_branch": True}),
 )}

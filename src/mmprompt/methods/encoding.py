@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..clip.model import CLIP, BlockAdapters, DeepPrompts
+from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts
 from ..clip.tokenizer import Tokenizer
 from .contract import EncoderOptions
 
@@ -86,6 +86,9 @@ class TextEncoding:
     def block_adapters(self) -> tuple[BlockAdapters | None, BlockAdapters | None]:  # the learner's hook
         raise NotImplementedError
 
+    def active_weight_adapters(self) -> tuple[BlockWeightDeltas | None, BlockWeightDeltas | None]:  # the learner's
+        raise NotImplementedError
+
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         device = self.clip.token_embedding.weight.device
         return self.tokenizer(list(texts), context_length=self.clip.config.text.context_length).to(device)
@@ -147,6 +150,7 @@ class TextEncoding:
         self.last_text_shared_prefix = shared
 
         adapters = self.block_adapters()[1]
+        weight_deltas = self.active_weight_adapters()[1]
 
         def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
             return self.clip.encode_text_embeddings(
@@ -158,6 +162,7 @@ class TextEncoding:
                 shared_prefix=shared,
                 prefix_groups=groups,
                 adapters=adapters,
+                weight_deltas=weight_deltas,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..clip.model import CLIP, BlockAdapters, DeepPrompts
+from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts, merge_weight_deltas
 from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 from .encoding import TextEncoding, clean_classnames
@@ -146,12 +146,65 @@ class PromptLearner(TextEncoding, nn.Module):
         CLIP`). Default: none."""
         return None, None
 
+    # ----- weight-space adapters (updates of the frozen CLIP's attention weights; CLIP-LoRA) -------------
+    def weight_adapters(self) -> tuple[BlockWeightDeltas | None, BlockWeightDeltas | None]:
+        """Updates of the attention projections per block of the (vision, text) towers: entry ``i`` maps
+        ``q`` / ``k`` / ``v`` / ``o`` to a :class:`~mmprompt.clip.model.WeightDelta` (a module under
+        ``self.trainable``, e.g. a low-rank ``s * B @ A``), applied beside the frozen weight with no patched
+        copy of CLIP (see :mod:`mmprompt.clip.model`). Default: none."""
+        return None, None
+
+    @property
+    def weights_merged(self) -> bool:
+        """Whether :meth:`merge_weight_adapters` has folded the weight adapters into the CLIP."""
+        return bool(self.__dict__.get("_weights_merged", False))
+
+    def active_weight_adapters(self) -> tuple[BlockWeightDeltas | None, BlockWeightDeltas | None]:
+        """What the encoders apply: :meth:`weight_adapters`, or nothing once they are merged."""
+        return (None, None) if self.weights_merged else self.weight_adapters()
+
+    def merge_weight_adapters(self) -> None:
+        """Add every weight adapter's ``delta_weight()`` into the CLIP's attention weights, for deployment:
+        the same logits (to float rounding) with no adapter cost. The adapters stay (and a checkpoint still
+        holds only them); :meth:`unmerge_weight_adapters` takes the merge back. Merging twice is refused, and
+        so is training a merged learner."""
+        if self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are already merged into the CLIP weights; "
+                               "merging again would add them twice (unmerge_weight_adapters() first)")
+        vision, text = self.weight_adapters()
+        if vision is None and text is None:
+            raise RuntimeError(f"{self.method} has no weight adapters to merge")
+        self._apply_weight_adapters(1.0)
+        self.__dict__["_weights_merged"] = True
+
+    def unmerge_weight_adapters(self) -> None:
+        """Subtract what :meth:`merge_weight_adapters` added (the CLIP's weights again, to float rounding)."""
+        if not self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are not merged; nothing to unmerge")
+        self._apply_weight_adapters(-1.0)
+        self.__dict__["_weights_merged"] = False
+
+    def _apply_weight_adapters(self, sign: float) -> None:
+        vision, text = self.weight_adapters()
+        if vision is not None:
+            merge_weight_deltas(self.clip.visual.transformer, vision, sign)
+        if text is not None:
+            merge_weight_deltas(self.clip.transformer, text, sign)
+        self._teacher_cache.clear()  # the frozen CLIP changed
+
+    def train(self, mode: bool = True) -> PromptLearner:
+        if mode and self.weights_merged:
+            raise RuntimeError(f"{self.method}: the weight adapters are merged into the CLIP (deployment); "
+                               "unmerge_weight_adapters() before training")
+        return super().train(mode)
+
     # ----- features and logits -------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> Tensor:
         """Image features [B, E], not normalised, with this method's vision prompts and adapters."""
         prompts, deep = self.vision_prompts()
         adapters = self.block_adapters()[0]
-        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep, adapters=adapters)
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep, adapters=adapters,
+                                      weight_deltas=self.active_weight_adapters()[0])
 
     def logit_scale(self) -> Tensor:
         """The temperature of :meth:`logits_from` (default: CLIP's own)."""

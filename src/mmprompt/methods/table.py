@@ -54,6 +54,10 @@ class MethodSpec:
     """Official keys that do not change our computation (precision is a run option)."""
     official_folders: tuple[str, ...] = ()
     """Dassl model names the official checkpoints are saved under (``<dir>/<name>/model.pth.tar-N``)."""
+    official_reader: Callable[[Path, Any], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    """For official code bases that are not Dassl: (an official checkpoint file or a folder holding it, the
+    CLIP architecture's :class:`~mmprompt.clip.config.CLIPConfig`) -> (our trainable tensors by name, the
+    config values the file fixes); used by ``import-official``."""
     aliases: tuple[str, ...] = ()
     alias_presets: Mapping[str, Mapping[str, str | Path]] = field(default_factory=dict)
     """Alias -> its own presets per protocol (``dept_coop`` -> DePT's CoOp presets), used when a user names
@@ -63,6 +67,9 @@ class MethodSpec:
     """Overrides of the preset for the 4-layer demo CLIP (``method.depth=3``: depths scaled from 12 layers)."""
     quick_overrides: tuple[str, ...] = ()
     """Further overrides for ``mmprompt demo --quick`` (fewer epochs for long recipes)."""
+    reference_options: Mapping[str, Any] = field(default_factory=dict)
+    """Method options that ``mmprompt speed``'s reference path sets: the official computation where the method
+    has a cheaper exact one of its own (CLIP-LoRA: the update as a full d x d product)."""
 
     def preset_for(self, protocol: str, alias: str | None = None) -> str | Path:
         """The default preset of this method (as named by ``alias``, if given) for ``protocol``."""
