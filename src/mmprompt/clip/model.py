@@ -15,6 +15,8 @@ that make them:
 * Both towers also take ``adapters``: ``adapters[i]``, when not ``None``, is a function of block ``i``'s
   normalised input ``ln_1(x)`` (token-wise) whose output is added to the block's output, in parallel
   with the whole block: ``out = h + mlp(ln_2(h)) + adapter(ln_1(x))`` with ``h = x + attn(ln_1(x))``.
+  The image tower also takes ``input_adapter``: a residual branch on the tokens that enter the first
+  block, after ``ln_pre``: ``z = ln_pre(x)``, then ``z + input_adapter(z)``.
 
 Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly; what other families add
 has names in the same style (``visual.conv1.bias``, ``visual.attn_pool.*``, ``text_projection_bias``,
@@ -121,11 +123,14 @@ class VisionTransformer(nn.Module):
         prompts: Tensor | None = None,
         deep_prompts: DeepPrompts | None = None,
         adapters: BlockAdapters | None = None,
+        input_adapter: Adapter | None = None,
     ) -> Tensor:
         """Image features [B, E] (not normalised) of ``images`` [B, 3, H, W].
 
         ``prompts`` ([n, Dv] or [B, n, Dv]) are appended after the patch tokens; ``deep_prompts[i]``
         replaces the last ``n`` tokens before block ``i`` (index 0 is ignored: block 0 sees ``prompts``).
+        ``input_adapter``: a token-wise residual branch on the first block's input, after ``ln_pre``
+        (on the embedded tokens in towers without ``ln_pre``): ``z + input_adapter(z)``.
         """
         v = self.config
         dtype = self.conv1.weight.dtype
@@ -148,6 +153,8 @@ class VisionTransformer(nn.Module):
             deep_prompts = [None, *deep_prompts[1:]]
         if self.ln_pre is not None:
             x = self.ln_pre(x)
+        if input_adapter is not None:
+            x = x + input_adapter(x)
         rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if v.pool == "tok" else None
         x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=rows,
                              adapters=adapters)
@@ -236,8 +243,8 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text_projection, std=t.width**-0.5)
 
     def encode_image(self, images: Tensor, **insertions: Any) -> Tensor:
-        """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``)
-        as in :meth:`VisionTransformer.forward`."""
+        """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``,
+        ``input_adapter``) as in :meth:`VisionTransformer.forward`."""
         return self.visual(images, **insertions)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
