@@ -74,7 +74,8 @@ def save_prompts(
         "method": learner.method,
         "config": learner.config.to_dict(),
         "classnames": list(learner.classnames),
-        "dataset": {"name": learner.dataset.name, "template": learner.dataset.template},
+        "dataset": {"name": learner.dataset.name, "template": learner.dataset.template,
+                    **saved_descriptions(learner)},
         "clip": {"config": learner.clip.config.to_dict(), **dict(clip_info or {})},
         "num_trainable": sum(t.numel() for t in tensors.values()),
         "versions": package_versions(),
@@ -82,6 +83,18 @@ def save_prompts(
     }
     atomic_write_json(directory / META_FILE, meta)
     return directory
+
+
+def saved_descriptions(learner: PromptLearner) -> dict[str, Any]:
+    """``{"descriptions": {class: sentences}}`` for the learner's classes when it reads class descriptions (so
+    the checkpoint predicts its own classes without the file), else nothing."""
+    given = learner.dataset.descriptions
+    if not learner.uses_descriptions or given is None:
+        return {}
+    from .descriptions import description_key
+
+    wanted = {description_key(c) for c in learner.classnames}
+    return {"descriptions": {k: list(v) for k, v in given.items() if description_key(k) in wanted}}
 
 
 def read_prompt_meta(directory: str | Path) -> dict[str, Any]:
@@ -147,7 +160,10 @@ def load_prompts(
     if not trained and classnames is None:
         raise CheckpointError(f"{directory}: the checkpoint records no class names; pass the class names to use")
     saved = meta.get("dataset") or {}
-    trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"))
+    descriptions = saved.get("descriptions")
+    trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"), descriptions=descriptions,
+                                descriptions_source=f"{directory / META_FILE} (the training descriptions)"
+                                if descriptions is not None else None)
     learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,
                              encoder=encoder)
     state = load_file(str(weights))

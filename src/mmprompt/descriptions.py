@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checks import ConfigError
 
-__all__ = ["description_key", "load_descriptions", "match_descriptions"]
+__all__ = ["description_key", "descriptions_for_dataset", "load_descriptions", "match_descriptions"]
 
 
 def description_key(name: str) -> str:
@@ -32,6 +32,20 @@ def load_descriptions(path: str | Path) -> dict[str, list[str]]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"descriptions file {path}: not valid JSON ({exc})") from exc
     return check_descriptions(data, str(path))
+
+
+def descriptions_for_dataset(path: str | Path | None, dataset: str | None) -> tuple[dict[str, list[str]] | None, str]:
+    """(descriptions, source) of ``dataset`` from ``path``: a JSON file (used for every dataset), or a folder
+    holding ``<dataset>.json`` per dataset (a dataset without its file gets None). (None, "") without a path."""
+    if not path:
+        return None, ""
+    path = Path(path)
+    if path.is_dir():
+        file = path / f"{dataset}.json"
+        if not file.is_file():
+            return None, str(file)
+        path = file
+    return load_descriptions(path), str(path)
 
 
 def check_descriptions(data: object, source: str = "descriptions") -> dict[str, list[str]]:
@@ -54,7 +68,8 @@ def match_descriptions(classnames: Sequence[str], descriptions: Mapping[str, Seq
     """The sentences of each class, matched by :func:`description_key`. A ConfigError names every class
     that has no entry or an empty list, and keys that collide once normalised."""
     if descriptions is None:
-        raise ConfigError("no class descriptions given: pass --descriptions FILE "
+        where = f" ({source} does not exist)" if source.endswith(".json") else ""
+        raise ConfigError(f"no class descriptions given{where}: pass --descriptions FILE "
                           "(JSON: class name -> list of sentences)")
     table: dict[str, list[str]] = {}
     for key, sentences in descriptions.items():
@@ -69,5 +84,5 @@ def match_descriptions(classnames: Sequence[str], descriptions: Mapping[str, Seq
         parts = [f"no entry for {len(missing)} class(es): {', '.join(map(repr, missing))}"] if missing else []
         parts += [f"an empty list for {', '.join(map(repr, empty))}"] if empty else []
         raise ConfigError(f"{source}: every class needs at least one sentence; " + "; ".join(parts)
-                          + f" ({len(classnames)} classes)")
+                          + f" (of {len(classnames)} classes); pass --descriptions FILE with sentences for them")
     return [table[description_key(c)] for c in classnames]

@@ -116,21 +116,32 @@ def custom_files(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     return files
 
 
-def dataset_context(splits: Any) -> DatasetContext:
-    """What a method may know about the dataset of ``splits``: its key and its own template."""
-    return DatasetContext(name=getattr(splits, "name", None), template=getattr(splits, "template", None))
+def dataset_context(splits: Any, cfg: RunConfig | None = None) -> DatasetContext:
+    """What a method may know about the dataset of ``splits``: its key, its own template and the class
+    descriptions of ``cfg.data.descriptions`` (a file, or a folder with one file per dataset)."""
+    from ..descriptions import descriptions_for_dataset
+
+    name = getattr(splits, "name", None)
+    descriptions, source = descriptions_for_dataset(cfg.data.descriptions if cfg else None, name)
+    return DatasetContext(name=name, template=getattr(splits, "template", None), descriptions=descriptions,
+                          descriptions_source=source or None)
 
 
 def build_learner(cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits``."""
+    from ..methods import get_method
+
+    if cfg.data.descriptions and not get_method(cfg.method.name).learner.uses_descriptions:
+        logger.warning("%s does not read class descriptions; data.descriptions (%s) is ignored", cfg.method.name,
+                       cfg.data.descriptions)
     learner = create_learner(cfg.method.name, clip, list(splits.classnames), cfg.method.options,
-                             dataset=dataset_context(splits), encoder=cfg.encoder)
+                             dataset=dataset_context(splits, cfg), encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
 
 def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The run's trained prompts pointed at ``splits``' classes and dataset."""
-    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits),
+    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits, cfg),
                            encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
@@ -140,7 +151,7 @@ def evaluate_split(
     desc: str = "test",
 ) -> EvalResult:
     """Evaluate on the test split of ``splits`` with the learner set to its class names and dataset."""
-    context = dataset_context(splits)
+    context = dataset_context(splits, cfg)
     if list(learner.classnames) != list(splits.classnames) or learner.dataset != context:
         learner.set_classnames(list(splits.classnames), dataset=context)
     return evaluate(

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, mmapp, prograd, promptsrc, tcp, vpt, zeroshot
+from . import (
+         cocoop,
+         coop,
+         dept,
+         ivlp,
+         kgcoop,
+         language,
+         maple,
+         mma,
+         mmapp,
+         prograd,
+         promptsrc,
+         tcp,
+         vpt,
+         zeroshot,
+)
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -64,5 +79,6 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                aliases=("mma_pp", "mmadapterpp", "mmapp_hc", "mmapp_cupl"),
                alias_presets={"mmapp_hc": {"base2novel": "mmapp_b2n_hc"}, "mmapp_cupl": {"base2novel": "mmapp_b2n"}},
                description="MMA++: multi-modal adaptation with scale consistency (Yang et al., TPAMI 2026)",
-               demo_overrides=("method.adapter_start=2", "method.adapter_end=4", "method.input_prompts=hc")),
+               demo_overrides=("method.adapter_start=2", "method.adapter_end=4", "method.input_prompts=hc"),
+               quick_overrides=("optim.epochs=10",)),
 )}

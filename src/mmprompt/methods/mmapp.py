@@ -59,7 +59,6 @@ PROMPT_SETS = ("hc", "cupl")
 
 # OpenAI's 80 ImageNet prompt templates, in the order of the official trainers/imagenet_templates.py (the
 # drawn prompt index refers to this order).
-80
 HC_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a photo of many {}.",
