@@ -166,13 +166,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def test_cupl_without_descriptions_says_what_to_pass(world, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
     assert main(["train", "--method", "mmapp", "--output", str(tmp_path / "r"), *world["common"]]) == 2
     err = capsys.readouterr().err
-    assert "needs class descriptions: pass --descriptions FILE" in err and "Traceback" not in err
+    assert "mmapp with these options needs class descriptions for eurosat: pass --descriptions FILE" in err
+    assert "Traceback" not in err and not (tmp_path / "r" / "config.yaml").exists()
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"Annual Crop Land": [], "Sea or Lake": ["water."]}))  # base: crops, forest
     assert main(["train", "--method", "mmapp", "--output", str(tmp_path / "r2"), "--descriptions", str(partial),
                  *world["common"]]) == 2
     err = capsys.readouterr().err
     assert "no entry for 1 class(es): 'Forest'; an empty list for 'Annual Crop Land'" in err
+    partial.write_text(json.dumps({k: SENTENCES[k] for k in EUROSAT[:2]}))  # base classes only: novel is evaluated
+    assert main(["train", "--method", "mmapp", "--output", str(tmp_path / "r3"), "--descriptions", str(partial),
+                 *world["common"]]) == 2
+    assert "no entry for 2 class(es): 'Herbaceous Vegetation Land', 'Highway or Road'" in capsys.readouterr().err
+    assert not (tmp_path / "r3" / "config.yaml").exists()  # checked before anything is written or trained
     assert not (tmp_path / "r2" / "log.jsonl").exists()
 
 

@@ -21,7 +21,7 @@ from . import __version__
 from .clip.model import CLIP
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes, atomic_write_json
-from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, make_config
+from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, get_method, make_config
 
 FORMAT = "mmprompt-prompts"
 FORMAT_VERSION = 1
@@ -164,8 +164,10 @@ def load_prompts(
     trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"), descriptions=descriptions,
                                 descriptions_source=f"{directory / META_FILE} (the training descriptions)"
                                 if descriptions is not None else None)
-    learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,
-                             encoder=encoder)
+    names, context = trained or list(classnames or []), trained_on
+    if classnames is not None and get_method(meta["method"]).learner.uses_descriptions:
+        names, context = list(classnames), dataset or trained_on  # build for the described classes directly
+    learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder)
     state = load_file(str(weights))
     learner.load_prompt_state_dict(state)
     new_names = classnames is not None and list(classnames) != list(learner.classnames)

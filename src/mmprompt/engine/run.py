@@ -127,6 +127,25 @@ def dataset_context(splits: Any, cfg: RunConfig | None = None) -> DatasetContext
                           descriptions_source=source or None)
 
 
+def check_descriptions_cover(cfg: RunConfig, splits_list: list[Any]) -> None:
+    """Before anything is written or trained: when ``cfg``'s method needs class descriptions, every class of
+    every split (training and evaluation) must have sentences (else a one-line ConfigError)."""
+    from ..checks import ConfigError
+    from ..descriptions import match_descriptions
+    from ..methods import get_method, make_config
+
+    learner = get_method(cfg.method.name).learner
+    if not learner.uses_descriptions or not learner.needs_descriptions(make_config(cfg.method.name, cfg.method.options)):
+        return
+    for splits in splits_list:
+        context = dataset_context(splits, cfg)
+        if context.descriptions is None:
+            where = f" ({context.descriptions_source} does not exist)" if context.descriptions_source else ""
+            raise ConfigError(f"{cfg.method.name} with these options needs class descriptions for {splits.name}"
+                              f"{where}: pass --descriptions FILE (JSON: class name -> list of sentences)")
+        match_descriptions(list(splits.classnames), context.descriptions, context.descriptions_source or "")
+
+
 def build_learner(cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits``."""
     from ..methods import get_method
@@ -209,6 +228,7 @@ def _run_experiment(
         logger.info("%s is finished; skipping", run_dir)
         return read_metrics(run_dir)
     evals = dict(evals or {"test": train_splits})
+    check_descriptions_cover(cfg, [train_splits, *evals.values()])
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)
