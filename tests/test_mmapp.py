@@ -226,3 +226,45 @@ def test_train_resume_eval_predict_with_descriptions(world, tmp_path: Path, caps
                  str(image)]) == 0
     assert "lake" in capsys.readouterr().out
     shutil.rmtree(split)
+
+
+def test_import_official_then_evaluate_with_descriptions(tmp_path: Path) -> None:
+    """An official checkpoint (folder adapter_learner, names without that prefix, no buffers) imports without
+    descriptions (the adapters do not depend on them; none are saved) and, given the case's descriptions,
+    reproduces the official eval logits."""
+    from mmprompt.checkpoint import load_prompts
+    from mmprompt.parity import reference_clip
+
+    ref = load_reference(REFERENCE)
+    case = ref.meta["cases"]["mmapp_cupl"]
+    prefix = "mmapp_cupl/param/adapter_learner."
+    state = {k[len(prefix):]: torch.from_numpy(v) for k, v in ref.arrays.items() if k.startswith(prefix)}
+    folder = tmp_path / "official" / "adapter_learner"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": state, "epoch": 50, "optimizer": {}, "scheduler": {}}, folder / "model.pth.tar-50")
+    out = tmp_path / "imported"
+    assert main(["import-official", str(tmp_path / "official"), "--method", "mmapp", "-o", str(out), "--arch",
+                 "tiny-parity", "--set", "adapter_drop=0.1"]) == 0
+    meta = json.loads((out / "prompts.json").read_text())
+    assert meta["config"]["input_prompts"] == "cupl" and "descriptions" not in meta["dataset"]
+    assert (meta["config"]["adapter_start"], meta["config"]["adapter_end"]) == (4, 10)
+    clip = reference_clip(ref)
+    with pytest.raises(ConfigError, match="needs class descriptions"):
+        load_prompts(out, clip, classnames=ref.meta["classnames"])
+    learner = load_prompts(out, clip, classnames=ref.meta["classnames"],
+                           dataset=DatasetContext(descriptions=case["descriptions"])).eval()
+    with torch.no_grad():
+        logits = learner(torch.from_numpy(ref.arrays["images"]))
+    torch.testing.assert_close(logits, torch.from_numpy(ref.arrays["mmapp_cupl/logits"]), rtol=1e-4, atol=1e-4)
+
+
+def test_speed_command_runs_mmapp_beside_the_reference_path(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["speed", "--method", "mmapp", "--random-weights", "--arch", "tiny", "--classes", "6", "--steps", "1",
+                 "--warmup", "0", "--eval-images", "2", "--no-isolate", "--option", "adapter_start=2",
+                 "--option", "adapter_end=4", "--option", "adapter_dim=8", "--json"])
+    assert code == 0
+    [entry] = json.loads(capsys.readouterr().out)["results"]
+    for path in ("default", "reference"):
+        assert entry[path]["error"] == "" and entry[path]["train_step_s"] > 0
+        assert entry[path]["config"]["synthetic_descriptions_per_class"] == 20
+    assert entry["comparison"]["train_speedup"] > 0
