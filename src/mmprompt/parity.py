@@ -45,6 +45,7 @@ class TensorCheck:
     max_rel: float
     ok: bool
     note: str = ""
+    rtol: float = RTOL
 
 
 @dataclass
@@ -93,7 +94,7 @@ def compare(case: str, name: str, ours: torch.Tensor, ref: np.ndarray, rtol: flo
     diff = (got - expected).abs().max().item() if got.numel() else 0.0
     scale = expected.abs().max().item() if expected.numel() else 0.0
     rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-    return TensorCheck(case, name, diff, rel, rel <= rtol)
+    return TensorCheck(case, name, diff, rel, rel <= rtol, rtol=rtol)
 
 
 def reference_clip(ref: Reference) -> CLIP:
