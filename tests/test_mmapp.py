@@ -268,3 +268,16 @@ def test_speed_command_runs_mmapp_beside_the_reference_path(capsys: pytest.Captu
         assert entry[path]["error"] == "" and entry[path]["train_step_s"] > 0
         assert entry[path]["config"]["synthetic_descriptions_per_class"] == 20
     assert entry["comparison"]["train_speedup"] > 0
+
+
+def test_benchmark_gives_descriptions_to_the_methods_that_read_them(world, tmp_path: Path) -> None:  # noqa: ANN001
+    """One folder of <dataset>.json files serves a sweep; methods that read no descriptions do not get them."""
+    folder = tmp_path / "descriptions"
+    folder.mkdir()
+    (folder / "eurosat.json").write_text(json.dumps(SENTENCES))
+    common = [a for a in world["common"] if a not in ("--dataset", "eurosat")]
+    assert main(["benchmark", "base2novel", "--method", "mmapp", "zeroshot", "--datasets", "eurosat", "--seeds", "1",
+                 "--output", str(tmp_path / "sweep"), "--descriptions", str(folder), *common]) == 0
+    configs = {p.relative_to(tmp_path / "sweep").parts[0]: p.read_text() for p in (tmp_path / "sweep").rglob("config.yaml")}
+    assert set(configs) == {"mmapp", "zeroshot"}, configs.keys()
+    assert f"descriptions: {folder}" in configs["mmapp"] and "descriptions: null" in configs["zeroshot"]

@@ -64,10 +64,13 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["log.progress"] = False
     if getattr(args, "skip_corrupt", False):
         out["data.skip_corrupt"] = True
-    for key, attr in (("data.classnames_file", "classnames"), ("data.split_file", "split_file"),
-                      ("data.descriptions", "descriptions")):
+    for key, attr in (("data.classnames_file", "classnames"), ("data.split_file", "split_file")):
         if getattr(args, attr, None):
             out[key] = str(getattr(args, attr))
+    if getattr(args, "descriptions", None):  # absolute: sweep workers may run elsewhere
+        from pathlib import Path
+
+        out["data.descriptions"] = str(Path(args.descriptions).absolute())
     return out
 
 
