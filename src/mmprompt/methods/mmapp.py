@@ -214,6 +214,11 @@ class MMAPP(MMA):
     config: MMAPPConfig  # type: ignore[assignment]
     uses_descriptions = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.adapter_start == 0:  # never called: saved and given to the optimizer, but no gradient
+            self.prompt.text_adapter["0"].requires_grad_(False)  # (so data parallelism does not wait for one)
+
     @classmethod
     def needs_descriptions(cls, config: MethodConfig) -> bool:
         return getattr(config, "input_prompts", None) == "cupl"
