@@ -203,15 +203,20 @@ def test_train_resume_eval_predict_with_descriptions(world, tmp_path: Path, caps
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
 
-    # eval on the novel classes needs their descriptions
-    novel = ["eval", "--checkpoint", str(run), "--dataset", "eurosat", "--data-root", str(world["root"]),
-             "--subsample", "new", "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    # eval: the base classes with the descriptions saved in prompts.json; the novel ones need theirs
+    base = ["eval", "--checkpoint", str(run), "--dataset", "eurosat", "--data-root", str(world["root"]),
+            "--subsample", "base", "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--output", str(tmp_path / "base.json")]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["eval"]
+    assert json.loads((tmp_path / "base.json").read_text())["accuracy"] == metrics["base"]["accuracy"]
+    novel = ["new" if a == "base" else a for a in base]
     assert main(novel) == 2
-    assert "needs class descriptions: pass --descriptions FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prompts.json (the training descriptions): every class needs at least one sentence" in err
+    assert "no entry for 2 class(es): 'Herbaceous Vegetation Land', 'Highway or Road'" in err
     out = tmp_path / "novel.json"
     assert main([*novel, "--descriptions", str(world["descriptions"]), "--output", str(out)]) == 0
-    trained = json.loads((run / "metrics.json").read_text())["eval"]["novel"]
-    assert json.loads(out.read_text())["accuracy"] == trained["accuracy"]
+    assert json.loads(out.read_text())["accuracy"] == metrics["novel"]["accuracy"]
     capsys.readouterr()
 
     # predict: the trained classes with the saved descriptions; new classes need --descriptions

@@ -166,7 +166,10 @@ def load_prompts(
                                 if descriptions is not None else None)
     names, context = trained or list(classnames or []), trained_on
     if classnames is not None and get_method(meta["method"]).learner.uses_descriptions:
-        names, context = list(classnames), dataset or trained_on  # build for the described classes directly
+        from .descriptions import keep_descriptions
+
+        dataset = keep_descriptions(dataset or trained_on, trained_on)  # the saved ones unless others are given
+        names, context = list(classnames), dataset  # build for the described classes directly
     learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder)
     state = load_file(str(weights))
     learner.load_prompt_state_dict(state)

@@ -8,13 +8,18 @@ A descriptions file is JSON, ``{class name: [sentence, ...]}``, given with ``--d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .checks import ConfigError
 
-__all__ = ["description_key", "descriptions_for_dataset", "load_descriptions", "match_descriptions"]
+T = TypeVar("T", bound=Any)
+
+__all__ = ["description_key", "descriptions_for_dataset", "keep_descriptions", "load_descriptions",
+           "match_descriptions"]
 
 
 def description_key(name: str) -> str:
@@ -46,6 +51,16 @@ def descriptions_for_dataset(path: str | Path | None, dataset: str | None) -> tu
             return None, str(file)
         path = file
     return load_descriptions(path), str(path)
+
+
+def keep_descriptions(context: T, previous: T | None) -> T:
+    """``context`` (a :class:`~mmprompt.methods.contract.DatasetContext`), with the descriptions of ``previous``
+    when it gives none itself: descriptions a learner already holds (e.g. saved with its prompts) stay until
+    others are given."""
+    if previous is None or getattr(context, "descriptions", None) is not None or previous.descriptions is None:
+        return context
+    return dataclasses.replace(context, descriptions=previous.descriptions,
+                               descriptions_source=previous.descriptions_source)
 
 
 def check_descriptions(data: object, source: str = "descriptions") -> dict[str, list[str]]:

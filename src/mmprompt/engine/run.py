@@ -170,7 +170,9 @@ def evaluate_split(
     desc: str = "test",
 ) -> EvalResult:
     """Evaluate on the test split of ``splits`` with the learner set to its class names and dataset."""
-    context = dataset_context(splits, cfg)
+    from ..descriptions import keep_descriptions
+
+    context = keep_descriptions(dataset_context(splits, cfg), learner.dataset)  # held descriptions stay
     if list(learner.classnames) != list(splits.classnames) or learner.dataset != context:
         learner.set_classnames(list(splits.classnames), dataset=context)
     return evaluate(
