@@ -289,3 +289,28 @@ def test_benchmark_gives_descriptions_to_the_methods_that_read_them(world, tmp_p
     configs = {p.relative_to(tmp_path / "sweep").parts[0]: p.read_text() for p in (tmp_path / "sweep").rglob("config.yaml")}
     assert set(configs) == {"mmapp", "zeroshot"}, configs.keys()
     assert f"descriptions: {folder}" in configs["mmapp"] and "descriptions: null" in configs["zeroshot"]
+
+
+def test_cross_dataset_uses_each_datasets_own_descriptions(tmp_path: Path) -> None:
+    """The x2d recipe: trained on ImageNet with its descriptions, evaluated on a target with the target's own
+    file from the same folder."""
+    from fake_datasets import expected_classnames
+    from mmprompt.protocols import run_transfer
+
+    root = make_data_root(tmp_path / "data", ("imagenet", "eurosat"))
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    folder = tmp_path / "descriptions"
+    folder.mkdir()
+    for name in ("imagenet", "eurosat"):
+        (folder / f"{name}.json").write_text(json.dumps({c: [f"a photo of {c}.", f"{c}, up close."]
+                                                          for c in expected_classnames(name, 4)}))
+    overrides = ["optim.epochs=1", "data.num_workers=0", f"data.descriptions={folder}",
+                 *[f"method.{k}={v}" for k, v in SMALL.items()]]
+    kwargs = dict(overrides=overrides, progress=False, shots=2, clip_activation="quick_gelu", device="cpu")
+    xd = run_transfer("cross-dataset", ["mmapp"], ["eurosat"], [1], root, str(weights), tmp_path / "xd", **kwargs)
+    source = tmp_path / "xd" / "mmapp" / "imagenet" / "source-2shots" / "seed1"
+    evaluated = json.loads((source / "eval" / "eurosat.json").read_text())
+    assert sorted(evaluated["per_class_accuracy"]) == sorted(expected_classnames("eurosat", 4))
+    assert xd["methods"]["mmapp"]["average"]["datasets"] == ["eurosat"]
+    saved = json.loads((source / "prompts.json").read_text())["dataset"]["descriptions"]
+    assert set(saved) == set(expected_classnames("imagenet", 4))  # the source's own, not the target's
