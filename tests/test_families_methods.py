@@ -46,7 +46,7 @@ def test_every_method_trains_one_step_on_siglip(siglip: mclip.CLIP, method: str)
     options = load_config(spec.preset_for("base2novel"), list(spec.demo_overrides)).method.options
     if method == "coop":
         options["n_ctx"] = 4  # the preset's 16 context vectors leave this tiny tower little room
-    if method == "mma":
+    if method in ("mma", "mmapp"):
         options["adapter_dim"] = 8  # the preset's r = 32 is this tiny text tower's whole width
     learner = create_learner(method, siglip, NAMES, options, dataset=DatasetContext("eurosat", "a photo of {}."))
     images, labels = torch.randn(2, 3, IMAGE, IMAGE), torch.tensor([0, 2])

@@ -222,8 +222,8 @@ def test_parameter_names_shapes_count_and_init() -> None:
 
 
 def test_config_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match="index 0 .* not supported"):
-        make_config("mma", {"adapter_start": 0})
+    with pytest.raises(ValueError, match="adapter_start must be an integer >= 0, got -1"):
+        make_config("mma", {"adapter_start": -1})
     with pytest.raises(ValueError, match="adapter_end .* must be >= mma.adapter_start"):
         make_config("mma", {"adapter_start": 6, "adapter_end": 5})
     with pytest.raises(ValueError, match="adapter_scale must be a positive number"):

@@ -131,6 +131,28 @@ def test_plugin_option_errors_are_one_clear_line(site: Path, tmp_path: Path) -> 
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
+def test_a_plugin_method_reads_class_descriptions(site: Path, tmp_path: Path) -> None:
+    """The class-descriptions extension point from another distribution: given with --descriptions, saved with
+    the prompts; a method that needs them run without them says what to pass (exit 2, no traceback)."""
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    described = tmp_path / "described.json"
+    given = {"annual_crop_land": ["fields of crops."], "FOREST": ["many trees."],
+             "Herbaceous Vegetation Land": ["grass."], "highway or road": ["a road."]}
+    described.write_text(json.dumps(given))
+    common = ["--method", "probe_described", "--dataset", "eurosat", "--data-root", str(data), "--clip", str(weights),
+              "--clip-activation", "quick_gelu", "--no-progress", "--num-workers", "0", "--shots", "2",
+              "--set", "optim.epochs=1"]
+    run = mmprompt(site, tmp_path, "train", *common, "--output", str(tmp_path / "run"), "--descriptions", str(described))
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "prompts.json").read_text())
+    assert meta["dataset"]["descriptions"] == {k: given[k] for k in ("annual_crop_land", "FOREST")}  # base classes
+    missing = mmprompt(site, tmp_path, "train", *common, "--output", str(tmp_path / "none"))
+    assert missing.returncode == 2, missing.stderr[-3000:]
+    assert "probe_described with these options needs class descriptions for eurosat: pass --descriptions FILE" \
+        in missing.stderr and "Traceback" not in missing.stderr
+
+
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 

@@ -21,7 +21,7 @@ from . import __version__
 from .clip.model import CLIP
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes, atomic_write_json
-from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, make_config
+from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, get_method, make_config
 
 FORMAT = "mmprompt-prompts"
 FORMAT_VERSION = 1
@@ -74,7 +74,8 @@ def save_prompts(
         "method": learner.method,
         "config": learner.config.to_dict(),
         "classnames": list(learner.classnames),
-        "dataset": {"name": learner.dataset.name, "template": learner.dataset.template},
+        "dataset": {"name": learner.dataset.name, "template": learner.dataset.template,
+                    **saved_descriptions(learner)},
         "clip": {"config": learner.clip.config.to_dict(), **dict(clip_info or {})},
         "num_trainable": sum(t.numel() for t in tensors.values()),
         "versions": package_versions(),
@@ -82,6 +83,18 @@ def save_prompts(
     }
     atomic_write_json(directory / META_FILE, meta)
     return directory
+
+
+def saved_descriptions(learner: PromptLearner) -> dict[str, Any]:
+    """``{"descriptions": {class: sentences}}`` for the learner's classes when it reads class descriptions (so
+    the checkpoint predicts its own classes without the file), else nothing."""
+    given = learner.dataset.descriptions
+    if not learner.uses_descriptions or given is None:
+        return {}
+    from .descriptions import description_key
+
+    wanted = {description_key(c) for c in learner.classnames}
+    return {"descriptions": {k: list(v) for k, v in given.items() if description_key(k) in wanted}}
 
 
 def read_prompt_meta(directory: str | Path) -> dict[str, Any]:
@@ -147,9 +160,17 @@ def load_prompts(
     if not trained and classnames is None:
         raise CheckpointError(f"{directory}: the checkpoint records no class names; pass the class names to use")
     saved = meta.get("dataset") or {}
-    trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"))
-    learner = create_learner(meta["method"], clip, trained or list(classnames or []), config, dataset=trained_on,
-                             encoder=encoder)
+    descriptions = saved.get("descriptions")
+    trained_on = DatasetContext(name=saved.get("name"), template=saved.get("template"), descriptions=descriptions,
+                                descriptions_source=f"{directory / META_FILE} (the training descriptions)"
+                                if descriptions is not None else None)
+    names, context = trained or list(classnames or []), trained_on
+    if classnames is not None and get_method(meta["method"]).learner.uses_descriptions:
+        from .descriptions import keep_descriptions
+
+        dataset = keep_descriptions(dataset or trained_on, trained_on)  # the saved ones unless others are given
+        names, context = list(classnames), dataset  # build for the described classes directly
+    learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder)
     learner.trained_on = (tuple(trained), trained_on.name)  # no recorded names: no class list counts as trained
     state = load_file(str(weights))
     learner.load_prompt_state_dict(state)

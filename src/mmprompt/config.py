@@ -104,6 +104,9 @@ class DataSection:
     """Custom datasets: a class-names file (label order and names), e.g. for a CSV with integer labels."""
     split_file: str | None = None
     """Custom datasets: a split file in CoOp's format (paths relative to the dataset folder)."""
+    descriptions: str | None = None
+    """Class descriptions for the methods that read them (MMA++'s cupl prompts): a JSON file (class name ->
+    list of sentences), or a folder with one ``<dataset>.json`` per dataset (see :mod:`mmprompt.descriptions`)."""
     crop_scale_min: float = 0.08
     """Smallest area fraction of the training RandomResizedCrop (the recipe's 0.08; the scale's upper end is 1)."""
 

@@ -14,7 +14,14 @@ import torch
 from .checkpoint import save_prompts
 from .clip.config import CLIPConfig
 from .clip.model import CLIP
-from .methods import canonical_method, convert_official_state_dict, create_learner, get_method, make_config
+from .methods import (
+    DatasetContext,
+    canonical_method,
+    convert_official_state_dict,
+    create_learner,
+    get_method,
+    make_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +112,14 @@ def import_official(
     with torch.device("meta"):
         clip = CLIP(clip_config)
     clip = clip.to_empty(device="cpu")
-    learner = create_learner(method, clip, names or ["object"], cfg)
+    # the adapters of a method that reads class descriptions do not depend on them: build with placeholders,
+    # saved with none (the user gives real descriptions to evaluate)
+    placeholder = DatasetContext(descriptions={n: [n] for n in names or ["object"]}) \
+        if spec.learner.needs_descriptions(cfg) else None
+    learner = create_learner(method, clip, names or ["object"], cfg, dataset=placeholder)
     learner.load_prompt_state_dict(state)
+    if placeholder is not None:
+        learner.dataset = DatasetContext()
     if not names:
         learner.classnames = []
     info = {"imported_from": str(path), **dict(clip_info or {})}

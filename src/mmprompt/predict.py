@@ -144,9 +144,18 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.learner.parameters()).device
 
-    def set_classes(self, names: Sequence[str]) -> None:
-        """Classify among ``names`` from now on (the prompts are reused as they are)."""
-        names = [str(n).strip() for n in names]
+    def set_classes(self, names: Sequence[str] | None = None, descriptions: str | Path | None = None) -> None:
+        """Classify among ``names`` (default: the current classes) from now on (the prompts are reused as they
+        are), with the class descriptions of the JSON file ``descriptions`` for methods that read them."""
+        dataset = None
+        if descriptions is not None:
+            import dataclasses
+
+            from .descriptions import load_descriptions
+
+            dataset = dataclasses.replace(self.learner.dataset, descriptions=load_descriptions(descriptions),
+                                          descriptions_source=str(descriptions))
+        names = [str(n).strip() for n in (self.learner.classnames if names is None else names)]
         if not names or any(not n for n in names):
             raise ValueError("class names must be non-empty")
         if len(set(names)) != len(names):
@@ -154,7 +163,7 @@ class Predictor:
         if getattr(self.learner, "class_specific", False) and names != list(self.learner.classnames):
             raise ValueError("these prompts are class-specific (CoOp with class_specific=true): their class names "
                              "are fixed at training time")
-        self.learner.set_classnames(names)
+        self.learner.set_classnames(names, dataset=dataset)
         self._text = None
 
     def current_path(self) -> str | None:

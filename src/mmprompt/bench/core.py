@@ -157,6 +157,22 @@ def synthetic_classnames(n: int, seed: int = 0) -> list[str]:
     return names
 
 
+SYNTHETIC_DESCRIPTIONS = 20
+"""Sentences per class for methods that read class descriptions (CuPL's files have 20 to 90 per class)."""
+
+
+def synthetic_descriptions(names: Sequence[str], per_class: int = SYNTHETIC_DESCRIPTIONS,
+                           seed: int = 0) -> dict[str, list[str]]:
+    """``per_class`` sentences per class of CuPL-like length (12-28 words, the class name included), for
+    timing only (they carry no meaning)."""
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {}
+    for name in names:
+        out[name] = [" ".join([*name.split(), *(rng.choice(CLASSNAME_WORDS) for _ in range(rng.randint(10, 24)))])
+                     + "." for _ in range(per_class)]
+    return out
+
+
 @dataclass
 class BenchSettings:
     """What to measure (one run measures every class count on both paths)."""
@@ -354,7 +370,7 @@ def measure_path(
     settings: BenchSettings, classes: int, path: str, phases: Sequence[str] = PHASES
 ) -> PathResult:
     """Measure one path at one class count in this process (see :func:`run_isolated` for isolation)."""
-    from ..methods import create_learner, make_config
+    from ..methods import DatasetContext, create_learner, get_method, make_config
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -371,7 +387,11 @@ def measure_path(
     result.config = {**config.to_dict(), **encoder.to_dict()}
     torch.manual_seed(settings.seed + 1)
     names = synthetic_classnames(classes, settings.seed)
-    learner = create_learner(settings.method, clip, names, config, encoder=encoder).to(device)
+    dataset = None
+    if get_method(settings.method).learner.needs_descriptions(config):
+        dataset = DatasetContext(descriptions=synthetic_descriptions(names, seed=settings.seed))
+        result.config["synthetic_descriptions_per_class"] = SYNTHETIC_DESCRIPTIONS
+    learner = create_learner(settings.method, clip, names, config, encoder=encoder, dataset=dataset).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
     probe = _Probe(settings, learner, autocast, memory, result)

@@ -19,6 +19,8 @@ that make them:
   (``q``, ``k``, ``v``, ``o``) to :class:`~mmprompt.clip.transformer.WeightDelta` updates of block ``i``'s
   attention weights (e.g. low-rank ones), applied to the projection's input alongside the frozen weight:
   ``y = x W^T + b + delta(x)``. :func:`merge_weight_deltas` adds them into the weights for deployment.
+  The image tower also takes ``input_adapter``: a residual branch on the tokens that enter the first
+  block, after ``ln_pre``: ``z = ln_pre(x)``, then ``z + input_adapter(z)``.
 
 Parameter names follow OpenAI's release, so an OpenAI state dict loads strictly; what other families add
 has names in the same style (``visual.conv1.bias``, ``visual.attn_pool.*``, ``text_projection_bias``,
@@ -146,12 +148,15 @@ class VisionTransformer(nn.Module):
         deep_prompts: DeepPrompts | None = None,
         adapters: BlockAdapters | None = None,
         weight_deltas: BlockWeightDeltas | None = None,
+        input_adapter: Adapter | None = None,
     ) -> Tensor:
         """Image features [B, E] (not normalised) of ``images`` [B, 3, H, W].
 
         ``prompts`` ([n, Dv] or [B, n, Dv]) are appended after the patch tokens; ``deep_prompts[i]``
         replaces the last ``n`` tokens before block ``i`` (index 0 is ignored: block 0 sees ``prompts``).
         ``adapters`` and ``weight_deltas``: per block, as in the module docstring.
+        ``input_adapter``: a token-wise residual branch on the first block's input, after ``ln_pre``
+        (on the embedded tokens in towers without ``ln_pre``): ``z + input_adapter(z)``.
         """
         v = self.config
         x = self.embed_patches(images)
@@ -168,6 +173,8 @@ class VisionTransformer(nn.Module):
             deep_prompts = [None, *deep_prompts[1:]]
         if self.ln_pre is not None:
             x = self.ln_pre(x)
+        if input_adapter is not None:
+            x = x + input_adapter(x)
         rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if v.pool == "tok" else None
         x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-max(n_prompts, 1), output_rows=rows,
                              adapters=adapters, weight_deltas=weight_deltas)
@@ -257,7 +264,7 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: Tensor, **insertions: Any) -> Tensor:
         """Image features [B, E], not normalised; ``insertions`` (``prompts``, ``deep_prompts``, ``adapters``,
-        ``weight_deltas``) as in :meth:`VisionTransformer.forward`."""
+        ``weight_deltas``, ``input_adapter``) as in :meth:`VisionTransformer.forward`."""
         return self.visual(images, **insertions)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:

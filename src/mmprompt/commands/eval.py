@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .train import add_custom_data_arguments, add_torchscript_argument
+from .train import add_custom_data_arguments, add_descriptions_argument, add_torchscript_argument
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave unreadable images out (listed, and recorded in the --output metrics)")
     parser.add_argument("--output", metavar="FILE", help="also write the metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
+    add_descriptions_argument(parser)
     add_custom_data_arguments(parser)
     add_torchscript_argument(parser)
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.preflight import check_run_images
     from ..engine.clip_source import load_clip_from_info, resolve_clip
     from ..engine.distributed import init_distributed
-    from ..engine.run import evaluate_split
+    from ..engine.run import dataset_context, evaluate_split
     from ..fileio import atomic_write_json
     from ..methods import canonical_method, create_learner
     from .train import quiet_other_ranks
@@ -103,19 +104,20 @@ def run(args: argparse.Namespace) -> int:
     _, checked, data_check = check_run_images(splits, {"test": splits}, check_train=False,
                                               skip_corrupt=args.skip_corrupt, write_cache=ctx.is_main)
     splits = checked["test"]
+    method = "zeroshot" if zero_shot else read_prompt_meta(args.checkpoint)["method"]
+    cfg = RunConfig.from_dict({
+        "precision": args.precision, "eval_batch_size": args.batch_size,
+        "data": {"num_workers": args.num_workers, "skip_corrupt": args.skip_corrupt,
+                 "descriptions": args.descriptions},
+        "method": {"name": method},
+    })
     if zero_shot:
         templates = args.template or [splits.template]
         learner = create_learner("zeroshot", clip, splits.classnames, {"templates": templates})
-        method = "zeroshot"
     else:
-        learner = load_prompts(args.checkpoint, clip, classnames=splits.classnames)
-        method = learner.method
+        learner = load_prompts(args.checkpoint, clip, classnames=splits.classnames,
+                               dataset=dataset_context(splits, cfg))
     learner = learner.to(ctx.device)
-    cfg = RunConfig.from_dict({
-        "precision": args.precision, "eval_batch_size": args.batch_size,
-        "data": {"num_workers": args.num_workers, "skip_corrupt": args.skip_corrupt},
-        "method": {"name": method},
-    })
     result = evaluate_split(learner, splits, cfg, ctx, progress=not args.no_progress,
                             desc=f"{splits.name} {args.subsample}", path=args.path)
     metrics = {"method": method, "checkpoint": str(args.checkpoint) if args.checkpoint else None,

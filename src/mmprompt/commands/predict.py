@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--descriptions", metavar="FILE", help="class descriptions for methods that read them "
+                        "(MMA++ cupl): JSON {class name: [sentence, ...]} (default: those saved with the prompts)")
     add_torchscript_argument(parser)
 
 
@@ -103,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
                                               allow_torchscript=args.allow_torchscript)
-        if classes:
-            predictor.set_classes(classes)
+        if classes or args.descriptions:
+            predictor.set_classes(classes, descriptions=args.descriptions)
         predictor.path = args.path
         if predictor.current_path():
             logger.info("inference path: %s", predictor.current_path())

@@ -34,10 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
+    parser.add_argument("--descriptions", metavar="DIR",
+                        help="class descriptions for the methods that read them (MMA++): a folder of <dataset>.json "
+                        "files (JSON {class name: [sentence, ...]}), or one JSON file for every dataset")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda...")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and the estimated GPU hours; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_launcher_arguments(parser)
+
+
+def descriptions_override(path: str | None) -> list[str]:
+    """``--descriptions`` as the override ``data.descriptions=ABSOLUTE PATH`` (none without it)."""
+    if not path:
+        return []
+    import json
+    from pathlib import Path
+
+    return [f"data.descriptions={json.dumps(str(Path(path).absolute()))}"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         launch = launch_options(args)
         plan = plan_reproduce(
             args.methods, args.data_root or ".", args.clip or "ViT-B/16", args.output, datasets=args.datasets,
-            seeds=args.seeds, protocols=args.protocols or REPRODUCE_PROTOCOLS, overrides=args.overrides,
+            seeds=args.seeds, protocols=args.protocols or REPRODUCE_PROTOCOLS,
+            overrides=[*args.overrides, *descriptions_override(args.descriptions)],
             shots=args.shots, clip_activation=args.clip_activation, device=args.device,
         )
     except (ValueError, KeyError, ConfigError) as exc:

@@ -38,6 +38,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--skip-corrupt", action="store_true",
                    help="leave unreadable images out (listed, and recorded in metrics.json) instead of stopping")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_descriptions_argument(g)
+
+
+def add_descriptions_argument(parser: Any) -> None:
+    """``--descriptions FILE|DIR`` (``data.descriptions``), for the methods that read class descriptions."""
+    parser.add_argument("--descriptions", metavar="FILE", help="class descriptions for methods that read them "
+                        "(MMA++ cupl): JSON {class name: [sentence, ...]}, or a folder of <dataset>.json files")
 
 
 def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +67,10 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key, attr in (("data.classnames_file", "classnames"), ("data.split_file", "split_file")):
         if getattr(args, attr, None):
             out[key] = str(getattr(args, attr))
+    if getattr(args, "descriptions", None):  # absolute: sweep workers may run elsewhere
+        from pathlib import Path
+
+        out["data.descriptions"] = str(Path(args.descriptions).absolute())
     return out
 
 

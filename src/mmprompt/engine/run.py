@@ -116,21 +116,51 @@ def custom_files(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     return files
 
 
-def dataset_context(splits: Any) -> DatasetContext:
-    """What a method may know about the dataset of ``splits``: its key and its own template."""
-    return DatasetContext(name=getattr(splits, "name", None), template=getattr(splits, "template", None))
+def dataset_context(splits: Any, cfg: RunConfig | None = None) -> DatasetContext:
+    """What a method may know about the dataset of ``splits``: its key, its own template and the class
+    descriptions of ``cfg.data.descriptions`` (a file, or a folder with one file per dataset)."""
+    from ..descriptions import descriptions_for_dataset
+
+    name = getattr(splits, "name", None)
+    descriptions, source = descriptions_for_dataset(cfg.data.descriptions if cfg else None, name)
+    return DatasetContext(name=name, template=getattr(splits, "template", None), descriptions=descriptions,
+                          descriptions_source=source or None)
+
+
+def check_descriptions_cover(cfg: RunConfig, splits_list: list[Any]) -> None:
+    """Before anything is written or trained: when ``cfg``'s method needs class descriptions, every class of
+    every split (training and evaluation) must have sentences (else a one-line ConfigError)."""
+    from ..checks import ConfigError
+    from ..descriptions import match_descriptions
+    from ..methods import get_method, make_config
+
+    learner = get_method(cfg.method.name).learner
+    if not learner.uses_descriptions or not learner.needs_descriptions(make_config(cfg.method.name, cfg.method.options)):
+        return
+    for splits in splits_list:
+        context = dataset_context(splits, cfg)
+        if context.descriptions is None:
+            where = f" ({context.descriptions_source} does not exist)" if context.descriptions_source else ""
+            raise ConfigError(f"{cfg.method.name} with these options needs class descriptions for {splits.name}"
+                              f"{where}: pass --descriptions FILE (JSON: class name -> list of sentences)")
+        match_descriptions(list(splits.classnames), context.descriptions, context.descriptions_source or "")
 
 
 def build_learner(cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits``."""
+    from ..methods import get_method
+
+    if cfg.data.descriptions and not get_method(cfg.method.name).learner.uses_descriptions:
+        logger.warning("%s does not read class descriptions; data.descriptions (%s) is ignored", cfg.method.name,
+                       cfg.data.descriptions)
     learner = create_learner(cfg.method.name, clip, list(splits.classnames), cfg.method.options,
-                             dataset=dataset_context(splits), encoder=cfg.encoder)
+                             dataset=dataset_context(splits, cfg), encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
 
 def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The run's trained prompts pointed at ``splits``' classes and dataset."""
-    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits),
+    learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits, cfg),
                            encoder=cfg.encoder)
     return learner.to(next(clip.parameters()).device)
 
@@ -144,7 +174,9 @@ def evaluate_split(
     ``path``: the inference path of a method that has several (None: the protocol's choice,
     :meth:`PromptLearner.protocol_path`: the first path on the training classes of the training dataset,
     the last one elsewhere); it is recorded in the result."""
-    context = dataset_context(splits)
+    from ..descriptions import keep_descriptions
+
+    context = keep_descriptions(dataset_context(splits, cfg), learner.dataset)  # held descriptions stay
     if list(learner.classnames) != list(splits.classnames) or learner.dataset != context:
         learner.set_classnames(list(splits.classnames), dataset=context)
     chosen = path if path is not None else learner.protocol_path()
@@ -206,6 +238,7 @@ def _run_experiment(
         logger.info("%s is finished; skipping", run_dir)
         return read_metrics(run_dir)
     evals = dict(evals or {"test": train_splits})
+    check_descriptions_cover(cfg, [train_splits, *evals.values()])
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)

@@ -11,7 +11,7 @@ separately and hands them to :meth:`~mmprompt.methods.learner.PromptLearner.tran
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,12 @@ class DatasetContext:
     """Canonical dataset key (``eurosat``, ``imagenet``...; see :func:`mmprompt.names.canonical`)."""
     template: str | None = None
     """The dataset's own hand-written prompt template, with ``{}`` for the class name."""
+    descriptions: Mapping[str, Sequence[str]] | None = field(default=None, hash=False)
+    """Class descriptions, class name -> sentences (``--descriptions FILE``), for the methods that read
+    them (``uses_descriptions``; match them to the classes with :func:`mmprompt.descriptions.
+    match_descriptions`). None: none were given."""
+    descriptions_source: str | None = field(default=None, compare=False, hash=False)
+    """Where ``descriptions`` came from (a file name), for error messages."""
 
 
 @dataclass

@@ -81,6 +81,9 @@ class PromptLearner(TextEncoding, nn.Module):
     """True when class text features depend on the image (CoCoOp): no caching across images."""
     class_specific: ClassVar[bool] = False
     """True when prompts are tied to the training class names (class-specific CoOp)."""
+    uses_descriptions: ClassVar[bool] = False
+    """True when the method reads class descriptions (``self.dataset.descriptions``, from ``--descriptions
+    FILE``); see :meth:`needs_descriptions`."""
     inference_paths: ClassVar[tuple[str, ...]] = ()
     """Named evaluation paths (MMRL: ``("base", "novel")``); empty: one path. See :meth:`set_inference_path`."""
 
@@ -312,6 +315,19 @@ class PromptLearner(TextEncoding, nn.Module):
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
         """Config values that the shapes of saved trainable tensors fix (``import-official``)."""
         return {}
+
+    @classmethod
+    def needs_descriptions(cls, config: MethodConfig) -> bool:
+        """Whether ``config`` cannot run without class descriptions (default: False). The learner reads
+        them from ``self.dataset.descriptions`` in :meth:`prepare_classes`."""
+        return False
+
+    def inject_draws(self, draws: Mapping[str, Tensor]) -> None:
+        """Use ``draws`` (name -> tensor, e.g. ``template_index`` or ``dropout/main/text/4``) instead of random
+        ones in the next training forward, so a test can feed the random draws recorded from the official
+        code (the reference files' ``rand/*``). Default: the method draws nothing, so any draw is refused."""
+        if draws:
+            raise ValueError(f"{self.method} makes no random draws; cannot inject {sorted(draws)}")
 
     @classmethod
     def classes_needed(cls, state: Mapping[str, Tensor], config: MethodConfig) -> int | None:

@@ -23,9 +23,11 @@ where it is used, which yields the same parameter gradients without touching any
 inflated under fp16). Weight decay is applied by the optimizer to the raw parameters, unscaled, as in
 the official SGD.
 
-Index 0 (``adapter_start`` 0: an adapter on the raw token embeddings and after the vision ``ln_pre``)
-is not supported: the official configs never use it and the CLIP has no insertion point after
-``ln_pre``; a config asking for it is refused.
+Index 0 (``adapter_start`` 0, an official option that the official configs do not use): the text
+adapter acts on the raw token embeddings, before the positional embedding and without a LayerNorm
+(``e' = e + s * A_text,0(e)``), and the vision adapter on the tokens after ``ln_pre`` (``z' = z + s *
+A_visual,0(z)``, the CLIP's ``input_adapter`` insertion point). The official code does not wrap these two
+in gradient-scale layers, so their parameters (and the shared index-0 projection) get the plain gradient.
 
 Fast text paths: the adapters are token-wise functions of each position's own state, so the causal
 text encoder keeps its property that no position depends on later ones. EOT truncation, the shared
@@ -78,7 +80,8 @@ class MMAConfig(MethodConfig):
     text_ctx_init: str = TEXT_CTX_INIT
     """The fixed text before the class name ("" gives just "{class}.")."""
     adapter_start: int = 5
-    """First adapted block, 1-based (the official vit_b16_ep5 yaml: 5; 0 is not supported)."""
+    """First adapted index: block i is 1-based (the official vit_b16_ep5 yaml: 5); 0 also adapts the text token
+    embeddings and the vision tokens after ln_pre."""
     adapter_end: int = 12
     """Last adapted block, 1-based, inclusive."""
     adapter_dim: int = 32
@@ -90,28 +93,32 @@ class MMAConfig(MethodConfig):
         super().__post_init__()
         if not isinstance(self.text_ctx_init, str):
             raise ValueError(f"mma.text_ctx_init must be a string, got {self.text_ctx_init!r}")
-        check_int("mma.adapter_start", self.adapter_start)
-        check_int("mma.adapter_end", self.adapter_end)
-        if self.adapter_start < 1:
-            raise ValueError(
-                f"mma.adapter_start must be >= 1, got {self.adapter_start}: index 0 (an adapter on the token "
-                "embeddings and after the vision ln_pre) is not supported; the official configs never use it"
-            )
-        if self.adapter_end < self.adapter_start:
-            raise ValueError(f"mma.adapter_end ({self.adapter_end}) must be >= mma.adapter_start "
-                             f"({self.adapter_start})")
-        check_int("mma.adapter_dim", self.adapter_dim, minimum=1)
+        check_adapter_range("mma", self.adapter_start, self.adapter_end, self.adapter_dim)
         self.adapter_scale = check_number("mma.adapter_scale", self.adapter_scale, above=0)
 
     def check_model(self, clip: CLIP) -> None:
-        layers = min(clip.config.text.layers, clip.config.vision.layers)
-        if self.adapter_end > layers:
-            raise ValueError(f"mma.adapter_end = {self.adapter_end} is beyond the model's {layers} layers "
-                             f"(text {clip.config.text.layers}, vision {clip.config.vision.layers})")
-        for tower, width in (("text", clip.config.text.width), ("vision", clip.config.vision.width)):
-            if self.adapter_dim == width:
-                raise ValueError(f"mma.adapter_dim = {self.adapter_dim} equals the {tower} width: the official "
-                                 "adapter then has no down/up projections and its forward fails")
+        check_adapter_model("mma", self.adapter_end, self.adapter_dim, clip)
+
+
+def check_adapter_range(method: str, start: int, end: int, dim: int) -> None:
+    """Raise ValueError unless ``start`` (>= 0) .. ``end`` is a range of adapter indices and ``dim`` >= 1."""
+    check_int(f"{method}.adapter_start", start, minimum=0)
+    check_int(f"{method}.adapter_end", end, minimum=1)
+    if end < start:
+        raise ValueError(f"{method}.adapter_end ({end}) must be >= {method}.adapter_start ({start})")
+    check_int(f"{method}.adapter_dim", dim, minimum=1)
+
+
+def check_adapter_model(method: str, end: int, dim: int, clip: CLIP) -> None:
+    """Raise ValueError if the adapters of indices up to ``end`` and width ``dim`` do not fit ``clip``."""
+    layers = min(clip.config.text.layers, clip.config.vision.layers)
+    if end > layers:
+        raise ValueError(f"{method}.adapter_end = {end} is beyond the model's {layers} layers "
+                         f"(text {clip.config.text.layers}, vision {clip.config.vision.layers})")
+    for tower, width in (("text", clip.config.text.width), ("vision", clip.config.vision.width)):
+        if dim == width:
+            raise ValueError(f"{method}.adapter_dim = {dim} equals the {tower} width: the official "
+                             "adapter then has no down/up projections and its forward fails")
 
 
 def from_official(official: Mapping[str, Any], case: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,10 +146,9 @@ class TowerAdapter(nn.Module):
         self.up = nn.Linear(dim, width)
 
 
-def _init_linear(layer: nn.Linear) -> None:
-    """The official init: Kaiming normal, fan-out, ReLU gain (std sqrt(2 / out_features)); bias 0."""
+def kaiming_fan_out(layer: nn.Linear) -> None:
+    """The official weight init: Kaiming normal, fan-out, ReLU gain (std sqrt(2 / out_features))."""
     nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(layer.bias)
 
 
 class MMA(PromptLearner):
@@ -156,12 +162,20 @@ class MMA(PromptLearner):
         for tower in TOWERS:
             setattr(self.trainable, f"{tower}_adapter",
                     nn.ModuleDict({i: TowerAdapter(widths[tower], cfg.adapter_dim) for i in indices}))
-        self.trainable.shared_adapter = nn.ModuleDict(
-            {i: nn.Sequential(nn.Linear(cfg.adapter_dim, cfg.adapter_dim), nn.ReLU()) for i in indices})
+        self.trainable.shared_adapter = nn.ModuleDict({i: self.shared_layers(cfg.adapter_dim) for i in indices})
         for module in self.trainable.modules():
             if isinstance(module, nn.Linear):
-                _init_linear(module)
+                self.init_linear(module)
         self._text_cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def shared_layers(self, dim: int) -> nn.Sequential:
+        """The shared middle projection of one index: Linear(r, r) + ReLU (``.0`` holds the weights)."""
+        return nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+
+    def init_linear(self, layer: nn.Linear) -> None:
+        """The official init of every adapter Linear: Kaiming fan-out weights, zero biases."""
+        kaiming_fan_out(layer)
+        nn.init.zeros_(layer.bias)
 
     @classmethod
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -191,11 +205,12 @@ class MMA(PromptLearner):
 
     # ----- adapters ------------------------------------------------------------------------------------
     def adapter(self, tower: str, index: int) -> Adapter:
-        """The residual branch ``z -> s * A_tower,index(z)`` of one block (see the module docstring)."""
+        """The residual branch ``z -> s * A_tower,index(z)`` at one index (see the module docstring); its
+        parameters' gradients are divided by ``s`` at blocks (``index`` >= 1), not at index 0."""
         own: TowerAdapter = getattr(self.trainable, f"{tower}_adapter")[str(index)]
         shared: nn.Linear = self.trainable.shared_adapter[str(index)][0]
         scale = self.config.adapter_scale
-        factor = 1.0 / scale
+        factor = 1.0 / scale if index >= 1 else 1.0
 
         def linear(z: Tensor, layer: nn.Linear) -> Tensor:
             return F.linear(z, grad_scale(layer.weight, factor), grad_scale(layer.bias, factor))
@@ -212,21 +227,41 @@ class MMA(PromptLearner):
         out = []
         for tower, layers in (("visual", self.clip.config.vision.layers), ("text", self.clip.config.text.layers)):
             slots: list[Adapter | None] = [None] * layers
-            for i in range(cfg.adapter_start, cfg.adapter_end + 1):
+            for i in range(max(cfg.adapter_start, 1), cfg.adapter_end + 1):
                 slots[i - 1] = self.adapter(tower, i)  # index i is resblocks[i - 1]
             out.append(slots)
         return out[0], out[1]
 
+    def input_adapter(self, tower: str) -> Adapter | None:
+        """The index-0 branch of ``tower`` (text: on the token embeddings; visual: after ``ln_pre``), or
+        None when ``adapter_start`` > 0."""
+        return self.adapter(tower, 0) if self.config.adapter_start == 0 else None
+
     # ----- features ----------------------------------------------------------------------------------
+    def image_features(self, images: Tensor) -> Tensor:
+        return self.clip.encode_image(images, adapters=self.block_adapters()[0],
+                                      input_adapter=self.input_adapter("visual"))
+
+    def text_inputs(self) -> Tensor:
+        """The class prompts' token embeddings [C, L, Dt], with the text index-0 adapter's output added."""
+        adapter = self.input_adapter("text")
+        if adapter is None:
+            return self.token_embeddings
+        return self.token_embeddings + adapter(self.token_embeddings)
+
+    def encode_classes(self) -> Tensor:
+        """Class text features [C, E] (not normalised), computed now."""
+        return self.encode_text(self.text_inputs(), self.eot)
+
     def text_features(self) -> Tensor:
         if torch.is_grad_enabled():
-            return self.encode_text(self.token_embeddings, self.eot)
+            return self.encode_classes()
         return self.cached_text_features()
 
     def cached_text_features(self) -> Tensor:
         """Class text features without gradients, re-encoded only when the class list, an adapter
         parameter (its version), the device or the autocast state changed since the last call."""
-        device = self.token_embeddings.device
+        device = self.clip.token_embedding.weight.device
         autocast = torch.is_autocast_enabled(device.type)
         key = (
             tuple(self.classnames),
@@ -238,7 +273,7 @@ class MMA(PromptLearner):
         if cached is not None and cached[0] == key:
             if torch.is_inference_mode_enabled() or not cached[1].is_inference():
                 return cached[1]
-        features = self.encode_text(self.token_embeddings, self.eot)
+        features = self.encode_classes()
         self._text_cache = (key, features)
         return features
 

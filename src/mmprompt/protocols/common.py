@@ -96,6 +96,11 @@ def _split_overrides(methods: Sequence[str], overrides: Sequence[str] | Mapping[
             for m in chosen:
                 out[m][dotted] = value
             continue
+        if key == "data.descriptions":  # class descriptions go to the methods that read them
+            for m in methods:
+                if get_method(m).learner.uses_descriptions:
+                    out[m][key] = value
+            continue
         parts = key.split(".")
         if parts[0] == "method" and len(parts) == 2 and parts[1] != "name":
             takers = [m for m in methods if parts[1] in {f.name for f in dataclasses.fields(get_method(m).config)}]
