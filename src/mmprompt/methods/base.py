@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..clip.model import CLIP, BlockAdapters, DeepPrompts
 from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
+from .teacher import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def shared_prefix_length(
     return p
 
 
+class TeacherRequiredError(ValueError):
+    """A learner with ``needs_teacher`` was built without a teacher."""
+
+
+def _persistent(module: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return leaf not in sub._non_persistent_buffers_set
+
+
 def normal_init(*shape: int, std: float = 0.02) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * std)
 
@@ -121,6 +132,26 @@ class PromptLearner(nn.Module):
     class_specific: ClassVar[bool] = False
     """True when prompts are tied to the training class names (class-specific CoOp)."""
 
+    # ----- teacher and transductive training (extension points; see docs/writing-a-method.md) --------
+    needs_teacher: ClassVar[bool] = False
+    """True when the learner distils from a frozen teacher (PromptKD): the engine then loads the teacher
+    (``--teacher RUN_DIR_OR_CKPT``) and passes it as ``teacher=`` to the constructor, where it is
+    ``self.teacher`` before :meth:`build_prompts` runs. The teacher is never saved with the student."""
+    transductive: ClassVar[bool] = False
+    """True when the learner trains on UNLABELLED images of the evaluation classes (PromptKD): the engine
+    then trains on the full training split of every class of the dataset (no few-shot sampling) and
+    gives :meth:`objective` a :class:`~mmprompt.methods.contract.NoLabels` object instead of labels."""
+
+    @classmethod
+    def official_teacher(cls, config: MethodConfig) -> tuple[str, dict[str, Any]]:
+        """For a learner with ``needs_teacher``: the method and options of the teacher that the official
+        code builds (what an official teacher checkpoint holds; ``mmprompt parity`` builds it the same way)."""
+        raise NotImplementedError(f"{cls.method} names no official teacher design")
+
+    def check_teacher(self, teacher: Teacher) -> None:
+        """Raise :class:`~mmprompt.methods.teacher.TeacherMismatchError` when ``teacher`` does not fit this
+        learner (default: nothing to check)."""
+
     def __init__(
         self,
         clip: CLIP,
@@ -130,6 +161,7 @@ class PromptLearner(nn.Module):
         *,
         dataset: DatasetContext | None = None,
         encoder: EncoderOptions | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         config.check_model(clip)
@@ -138,6 +170,12 @@ class PromptLearner(nn.Module):
         self.clip = clip
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer or clip.get_tokenizer()
+        if self.needs_teacher and teacher is None:
+            raise TeacherRequiredError(f"{self.method} distils from a teacher: pass --teacher RUN_DIR_OR_CKPT "
+                                       "(an mmprompt run or prompt checkpoint, or an official teacher checkpoint)")
+        self.teacher = teacher if self.needs_teacher else None
+        if self.teacher is not None:
+            self.check_teacher(self.teacher)
         self.dataset = dataset or DatasetContext()
         self._teacher_cache: dict[tuple[Any, ...], Tensor] = {}
         self._said_slow = False
@@ -199,13 +237,20 @@ class PromptLearner(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if is_trainable(n)]
 
+    def _prompt_tensors(self) -> dict[str, Tensor]:
+        """The trainable parameters and the persistent buffers of trainable modules (e.g. a BatchNorm's
+        running statistics under ``prompt``), by full name."""
+        own: dict[str, Tensor] = {n: p for n, p in self.named_parameters() if is_trainable(n)}
+        own.update({n: b for n, b in self.named_buffers() if is_trainable(n) and _persistent(self, n)})
+        return own
+
     def prompt_state_dict(self) -> dict[str, Tensor]:
-        """The trainable tensors only, detached, keyed by their full names."""
-        return {n: p.detach().clone() for n, p in self.named_parameters() if is_trainable(n)}
+        """The trainable tensors (and the buffers of trainable modules), detached, keyed by full names."""
+        return {n: p.detach().clone() for n, p in self._prompt_tensors().items()}
 
     def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load prompts strictly: every trainable tensor, with its shape, and nothing else."""
-        own = dict((n, p) for n, p in self.named_parameters() if is_trainable(n))
+        own = self._prompt_tensors()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(n for n in set(own) & set(state) if tuple(own[n].shape) != tuple(state[n].shape))
