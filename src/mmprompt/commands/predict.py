@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="comma-separated class names, or @FILE with one per line")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    from .train import add_teacher_argument
+
+    add_teacher_argument(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
-                                              allow_torchscript=args.allow_torchscript)
+                                              allow_torchscript=args.allow_torchscript, teacher=args.teacher,
+                                              teacher_clip=args.teacher_clip)
         if classes:
             predictor.set_classes(classes)
     loaded, errors = {}, {}
