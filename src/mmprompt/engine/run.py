@@ -7,6 +7,7 @@ A run folder holds ``config.yaml`` (written first), ``log.jsonl``, ``tb/``, ``ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -156,13 +157,19 @@ def _method_of(cfg: RunConfig, meta: dict[str, Any]) -> Any:
 
 
 class UnlabelledImage:
-    """A training image of a transductive run: its path only (``label`` is a constant -1, never a class)."""
+    """A training image of a transductive run: its path only (``label`` is a constant -1 and ``classname``
+    empty: never a class)."""
 
     __slots__ = ("path",)
     label = -1
+    classname = ""
 
     def __init__(self, path: Any) -> None:
         self.path = path
+
+    def resolve(self, image_dir: str | Path) -> Path:
+        """Absolute path of the image, given the image folder the path is relative to."""
+        return Path(image_dir) / self.path
 
 
 def transductive_samples(samples: Any) -> list[UnlabelledImage]:
@@ -253,6 +260,8 @@ def _run_experiment(
     if transductive:
         train_splits = transductive_splits(cfg, train_splits, ctx)
     learner = build_learner(cfg, clip, train_splits)
+    if transductive:  # from here on the training images carry no labels (only their paths are read)
+        train_splits = dataclasses.replace(train_splits, train=transductive_samples(train_splits.train))
     train_splits, evals, data_check = check_run_images(  # issue 15: pre-flight image check
         train_splits, evals, check_train=bool(learner.trainable_parameters()), skip_corrupt=cfg.data.skip_corrupt,
         write_cache=ctx.is_main)
@@ -260,9 +269,8 @@ def _run_experiment(
     trained: TrainResult | None = None
     if learner.trainable_parameters():
         n_train = len(train_splits.train)  # cost accounting
-        samples = transductive_samples(train_splits.train) if transductive else train_splits.train
         trained = train(
-            learner, samples, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
+            learner, train_splits.train, cfg, run_dir, image_dir=train_splits.image_dir, ctx=ctx, resume=resume,
             stop_after_epochs=stop_after_epochs, on_epoch_end=on_epoch_end, progress=progress,
             allow_config_change=allow_config_change,
         )

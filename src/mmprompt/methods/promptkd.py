@@ -172,7 +172,9 @@ class PromptKD(PromptLearner):
             nn.Conv2d(e_t, e_t, kernel_size=1))
 
     def prepare_classes(self, classnames: list[str]) -> None:
-        """Nothing class-dependent of its own: the classifier is the teacher's (computed lazily)."""
+        """Nothing class-dependent of its own: the classifier is the teacher's (computed lazily); only check
+        that the teacher can give these classes."""
+        self.teacher.check_classes(self.classnames, student="the promptkd student")
 
     def vision_prompts(self) -> tuple[Tensor | None, DeepPrompts | None]:
         if not self.config.vision_prompts:

@@ -40,6 +40,7 @@ class Teacher:
         self.info: dict[str, Any] = dict(info or {})
         """Identity of the teacher: ``source`` (path), ``method``, ``clip`` (weights name), ``sha256``."""
         self._text: dict[tuple[Any, ...], Tensor] = {}
+        self._trained_classes = list(learner.classnames)
 
     # ----- identity ---------------------------------------------------------------------------------
     @property
@@ -76,18 +77,25 @@ class Teacher:
         cached = self._text.get(key)
         if cached is not None and (torch.is_inference_mode_enabled() or not cached.is_inference()):
             return cached
+        self.check_classes(names, student)
         learner = self.learner
-        if learner.class_specific and list(learner.classnames) != names:
-            raise TeacherMismatchError(
-                f"the {self.name} has class-specific prompts for its {len(learner.classnames)} training classes "
-                f"{_short(learner.classnames)}, but {student} needs the classes {_short(names)}; train the "
-                "teacher on the student's classes or use a teacher with class-agnostic prompts")
         if list(learner.classnames) != names:
             learner.set_classnames(names)
         with torch.autocast(self.device.type, enabled=False):
             feats = F.normalize(learner.text_features().float(), dim=-1)
         self._text[key] = feats
         return feats
+
+    def check_classes(self, classnames: Sequence[str], student: str = "the student") -> None:
+        """Raise :class:`TeacherMismatchError` when the teacher cannot give features for ``classnames``: its
+        prompts are tied to other training classes (class-specific prompts). The message names both lists."""
+        learner, names = self.learner, [str(c) for c in classnames]
+        trained = list(getattr(self, "_trained_classes", learner.classnames))
+        if learner.class_specific and trained != names:
+            raise TeacherMismatchError(
+                f"the {self.name} has class-specific prompts for its {len(trained)} training classes "
+                f"{_short(trained)}, but {student} needs the classes {_short(names)}; train the teacher on the "
+                "student's classes or use a teacher with class-agnostic prompts")
 
     @torch.no_grad()
     def image_features(self, images: Tensor) -> Tensor:
