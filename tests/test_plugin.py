@@ -79,3 +79,24 @@ def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 
     assert "probe" not in list_methods()
+
+
+def test_plugin_method_uses_the_teacher_hook(site: Path, tmp_path: Path) -> None:
+    """A plugin learner with ``needs_teacher`` gets the run passed with --teacher, frozen and unsaved; its
+    checkpoint records the teacher's checksum, and without --teacher the run is refused in one line."""
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    common = ["--dataset", "eurosat", "--data-root", str(data), "--clip", str(weights), "--clip-activation",
+              "quick_gelu", "--no-progress", "--num-workers", "0", "--shots", "2", "--set", "optim.epochs=1"]
+    teacher = tmp_path / "teacher"
+    run = mmprompt(site, tmp_path, "train", "--method", "coop", "--output", str(teacher), *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    refused = mmprompt(site, tmp_path, "train", "--method", "probe_distill", "--output", str(tmp_path / "x"), *common)
+    assert refused.returncode == 2 and "pass --teacher" in refused.stderr and "Traceback" not in refused.stderr
+    run = mmprompt(site, tmp_path, "train", "--method", "probe_distill", "--output", str(tmp_path / "student"),
+                   "--teacher", str(teacher), *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "student" / "prompts.json").read_text())
+    assert meta["extra"]["teacher"]["method"] == "coop" and len(meta["extra"]["teacher"]["sha256"]) == 64
+    log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert all("kd" in r for r in log if r["event"] == "epoch")
