@@ -232,3 +232,37 @@ def test_parity_reports_each_promptkd_tensor(tmp_path: Path) -> None:
     (result,) = run_parity(bad, ["promptkd"])
     failed = {c.name for c in result.checks if not c.ok}
     assert "teacher/image_features" in failed and "teacher/text_features" not in failed
+
+
+def test_import_official_student_reproduces_the_official_evaluation(tmp_path: Path) -> None:
+    """An official PromptKD student checkpoint (Dassl layout, VLPromptLearner/model-best.pth.tar, with the frozen
+    CLIP's keys and the projector's BatchNorm buffers) imported and run with the reference teacher gives the
+    official evaluation logits."""
+    from mmprompt.official import import_official
+    from mmprompt.parity import reference_clip, reference_teacher
+
+    ref = load_reference(REFERENCE)
+    a = ref.arrays
+    for case in ("promptkd", "promptkd_cross"):
+        state = {k.split("/", 2)[2]: torch.from_numpy(v) for k, v in a.items()
+                 if k.startswith((f"{case}/param/", f"{case}/buffer/"))}
+        state["VPT_image_trans.conv1.1.num_batches_tracked"] = torch.tensor(3)
+        state["image_encoder.conv1.weight"] = torch.from_numpy(a["weights/visual.conv1.weight"])  # frozen: dropped
+        folder = tmp_path / case / "VLPromptLearner"
+        folder.mkdir(parents=True)
+        torch.save({"state_dict": state, "epoch": 20}, folder / "model-best.pth.tar")
+        student_clip = reference_clip(ref)
+        teacher_clip = reference_clip(ref, "teacher_weights/")
+        official = ref.meta["cases"][case]["official_config"]["TRAINER.PROMPTKD"]
+        out = import_official(tmp_path / case, "promptkd", tmp_path / f"{case}_ours", student_clip.config,
+                              classnames=ref.meta["classnames"], teacher_arch=teacher_clip.config,
+                              config={"depth_text": official["PROMPT_DEPTH_TEXT"]})
+        from mmprompt.methods import config_from_official
+
+        teacher = reference_teacher(ref, "promptkd", config_from_official("promptkd", {"TRAINER.PROMPTKD": official}))
+        learner = load_prompts(out, student_clip, teacher=teacher).eval()
+        assert learner.config.depth_vision == official["PROMPT_DEPTH_VISION"]
+        with torch.no_grad():
+            logits = learner(torch.from_numpy(a["images"]))
+        expected = torch.from_numpy(a[f"{case}/logits"])
+        assert (logits - expected).abs().max() / expected.abs().max() < 1e-4
