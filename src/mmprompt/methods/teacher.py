@@ -34,8 +34,11 @@ class TeacherMismatchError(ValueError):
 class Teacher:
     """A frozen prompt learner used as a teacher (eval mode, no gradients)."""
 
-    def __init__(self, learner: PromptLearner, info: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, learner: PromptLearner, info: Mapping[str, Any] | None = None, cache_text: bool = True) -> None:
         self.learner = learner.eval()
+        self.cache_text = cache_text
+        """False: re-encode the class text at every call (what official code such as PromptKD's does per batch;
+        ``mmprompt speed`` measures it as the reference path)."""
         self.learner.requires_grad_(False)
         self.info: dict[str, Any] = dict(info or {})
         """Identity of the teacher: ``source`` (path), ``method``, ``clip`` (weights name), ``sha256``."""
@@ -83,7 +86,8 @@ class Teacher:
             learner.set_classnames(names)
         with torch.autocast(self.device.type, enabled=False):
             feats = F.normalize(learner.text_features().float(), dim=-1)
-        self._text[key] = feats
+        if self.cache_text:
+            self._text[key] = feats
         return feats
 
     def check_classes(self, classnames: Sequence[str], student: str = "the student") -> None:
