@@ -266,3 +266,22 @@ def test_import_official_student_reproduces_the_official_evaluation(tmp_path: Pa
             logits = learner(torch.from_numpy(a["images"]))
         expected = torch.from_numpy(a[f"{case}/logits"])
         assert (logits - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_demo_trains_a_promptsrc_teacher_then_promptkd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mmprompt demo --methods promptkd``: the demo trains PromptSRC first and distils from that run; the
+    table labels the row transductive."""
+    assert main(["demo", "--quick", "--methods", "zeroshot", "promptkd", "--output", str(tmp_path),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "promptkd (transductive)" in out and "transductive: trained on unlabelled images" in out
+    teacher = next((tmp_path / "teacher" / "promptsrc" / "mmprompt_demo").glob("*/seed1"))
+    student = next((tmp_path / "runs" / "promptkd" / "mmprompt_demo").glob("*/seed1"))
+    meta = json.loads((student / "prompts.json").read_text())
+    assert meta["extra"]["teacher"]["source"] == str(teacher.absolute())
+    rows = (tmp_path / "runs" / "results.csv").read_text().splitlines()
+    assert rows[0].endswith(",training") and any(r.startswith("promptkd,") and r.endswith(",transductive") for r in rows)
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert results["methods"]["promptkd"]["training"] == "transductive"
+    assert results["methods"]["zeroshot"]["training"] == "inductive"
