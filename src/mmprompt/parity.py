@@ -181,7 +181,8 @@ def check_method_case(
     for key, value in config_overrides.items():
         if hasattr(config, key):
             setattr(config, key, value)
-    teacher = reference_teacher(ref, method, config) if get_method(method).learner.needs_teacher else None
+    teacher = (reference_teacher(ref, method, config, encoder) if get_method(method).learner.needs_teacher
+               else None)
     learner = create_learner(method, model, ref.meta["classnames"], config, dataset=case_dataset(spec),
                              encoder=encoder, teacher=teacher)
     prefix = f"{case}/param/"
@@ -244,13 +245,14 @@ def check_method_case(
     return result
 
 
-def reference_teacher(ref: Reference, method: str, config: Any) -> Teacher:
+def reference_teacher(ref: Reference, method: str, config: Any, encoder: EncoderOptions | None = None) -> Teacher:
     """The frozen teacher of a reference case: the method's official teacher design on the reference's
-    ``teacher_weights/`` CLIP, with the official prompt values ``teacher_param/`` (loaded strictly)."""
+    ``teacher_weights/`` CLIP, with the official prompt values ``teacher_param/`` (loaded strictly); its text
+    encoder runs as ``encoder`` says (every path is checked)."""
     learner_cls = get_method(method).learner
     teacher_method, options = learner_cls.official_teacher(config)
     clip = reference_clip(ref, "teacher_weights/")
-    teacher = create_learner(teacher_method, clip, ref.meta["classnames"], options)
+    teacher = create_learner(teacher_method, clip, ref.meta["classnames"], options, encoder=encoder)
     state: dict[str, torch.Tensor] = {}
     for key, value in ref.arrays.items():
         if key.startswith("teacher_param/"):

@@ -191,5 +191,8 @@ def run(args: argparse.Namespace) -> int:
         for name, res in metrics["eval"].items():
             print(f"{name}: top-1 {res['accuracy']:.2f}% ({res['correct']}/{res['total']}), "
                   f"mean per-class {res['mean_per_class_accuracy']:.2f}%")
+        if metrics.get("transductive"):
+            print(f"transductive: trained on {metrics.get('train_images')} unlabelled images of all "
+                  f"{cfg.data.dataset} classes (not comparable with inductive runs)")
         print(f"prompts and metrics in {output}")
     return 0
