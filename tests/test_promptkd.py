@@ -285,3 +285,50 @@ def test_demo_trains_a_promptsrc_teacher_then_promptkd(tmp_path: Path, capsys: p
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert results["methods"]["promptkd"]["training"] == "transductive"
     assert results["methods"]["zeroshot"]["training"] == "inductive"
+
+
+def test_official_teacher_checkpoint_gives_the_official_teacher(tmp_path: Path) -> None:
+    """``--teacher`` on an official (Dassl) PromptSRC teacher checkpoint: the official teacher design on
+    ``--teacher-clip``, prompts read from the checkpoint (its frozen CLIP keys and PromptSRC's extra keys are
+    ignored), gives the official teacher text and image features; a checkpoint missing a prompt is refused."""
+    from mmprompt.engine.teacher import load_teacher
+    from mmprompt.methods import config_from_official
+    from mmprompt.parity import reference_clip
+
+    ref = load_reference(REFERENCE)
+    a = ref.arrays
+    teacher_clip = reference_clip(ref, "teacher_weights/")
+    v, t = teacher_clip.config.vision, teacher_clip.config.text
+    clip_file = tmp_path / "clip" / "teacher.pt"
+    clip_file.parent.mkdir()
+    torch.save(teacher_clip.state_dict(), clip_file)
+    (clip_file.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": teacher_clip.config.embed_dim, "quick_gelu": True,
+        "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
+                       "head_width": v.width // v.heads, "patch_size": v.patch_size},
+        "text_cfg": {"context_length": t.context_length, "width": t.width, "heads": t.heads, "layers": t.layers}}}))
+    state = {k.split("/", 1)[1]: torch.from_numpy(v.astype(np.float32)) for k, v in a.items()
+             if k.startswith("teacher_param/")}
+    state["prompt_learner.ZS_image_encoder.conv1.weight"] = torch.zeros(3)  # PromptSRC's extra key: ignored
+    state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 96)
+    folder = tmp_path / "teacher_model" / "EuroSAT" / "VLPromptLearner"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": state, "epoch": 20}, folder / "model-best.pth.tar")
+    official = ref.meta["cases"]["promptkd"]["official_config"]
+    config = config_from_official("promptkd", official)
+    student = reference_clip(ref)
+    names = ref.meta["classnames"]
+    teacher = load_teacher(tmp_path / "teacher_model" / "{dataset}", "promptkd", config, student, names,
+                           teacher_clip=str(clip_file), activation="quick_gelu", dataset="EuroSAT")
+    assert teacher.info["kind"] == "official" and teacher.info["sha256"] == sha256_file(folder / "model-best.pth.tar")
+    text = teacher.text_features(names)
+    expected = a["promptkd/teacher/text_features"]
+    assert np.abs(text.numpy() - expected).max() / np.abs(expected).max() < 1e-4
+    image = teacher.image_features(torch.from_numpy(a["images"]))
+    expected = a["promptkd/teacher/image_features"]
+    assert np.abs(image.numpy() - expected).max() / np.abs(expected).max() < 1e-4
+    del state["text_encoder.transformer.resblocks.8.VPT_shallow"]
+    torch.save({"state_dict": state, "epoch": 20}, folder / "model-best.pth.tar")
+    with pytest.raises(CheckpointError, match="missing: .'prompt.text_deep.7'."):
+        load_teacher(folder.parent, "promptkd", config, student, names, teacher_clip=str(clip_file),
+                     activation="quick_gelu")

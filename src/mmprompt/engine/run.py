@@ -26,7 +26,7 @@ from .cost import CostMeter, count_parameters
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
 from .teacher import RECORD_KEY as TEACHER_KEY
-from .teacher import teacher_for, teacher_record
+from .teacher import teacher_for, teacher_for_checkpoint, teacher_record
 from .train import TrainResult, train
 
 __all__ = [
@@ -137,23 +137,10 @@ def build_learner(cfg: RunConfig, clip: CLIP, splits: Any, teacher: Teacher | No
 def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
     """The run's trained prompts pointed at ``splits``' classes and dataset (with the teacher the run
     recorded, or ``cfg.teacher``'s if it has the same SHA-256)."""
-    from ..checkpoint import read_prompt_meta
-
-    meta = read_prompt_meta(run_dir)
-    teacher = teacher_for(cfg.replace(method=_method_of(cfg, meta)), clip, list(splits.classnames),
-                          dataset=getattr(splits, "name", None),
-                          expected=(meta.get("extra") or {}).get(TEACHER_KEY))
+    teacher = teacher_for_checkpoint(run_dir, clip, list(splits.classnames), cfg.teacher.path, cfg.teacher.clip)
     learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits),
                            encoder=cfg.encoder, teacher=teacher)
     return learner.to(next(clip.parameters()).device)
-
-
-def _method_of(cfg: RunConfig, meta: dict[str, Any]) -> Any:
-    from ..config import MethodSection
-
-    if cfg.method.name == meta["method"]:
-        return cfg.method
-    return MethodSection.from_dict({"name": meta["method"], **dict(meta.get("config") or {})})
 
 
 class UnlabelledImage:
