@@ -332,3 +332,28 @@ def test_official_teacher_checkpoint_gives_the_official_teacher(tmp_path: Path) 
     with pytest.raises(CheckpointError, match="missing: .'prompt.text_deep.7'."):
         load_teacher(folder.parent, "promptkd", config, student, names, teacher_clip=str(clip_file),
                      activation="quick_gelu")
+
+
+def test_kill9_during_training_then_resume_gives_the_same_student(world: dict[str, Any]) -> None:
+    """A PromptKD run killed (SIGKILL) inside its second training-state write resumes to the same student."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_faults_runs import KILLER
+
+    out = world["root"] / "killed"
+    script = world["root"] / "killer.py"
+    script.write_text(KILLER)
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "KILL_AT": "state.pt", "KILL_NTH": "2",
+           "PYTHONPATH": os.pathsep.join([src, str(Path(__file__).parent)])}
+    argv = [*world["argv"][1:], "--teacher", str(world["teachers"][0]), "--output", str(out)]
+    proc = subprocess.run([sys.executable, str(script), "train", *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "metrics.json").exists()
+    assert main(["train", *argv, "--resume"]) == 0
+    ours, ref = load_file(str(out / "prompts.safetensors")), load_file(str(world["student"] / "prompts.safetensors"))
+    assert set(ours) == set(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
