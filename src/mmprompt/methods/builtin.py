@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from . import (
-    cocoop,
-    coop,
-    dept,
-    ivlp,
-    kgcoop,
-    language,
-    maple,
-    mma,
-    prograd,
-    promptkd,
-    promptsrc,
-    tcp,
-    vpt,
-    zeroshot,
-)
+from . import cocoop, coop, dept, ivlp, kgcoop, language, maple, mma, prograd, promptsrc, tcp, vpt, zeroshot
+from .promptkd import OFFICIAL_NAMES as PROMPTKD_NAMES
+from .promptkd import PromptKD, PromptKDConfig
+from .promptkd import from_official as promptkd_from_official
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -74,9 +62,8 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                official_folders=("adapter_learner",), aliases=("multimodal_adapter", "mmadapter"),
                description="MMA: multi-modal adapter (Yang et al., CVPR 2024)",
                demo_overrides=("method.adapter_start=2", "method.adapter_end=4")),
-    MethodSpec("promptkd", promptkd.PromptKD, promptkd.PromptKDConfig,
-               {"base2novel": "promptkd_b2n", "transfer": "promptkd_xd"}, promptkd.OFFICIAL_NAMES,
-               promptkd.from_official, official_folders=_VL,
+    MethodSpec("promptkd", PromptKD, PromptKDConfig, {"base2novel": "promptkd_b2n", "transfer": "promptkd_xd"},
+               PROMPTKD_NAMES, promptkd_from_official, official_folders=_VL,
                description="PromptKD (Li et al., CVPR 2024): label-free distillation from a prompted teacher "
                "(transductive; needs --teacher)",
                demo_overrides=("method.depth_vision=3",), quick_overrides=("optim.epochs=4",)),
