@@ -22,7 +22,10 @@ Differences from the official code, on purpose: the teacher is any frozen mmprom
 (the official non-strict load keeps random prompts silently when one is missing); its text features are
 computed once per class list, not on every batch (same values); base/novel evaluation encodes each half's
 classes instead of slicing the all-class features (each class's features do not depend on the others).
-With several processes (DDP) the BatchNorm statistics are those of each process's share of the batch (the
+The official recipe keeps the epoch with the best accuracy on the base classes' TEST images
+(``TEST.FINAL_MODEL best_val``) and reports novel accuracy with it; mmprompt reports the final epoch (no
+selection on test data). The official runs are fp16 end to end (spec section 9.8); the presets run fp32 (any
+``precision`` works). With several processes (DDP) the BatchNorm statistics are those of each process's share of the batch (the
 official code runs on one GPU), so a multi-process run differs slightly from a one-process run of the same global
 batch. ``modal`` only decides which columns :meth:`PromptKD.eval_tensors` reports as the official ``test()``
 ``val``/``test`` outputs; in mmprompt runs the protocol makes the base and novel class lists.
