@@ -247,7 +247,7 @@ def test_official_tables_and_parameter_count() -> None:
 def test_encoders(clip: CLIP, batch) -> None:  # noqa: ANN001
     images, labels = batch
     text_only = make(clip, encoder="text")
-    assert {n.split(".")[1] for n, _ in text_only.named_parameters() if n.startswith("prompt.")} == {"text"}
+    assert {n.split(".")[1] for n, _ in text_only.named_parameters() if n.startswith("trainable.")} == {"text"}
     objective = text_only.train()(images, labels)
     assert not objective.tensors["debug/image_features"].requires_grad  # no gradient through the images
     vision = make(clip, encoder="vision")

@@ -46,7 +46,7 @@ def make(clip: CLIP, names: list[str], start: int, seed: int = 3):  # noqa: ANN2
 
 def branch(params: dict[str, torch.Tensor], tower: str, i: int, z: torch.Tensor) -> torch.Tensor:
     """s * up(ReLU(W_sh ReLU(down(z)) + b_sh)) from the raw parameter tensors."""
-    p = lambda name: params[f"prompt.{name}"]  # noqa: E731
+    p = lambda name: params[f"trainable.{name}"]  # noqa: E731
     h = torch.relu(z @ p(f"{tower}_adapter.{i}.down.0.weight").T + p(f"{tower}_adapter.{i}.down.0.bias"))
     h = torch.relu(h @ p(f"shared_adapter.{i}.0.weight").T + p(f"shared_adapter.{i}.0.bias"))
     return SCALE * (h @ p(f"{tower}_adapter.{i}.up.weight").T + p(f"{tower}_adapter.{i}.up.bias"))
@@ -102,8 +102,8 @@ def test_index0_is_the_official_formula_with_plain_index0_gradients(ref, clip: C
     labels = torch.from_numpy(ref.arrays["labels"])
     learner = make(clip, names, start=0)
     named = dict(learner.named_parameters())
-    assert {"prompt.text_adapter.0.down.0.weight", "prompt.visual_adapter.0.up.bias",
-            "prompt.shared_adapter.0.0.weight"} <= set(named)
+    assert {"trainable.text_adapter.0.down.0.weight", "trainable.visual_adapter.0.up.bias",
+            "trainable.shared_adapter.0.0.weight"} <= set(named)
     tokens = learner.tokenize([f"a photo of a {n.replace('_', ' ')}." for n in names])
     plain = {n: p.detach().clone().requires_grad_(True) for n, p in named.items() if p.requires_grad}
     image, text = official_features(clip, plain, tokens, images)

@@ -84,12 +84,12 @@ def test_training_step_draws_and_gradients(clip) -> None:  # noqa: ANN001
     assert learner.last_text_shared_prefix == 0  # dropout: no prefix shared between the classes' prompts
     first.total.backward()
     grads = {n: p.grad for n, p in learner.named_parameters()}
-    unused = [n for n in grads if n.startswith("prompt.text_adapter.0.")]
+    unused = [n for n in grads if n.startswith("trainable.text_adapter.0.")]
     assert len(unused) == 4 and all(grads[n] is None for n in unused)
     assert {id(p) for n, p in learner.named_parameters() if n in unused} <= {id(p) for p in learner.trainable_parameters()}
     assert set(unused) <= set(learner.prompt_state_dict())  # saved and given to the optimizer, as officially
     assert all(grads[n] is not None and grads[n].abs().max() > 0 for n in grads
-               if n.startswith("prompt.visual_adapter.0.") or n.startswith("prompt.text_adapter.2."))
+               if n.startswith("trainable.visual_adapter.0.") or n.startswith("trainable.text_adapter.2."))
 
     still = make(clip, adapter_drop=0.0).train()
     still.inject_draws({"reg_scale": torch.tensor(still.config.adapter_train_scale)})

@@ -101,8 +101,8 @@ from safetensors.torch import load_file
 from mmprompt.checkpoint import load_prompts
 from mmprompt.engine.clip_source import resolve_clip
 saved = load_file({str(tmp_path / "run" / "prompts.safetensors")!r})
-assert sorted(saved) == ["prompt.value.A", "prompt.value.B"], sorted(saved)
-assert float(saved["prompt.value.B"].abs().max()) > 0
+assert sorted(saved) == ["trainable.value.A", "trainable.value.B"], sorted(saved)
+assert float(saved["trainable.value.B"].abs().max()) > 0
 model, _ = resolve_clip({str(weights)!r}, "quick_gelu", "cpu")
 learner = load_prompts({str(tmp_path / "run")!r}, model).eval()
 images = torch.randn(2, 3, 32, 32)
@@ -156,4 +156,25 @@ def test_a_plugin_method_reads_class_descriptions(site: Path, tmp_path: Path) ->
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     from mmprompt.methods import list_methods
 
-    assert not {"probe", "probe_paths", "probe_lora"} & set(list_methods())
+    assert not {"probe", "probe_paths", "probe_lora", "probe_distill"} & set(list_methods())
+
+
+def test_plugin_method_uses_the_teacher_hook(site: Path, tmp_path: Path) -> None:
+    """A plugin learner with ``needs_teacher`` gets the run passed with --teacher, frozen and unsaved; its
+    checkpoint records the teacher's checksum, and without --teacher the run is refused in one line."""
+    data = make_data_root(tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    common = ["--dataset", "eurosat", "--data-root", str(data), "--clip", str(weights), "--clip-activation",
+              "quick_gelu", "--no-progress", "--num-workers", "0", "--shots", "2", "--set", "optim.epochs=1"]
+    teacher = tmp_path / "teacher"
+    run = mmprompt(site, tmp_path, "train", "--method", "coop", "--output", str(teacher), *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    refused = mmprompt(site, tmp_path, "train", "--method", "probe_distill", "--output", str(tmp_path / "x"), *common)
+    assert refused.returncode == 2 and "pass --teacher" in refused.stderr and "Traceback" not in refused.stderr
+    run = mmprompt(site, tmp_path, "train", "--method", "probe_distill", "--output", str(tmp_path / "student"),
+                   "--teacher", str(teacher), *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "student" / "prompts.json").read_text())
+    assert meta["extra"]["teacher"]["method"] == "coop" and len(meta["extra"]["teacher"]["sha256"]) == 64
+    log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert all("kd" in r for r in log if r["event"] == "epoch")

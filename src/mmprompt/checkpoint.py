@@ -21,7 +21,15 @@ from . import __version__
 from .clip.model import CLIP
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes, atomic_write_json
-from .methods import DatasetContext, EncoderOptions, PromptLearner, create_learner, get_method, make_config
+from .methods import (
+    DatasetContext,
+    EncoderOptions,
+    PromptLearner,
+    Teacher,
+    create_learner,
+    get_method,
+    make_config,
+)
 
 FORMAT = "mmprompt-prompts"
 FORMAT_VERSION = 1
@@ -142,9 +150,10 @@ def load_prompts(
     classnames: Sequence[str] | None = None,
     dataset: DatasetContext | None = None,
     encoder: EncoderOptions | None = None,
+    teacher: Teacher | None = None,
 ) -> PromptLearner:
     """Rebuild the learner saved in ``directory`` on ``clip``, for ``classnames`` (default: the trained ones)
-    of ``dataset`` (default: the training dataset).
+    of ``dataset`` (default: the training dataset); ``teacher``: the frozen teacher of a distilling method.
 
     Loading is strict: every trained tensor must be present with its shape. Class-specific CoOp prompts
     cannot be used with other class names.
@@ -170,10 +179,17 @@ def load_prompts(
 
         dataset = keep_descriptions(dataset or trained_on, trained_on)  # the saved ones unless others are given
         names, context = list(classnames), dataset  # build for the described classes directly
-    learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder)
+    learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder,
+                             teacher=teacher)
     learner.trained_on = (tuple(trained), trained_on.name)  # no recorded names: no class list counts as trained
     state = load_file(str(weights))
-    learner.load_prompt_state_dict(state)
+    try:
+        learner.load_prompt_state_dict(state)
+    except ValueError as exc:
+        if teacher is None:
+            raise
+        raise CheckpointError(f"{directory}: the student's prompts do not fit the {teacher.name} "
+                              f"(embedding width {teacher.embed_dim}): {exc}") from None
     new_names = classnames is not None and list(classnames) != list(learner.classnames)
     if new_names or (dataset is not None and dataset != learner.dataset):
         learner.set_classnames(list(classnames) if classnames is not None else learner.classnames, dataset=dataset)

@@ -194,6 +194,28 @@ class ClipSection:
 
 
 @dataclass
+class TeacherSection:
+    """The frozen teacher of a method that distils from one (``needs_teacher``, e.g. PromptKD)."""
+
+    path: str | None = None
+    """An mmprompt run folder or prompt checkpoint (it records its method, CLIP and prompts), or an official
+    teacher checkpoint (a Dassl ``model-best.pth.tar`` / ``model.pth.tar-N`` or its run folder). ``{dataset}``
+    is replaced by the dataset key (one teacher per dataset in a sweep)."""
+    clip: str = "ViT-L/14"
+    """The teacher's CLIP for an official checkpoint (an mmprompt run records its own)."""
+    activation: str | None = None
+    """MLP activation of that CLIP file when it does not say it."""
+
+    def __post_init__(self) -> None:
+        if self.path is not None and (not isinstance(self.path, str) or not self.path):
+            raise ConfigError(f"teacher.path must be a path or null, got {self.path!r}")
+        if not isinstance(self.clip, str) or not self.clip:
+            raise ConfigError(f"teacher.clip must name CLIP weights or a path, got {self.clip!r}")
+        if self.activation not in (None, "quick_gelu", "gelu"):
+            raise ConfigError(f"teacher.activation must be quick_gelu, gelu or null, got {self.activation!r}")
+
+
+@dataclass
 class LogSection:
     """What a run writes besides its results."""
 
@@ -217,6 +239,8 @@ class RunConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     clip: ClipSection = field(default_factory=ClipSection)
     log: LogSection = field(default_factory=LogSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    """The frozen teacher of a distilling method (``--teacher``); unused by other methods."""
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     """How the text encoder runs class prompts (speed and memory only; every option is exact)."""
     precision: str = "fp32"
@@ -318,6 +342,7 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimSection,
     "clip": ClipSection,
     "log": LogSection,
+    "teacher": TeacherSection,
     "encoder": EncoderOptions,
 }
 _LEGACY_ENCODER_FIELDS = ("text_chunk_size", "text_chunk_tokens", "truncate_text", "share_text_prefix")

@@ -16,6 +16,7 @@ from .clip.config import CLIPConfig
 from .clip.model import CLIP
 from .methods import (
     DatasetContext,
+    Teacher,
     canonical_method,
     convert_official_state_dict,
     create_learner,
@@ -28,8 +29,10 @@ logger = logging.getLogger(__name__)
 _FILE = re.compile(r"model\.pth\.tar-(\d+)$")
 
 
-def find_official_checkpoint(directory: str | Path, method: str, epoch: int | None = None) -> Path:
-    """The Dassl checkpoint file in ``directory`` (highest epoch unless ``epoch`` is given)."""
+def find_official_checkpoint(directory: str | Path, method: str, epoch: int | None = None, best: bool = False) -> Path:
+    """The Dassl checkpoint file in ``directory`` (highest epoch unless ``epoch`` is given; ``best``: the
+    ``model-best.pth.tar`` a ``TEST.FINAL_MODEL best_val`` run keeps, e.g. PromptKD's, also used when there is
+    no numbered file)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"official checkpoint folder not found: {directory}")
@@ -43,6 +46,10 @@ def find_official_checkpoint(directory: str | Path, method: str, epoch: int | No
                 candidates.append((int(m.group(1)), f))
     if epoch is not None:
         candidates = [c for c in candidates if c[0] == epoch]
+    bests = [directory / sub / "model-best.pth.tar" for sub in folders]
+    bests = [b for b in bests if b.is_file()]
+    if bests and epoch is None and (best or not candidates):
+        return bests[0]
     if not candidates:
         expected = " or ".join(f"{directory}/{s}/model.pth.tar-<epoch>" for s in folders) or (
             f"nothing: the method table names no official checkpoint folder for {method}")
@@ -78,6 +85,8 @@ def import_official(
     epoch: int | None = None,
     config: Mapping[str, Any] | None = None,
     clip_info: Mapping[str, Any] | None = None,
+    best: bool = False,
+    teacher_arch: str | CLIPConfig = "ViT-L/14",
 ) -> Path:
     """Convert an official checkpoint into an mmprompt prompt checkpoint at ``output``.
 
@@ -98,7 +107,7 @@ def import_official(
             raise ValueError(f"{path}: the checkpoint fixes {clash} (given, in file); drop those --set options")
         values.update(fixed)
     else:
-        path = find_official_checkpoint(directory, method, epoch)
+        path = find_official_checkpoint(directory, method, epoch, best)
         state = convert_official_state_dict(method, read_official_state(path, method))
     if not state:
         raise ValueError(f"{path}: no {method} prompt parameters found in the state dict")
@@ -116,7 +125,8 @@ def import_official(
     # saved with none (the user gives real descriptions to evaluate)
     placeholder = DatasetContext(descriptions={n: [n] for n in names or ["object"]}) \
         if spec.learner.needs_descriptions(cfg) else None
-    learner = create_learner(method, clip, names or ["object"], cfg, dataset=placeholder)
+    teacher = _shape_teacher(spec.learner, cfg, teacher_arch) if spec.learner.needs_teacher else None
+    learner = create_learner(method, clip, names or ["object"], cfg, dataset=placeholder, teacher=teacher)
     learner.load_prompt_state_dict(state)
     if placeholder is not None:
         learner.dataset = DatasetContext()
@@ -124,4 +134,17 @@ def import_official(
         learner.classnames = []
     info = {"imported_from": str(path), **dict(clip_info or {})}
     logger.info("imported %s (%d tensors) from %s", method, len(state), path)
-    return save_prompts(learner, output, clip_info=info)
+    extra = {"teacher_arch": str(teacher_arch) if isinstance(teacher_arch, str) else "(config)"} \
+        if teacher is not None else None  # the teacher itself: --teacher at use
+    return save_prompts(learner, output, clip_info=info, extra=extra)
+
+
+def _shape_teacher(learner: Any, config: Any, arch: str | CLIPConfig) -> Teacher:
+    """The official teacher design of a distilling method on a weightless (meta-device) ``arch`` CLIP: enough to
+    build the student's shapes; evaluation and prediction load the real teacher (``--teacher``)."""
+    from .clip.config import get_config
+
+    method, options = learner.official_teacher(config)
+    with torch.device("meta"):
+        clip = CLIP(get_config(arch) if isinstance(arch, str) else arch)
+    return Teacher(create_learner(method, clip, ["object"], options), {"source": f"(shape only: {arch})"})

@@ -25,8 +25,10 @@ from .methods import (
     DatasetContext,
     EncoderOptions,
     Objective,
+    Teacher,
     config_from_official,
     create_learner,
+    get_method,
     official_to_ours,
 )
 
@@ -97,12 +99,12 @@ def compare(case: str, name: str, ours: torch.Tensor, ref: np.ndarray, rtol: flo
     return TensorCheck(case, name, diff, rel, rel <= rtol, rtol=rtol)
 
 
-def reference_clip(ref: Reference) -> CLIP:
-    """The reference's tiny CLIP (stored as float16; computed in float32)."""
-    state = {k[len("weights/"):]: torch.from_numpy(v.astype(np.float32)) for k, v in ref.arrays.items()
-             if k.startswith("weights/")}
+def reference_clip(ref: Reference, prefix: str = "weights/") -> CLIP:
+    """The reference's tiny CLIP (stored as float16; computed in float32); ``teacher_weights/``: the teacher's."""
+    state = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32)) for k, v in ref.arrays.items()
+             if k.startswith(prefix)}
     if not state:
-        raise ValueError(f"{ref.path}: no 'weights/*' arrays")
+        raise ValueError(f"{ref.path}: no '{prefix}*' arrays")
     model = CLIP(config_from_state_dict(state, activation="quick_gelu"))
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -207,8 +209,10 @@ def check_method_case(
     for key, value in config_overrides.items():
         if hasattr(config, key):
             setattr(config, key, value)
+    teacher = (reference_teacher(ref, method, config, encoder) if get_method(method).learner.needs_teacher
+               else None)
     learner = create_learner(method, model, ref.meta["classnames"], config, dataset=case_dataset(spec),
-                             encoder=encoder)
+                             encoder=encoder, teacher=teacher)
     prefix = f"{case}/param/"
     official = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
     state: dict[str, torch.Tensor] = {}
@@ -220,6 +224,7 @@ def check_method_case(
         state[ours] = torch.from_numpy(value)
         name_map[ours] = off_name
     name_map = learner.current_names(name_map)  # a table written with the former ``prompt.*`` names
+    _add_buffers(learner, method, case, a, state)
     learner.load_prompt_state_dict(state)  # strict: every trainable tensor must be in the reference
     images = torch.from_numpy(a["images"])
     labels = torch.from_numpy(a["labels"])
@@ -253,11 +258,20 @@ def check_method_case(
     term_grads = _term_gradients(learner, objective, case, a)
     raw, held = _gradients(learner, objective)
     params = [n for n, p in learner.named_parameters() if p.requires_grad]
+    zero = set(spec.get("grad_zero", ()))  # mathematically zero: compared with an absolute tolerance
+    largest = max((float(np.abs(v).max()) for k, v in a.items() if k.startswith(f"{case}/grad/") and v.size),
+                  default=0.0)
     for ours, param in learner.named_parameters():
         if not param.requires_grad:
             continue
         off = name_map[ours]
         grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        if off in zero:
+            got = compare(case, f"grad/{off}", grad, a[f"{case}/grad/{off}"])
+            atol = RTOL * largest
+            result.checks.append(TensorCheck(case, got.name, got.max_abs, got.max_abs / largest if largest else 0.0,
+                                             got.max_abs <= atol, f"zero gradient: |error| <= {atol:.3g}"))
+            continue
         result.checks.append(compare(case, f"grad/{off}", grad, a[f"{case}/grad/{off}"]))
         for key in a:  # grad_<term>/: a grad-term's own gradient, or (other names) the total's before transform
             if key.startswith(f"{case}/grad_") and key.endswith(f"/{off}"):
@@ -301,6 +315,45 @@ def _check_step(result: CaseResult, case: str, spec: Mapping[str, Any], learner:
     learner.eval()
     with torch.no_grad():
         result.checks.append(compare(case, "step1/logits", learner(images), a[f"{case}/step1/logits"]))
+
+
+def reference_teacher(ref: Reference, method: str, config: Any, encoder: EncoderOptions | None = None) -> Teacher:
+    """The frozen teacher of a reference case: the method's official teacher design on the reference's
+    ``teacher_weights/`` CLIP, with the official prompt values ``teacher_param/`` (loaded strictly); its text
+    encoder runs as ``encoder`` says (every path is checked)."""
+    learner_cls = get_method(method).learner
+    teacher_method, options = learner_cls.official_teacher(config)
+    clip = reference_clip(ref, "teacher_weights/")
+    teacher = create_learner(teacher_method, clip, ref.meta["classnames"], options, encoder=encoder)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in ref.arrays.items():
+        if key.startswith("teacher_param/"):
+            name = key[len("teacher_param/"):]
+            ours = official_to_ours(teacher_method, name)
+            if ours is None:
+                raise ValueError(f"{ref.path}: teacher parameter {name!r} has no counterpart in {teacher_method}")
+            state[ours] = torch.from_numpy(value.astype(np.float32))
+    if not state:
+        raise ValueError(f"{ref.path}: {method} needs a teacher, but the file has no 'teacher_param/*' arrays")
+    teacher.load_prompt_state_dict(state)
+    return Teacher(teacher, {"source": f"{ref.path}:teacher_param", "method": teacher_method})
+
+
+def _add_buffers(learner: Any, method: str, case: str, arrays: Mapping[str, np.ndarray],
+                 state: dict[str, torch.Tensor]) -> None:
+    """Buffers of trainable modules (BatchNorm running statistics) from ``<case>/buffer/``; those the
+    reference does not hold keep the learner's values."""
+    prefix = f"{case}/buffer/"
+    for key, value in arrays.items():
+        if key.startswith(prefix):
+            ours = official_to_ours(method, key[len(prefix):])
+            if ours is None:
+                raise ValueError(f"{case}: official buffer {key[len(prefix):]!r} has no counterpart in {method}")
+            ours = next(iter(learner.current_names({ours: None})))  # a table with the former ``prompt.*`` names
+            state[ours] = torch.from_numpy(value)
+    for name, value in learner.prompt_state_dict().items():
+        if name not in dict(learner.named_parameters()):
+            state.setdefault(name, value)
 
 
 def _check_learning_rates(result: CaseResult, case: str, spec: Mapping[str, Any], learner: Any,

@@ -93,8 +93,13 @@ class Predictor:
         verify: bool = True,
         precision: str = "fp32",
         allow_torchscript: bool = False,
+        teacher: str | Path | None = None,
+        teacher_clip: str = "ViT-L/14",
     ) -> Predictor:
         """Load prompts saved by :func:`mmprompt.checkpoint.save_prompts`.
+
+        A student of a distilling method (PromptKD) also loads its frozen teacher: ``teacher`` (a run,
+        prompt checkpoint or official checkpoint) or the one the checkpoint records (same SHA-256).
 
         The CLIP is the one recorded in the checkpoint (``clip_info``: registry name or path, checked
         against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path.
@@ -108,7 +113,12 @@ class Predictor:
             model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
         else:
             model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
-        learner = load_prompts(directory, model)
+        from .engine.teacher import teacher_for_checkpoint
+
+        frozen = teacher_for_checkpoint(directory, model, source=teacher, teacher_clip=teacher_clip)
+        learner = load_prompts(directory, model, teacher=frozen)
+        if frozen is not None:
+            frozen.to(device=device)
         return cls(learner.to(device), precision=precision)
 
     @classmethod

@@ -208,6 +208,10 @@ class BenchSettings:
     """Run each (class count, path) in a fresh child process."""
     memory_limit_gb: float = 0.0
     """Kill a CPU child whose resident set exceeds this (0: 80% of the memory available at start)."""
+    teacher_arch: str = ""
+    """Methods that distil from a teacher (PromptKD): the teacher CLIP's shape, random weights, with the method's
+    official teacher design (empty: ViT-L/14 for a ViT-B student, else ``arch``). The reference path re-encodes
+    the teacher's class text at every call, as the official code does."""
     fp32_baseline: bool = True
     """With bf16 / fp16: also time the default path's training step in fp32 (``fp32_default``) and
     report the ratio (``precision_speedup``), measured in the same run."""
@@ -391,7 +395,11 @@ def measure_path(
     if get_method(settings.method).learner.needs_descriptions(config):
         dataset = DatasetContext(descriptions=synthetic_descriptions(names, seed=settings.seed))
         result.config["synthetic_descriptions_per_class"] = SYNTHETIC_DESCRIPTIONS
-    learner = create_learner(settings.method, clip, names, config, encoder=encoder, dataset=dataset).to(device)
+    from .teacher import bench_teacher
+
+    teacher = bench_teacher(settings, path, config, encoder, names, device)
+    learner = create_learner(settings.method, clip, names, config, encoder=encoder, dataset=dataset,
+                             teacher=teacher).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
     probe = _Probe(settings, learner, autocast, memory, result)

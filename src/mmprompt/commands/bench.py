@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="maple", help="prompt learner (default: maple)")
     parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture (default: ViT-B/16)")
     parser.add_argument("--weights", default="", help="pretrained weights name or path (default: --arch)")
+    parser.add_argument("--teacher-arch", default="",
+                        help="methods with a teacher (promptkd): the teacher's architecture, random weights (default: "
+                        "ViT-L/14 for a ViT-B student, else --arch)")
     parser.add_argument(
         "--random-weights",
         action="store_true",

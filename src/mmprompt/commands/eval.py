@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .train import add_custom_data_arguments, add_descriptions_argument, add_torchscript_argument
+from .train import (
+    add_custom_data_arguments,
+    add_descriptions_argument,
+    add_teacher_argument,
+    add_torchscript_argument,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the dataset's few-shot selection (default 1)")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    add_teacher_argument(parser)
     parser.add_argument("--batch-size", type=int, default=100, help="test batch size (default 100)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", default="auto")
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.clip_source import load_clip_from_info, resolve_clip
     from ..engine.distributed import init_distributed
     from ..engine.run import dataset_context, evaluate_split
+    from ..engine.teacher import teacher_for_checkpoint
     from ..fileio import atomic_write_json
     from ..methods import canonical_method, create_learner
     from .train import quiet_other_ranks
@@ -115,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
         templates = args.template or [splits.template]
         learner = create_learner("zeroshot", clip, splits.classnames, {"templates": templates})
     else:
+        teacher = teacher_for_checkpoint(args.checkpoint, clip, list(splits.classnames), args.teacher,
+                                         args.teacher_clip)
         learner = load_prompts(args.checkpoint, clip, classnames=splits.classnames,
-                               dataset=dataset_context(splits, cfg))
+                               dataset=dataset_context(splits, cfg), teacher=teacher)
+        method = learner.method
     learner = learner.to(ctx.device)
     result = evaluate_split(learner, splits, cfg, ctx, progress=not args.no_progress,
                             desc=f"{splits.name} {args.subsample}", path=args.path)

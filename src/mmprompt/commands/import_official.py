@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch", type=int, default=None, help="epoch to import (default: the last one)")
     parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture the prompts were trained on")
     parser.add_argument("--clip-name", default=None, help="name or path of the CLIP weights, recorded in the checkpoint")
+    parser.add_argument("--best", action="store_true",
+                        help="import model-best.pth.tar (a TEST.FINAL_MODEL best_val run, e.g. PromptKD's reported model)")
+    parser.add_argument("--teacher-arch", default="ViT-L/14",
+                        help="distilling methods (promptkd): the teacher's CLIP architecture, which fixes the student's "
+                        "projector width (default ViT-L/14); pass the teacher itself with --teacher to eval/predict")
     parser.add_argument("--classnames", default=None,
                         help="class names the prompts were trained on: comma-separated, or a file with one per line")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -53,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         epoch=args.epoch,
         config=overrides,
         clip_info={"name": args.clip_name or args.arch},
+        best=args.best,
+        teacher_arch=args.teacher_arch,
     )
     print(f"wrote {out}")
     return 0

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", metavar="PATH",
                         help="inference path of a method that has several (MMRL: base | novel; default: base with the "
                              "trained classes, novel with other --classes)")
+    from .train import add_teacher_argument
+
+    add_teacher_argument(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
@@ -104,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
-                                              allow_torchscript=args.allow_torchscript)
+                                              allow_torchscript=args.allow_torchscript, teacher=args.teacher,
+                                              teacher_clip=args.teacher_clip)
         if classes or args.descriptions:
             predictor.set_classes(classes, descriptions=args.descriptions)
         predictor.path = args.path

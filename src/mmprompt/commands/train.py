@@ -60,6 +60,10 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in pairs:
         if value is not None:
             out[key] = value
+    if getattr(args, "teacher", None):
+        out["teacher.path"] = str(args.teacher)
+    if getattr(args, "teacher_clip", None):
+        out["teacher.clip"] = str(args.teacher_clip)
     if getattr(args, "no_progress", False):
         out["log.progress"] = False
     if getattr(args, "skip_corrupt", False):
@@ -125,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: continue although settings that change results differ (e.g. a lower "
                         "optim.lr after a NaN stop); the changes are recorded in log.jsonl and metrics.json")
     add_custom_data_arguments(parser)
+    add_teacher_argument(parser, train=True)
     add_torchscript_argument(parser)
 
 
@@ -134,6 +139,17 @@ def add_custom_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--classnames", metavar="FILE",
                    help="class-names file: label order and names (needed for a CSV with integer labels)")
     g.add_argument("--split-file", metavar="FILE", help="a split file in CoOp's format (paths relative to the data)")
+
+
+def add_teacher_argument(parser: argparse.ArgumentParser, train: bool = False) -> None:
+    """``--teacher`` and ``--teacher-clip`` for methods that distil from a frozen teacher (PromptKD)."""
+    g = parser.add_argument_group("teacher (methods that distil from one, e.g. promptkd)")
+    g.add_argument("--teacher", metavar="RUN_DIR_OR_CKPT",
+                   help="the frozen teacher: an mmprompt run or prompt checkpoint (e.g. promptsrc on ViT-L/14), or "
+                   "an official teacher checkpoint; {dataset} is replaced by the dataset key"
+                   + ("" if train else " (default: the one the checkpoint records)"))
+    g.add_argument("--teacher-clip", metavar="WEIGHTS", default=None if train else "ViT-L/14",
+                   help="the teacher's CLIP for an official teacher checkpoint (default ViT-L/14)")
 
 
 def add_torchscript_argument(parser: argparse.ArgumentParser) -> None:
@@ -152,12 +168,14 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed
     from ..engine.fit import refuse_explicit_depths
     from ..engine.run import is_done, load_splits, run_experiment
+    from ..engine.teacher import require_teacher
     from ..runlock import check_unlocked
 
     cfg = resolve_config(args, args.dataset)
     if not cfg.data.dataset or not cfg.data.root or not cfg.output:
         logger.error("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in the config)")
         return 2
+    require_teacher(cfg)  # before any weights or data are read
     output = Path(cfg.output)
     check_unlocked(output)  # a run in progress there: say so, not "pass --resume"
     started = output.exists() and any((output / f).exists() for f in ("checkpoint", "metrics.json", "prompts.json"))
@@ -184,5 +202,8 @@ def run(args: argparse.Namespace) -> int:
         for name, res in metrics["eval"].items():
             print(f"{name}: top-1 {res['accuracy']:.2f}% ({res['correct']}/{res['total']}), "
                   f"mean per-class {res['mean_per_class_accuracy']:.2f}%")
+        if metrics.get("transductive"):
+            print(f"transductive: trained on {metrics.get('train_images')} unlabelled images of all "
+                  f"{cfg.data.dataset} classes (not comparable with inductive runs)")
         print(f"prompts and metrics in {output}")
     return 0

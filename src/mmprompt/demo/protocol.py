@@ -60,8 +60,39 @@ def run_demo(
     output = Path(output)
     data_root = Path(data_root) if data_root is not None else output / "data"
     generate_demo_dataset(data_root)
-    overrides = [*COMMON_OVERRIDES, *demo_overrides(methods, quick), *extra_overrides]
+    teachers = demo_teachers(output, methods, data_root, quick, progress, extra_overrides)
+    overrides = [*COMMON_OVERRIDES, *demo_overrides(methods, quick), *teachers, *extra_overrides]
     return run_base2novel(
         list(methods), ["mmprompt_demo"], list(seeds), data_root, "demo", output / "runs",
         overrides=overrides, progress=progress, device="cpu",
     )
+
+
+TEACHER_METHOD = "promptsrc"
+"""What the demo trains first as the teacher of a distilling method (PromptKD's official teachers are PromptSRC)."""
+
+
+def demo_teachers(output: Path, methods: Sequence[str], data_root: Path, quick: bool, progress: bool,
+                  extra_overrides: Sequence[str] = ()) -> list[str]:
+    """``METHOD:teacher.path=...`` for each method that distils from a teacher (PromptKD) and was given none:
+    the demo first trains PromptSRC on the demo world's base classes (seed 1, its demo recipe), as a user would,
+    and that run is the teacher. It uses the same demo CLIP as the student (there is no larger demo CLIP), so it
+    shows the mechanics of distillation, not the gain of a larger teacher."""
+    from ..methods import get_method
+    from ..protocols import run_base2novel
+
+    given = {o.split(":", 1)[0] for o in extra_overrides if "teacher.path=" in o}
+    needs = [m for m in methods if get_method(m).learner.needs_teacher and m not in given
+             and not any(o.startswith("teacher.path=") for o in extra_overrides)]
+    if not needs:
+        return []
+    folder = output / "teacher"
+    logger.info("training the demo teacher (%s, seed 1) for %s", TEACHER_METHOD, ", ".join(needs))
+    run_base2novel([TEACHER_METHOD], ["mmprompt_demo"], [1], data_root, "demo", folder,
+                   overrides=[*COMMON_OVERRIDES, *demo_overrides([TEACHER_METHOD], quick)], progress=progress,
+                   device="cpu")
+    found = sorted(folder.glob(f"{TEACHER_METHOD}/mmprompt_demo/*/seed1"))
+    if not found or not (found[0] / "prompts.json").is_file():
+        raise RuntimeError(f"the demo teacher run did not finish under {folder}")
+    return [f"{m}:teacher.path={found[0].absolute()}" for m in needs]
+

@@ -7,6 +7,7 @@ A run folder holds ``config.yaml`` (written first), ``log.jsonl``, ``tb/``, ``ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,11 +20,13 @@ from ..clip.model import CLIP
 from ..config import RunConfig
 from ..data.preflight import check_run_images
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..methods import DatasetContext, PromptLearner, create_learner
+from ..methods import DatasetContext, PromptLearner, Teacher, create_learner, get_method
 from .checkpoint import saved_train_summary, seed_everything
 from .cost import CostMeter, count_parameters
 from .distributed import DistContext, barrier
 from .evaluate import EvalResult, evaluate
+from .teacher import RECORD_KEY as TEACHER_KEY
+from .teacher import teacher_for, teacher_for_checkpoint, teacher_record
 from .train import TrainResult, train
 
 __all__ = [
@@ -146,23 +149,59 @@ def check_descriptions_cover(cfg: RunConfig, splits_list: list[Any]) -> None:
         match_descriptions(list(splits.classnames), context.descriptions, context.descriptions_source or "")
 
 
-def build_learner(cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
-    """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits``."""
+def build_learner(cfg: RunConfig, clip: CLIP, splits: Any, teacher: Teacher | None = None) -> PromptLearner:
+    """The learner of ``cfg.method`` on ``clip`` for the classes and dataset context of ``splits`` (with the
+    frozen ``teacher`` of a distilling method; loaded from ``cfg.teacher`` when not given)."""
     from ..methods import get_method
 
     if cfg.data.descriptions and not get_method(cfg.method.name).learner.uses_descriptions:
         logger.warning("%s does not read class descriptions; data.descriptions (%s) is ignored", cfg.method.name,
                        cfg.data.descriptions)
+    if teacher is None:
+        teacher = teacher_for(cfg, clip, list(splits.classnames), dataset=getattr(splits, "name", None))
     learner = create_learner(cfg.method.name, clip, list(splits.classnames), cfg.method.options,
-                             dataset=dataset_context(splits, cfg), encoder=cfg.encoder)
+                             dataset=dataset_context(splits, cfg), encoder=cfg.encoder, teacher=teacher)
     return learner.to(next(clip.parameters()).device)
 
 
 def learner_for_eval(run_dir: str | Path, cfg: RunConfig, clip: CLIP, splits: Any) -> PromptLearner:
-    """The run's trained prompts pointed at ``splits``' classes and dataset."""
+    """The run's trained prompts pointed at ``splits``' classes and dataset (with the teacher the run
+    recorded, or ``cfg.teacher``'s if it has the same SHA-256)."""
+    teacher = teacher_for_checkpoint(run_dir, clip, list(splits.classnames), cfg.teacher.path, cfg.teacher.clip)
     learner = load_prompts(run_dir, clip, classnames=list(splits.classnames), dataset=dataset_context(splits, cfg),
-                           encoder=cfg.encoder)
+                           encoder=cfg.encoder, teacher=teacher)
     return learner.to(next(clip.parameters()).device)
+
+
+class UnlabelledImage:
+    """A training image of a transductive run: its path only (``label`` is a constant -1 and ``classname``
+    empty: never a class)."""
+
+    __slots__ = ("path",)
+    label = -1
+    classname = ""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+
+    def resolve(self, image_dir: str | Path) -> Path:
+        """Absolute path of the image, given the image folder the path is relative to."""
+        return Path(image_dir) / self.path
+
+
+def transductive_samples(samples: Any) -> list[UnlabelledImage]:
+    """The images of ``samples`` without their labels (only ``path`` is read)."""
+    return [UnlabelledImage(s.path) for s in samples]
+
+
+def transductive_splits(cfg: RunConfig, splits: Any, ctx: DistContext | None = None) -> Any:
+    """What a transductive learner trains on: the full training split (no few-shot sampling) of every class
+    of the dataset; ``splits`` itself when it is that already."""
+    if cfg.data.subsample == "all" and cfg.data.shots < 1:
+        return splits
+    logger.info("transductive method: training on the unlabelled full training split of all %s classes",
+                cfg.data.dataset)
+    return load_splits(cfg, subsample="all", shots=0, ctx=ctx)
 
 
 def evaluate_split(
@@ -245,7 +284,12 @@ def _run_experiment(
     start = time.perf_counter()
     meter = CostMeter(ctx.device)  # cost accounting
     seed_everything(cfg.data.seed)
+    transductive = get_method(cfg.method.name).learner.transductive
+    if transductive:
+        train_splits = transductive_splits(cfg, train_splits, ctx)
     learner = build_learner(cfg, clip, train_splits)
+    if transductive:  # from here on the training images carry no labels (only their paths are read)
+        train_splits = dataclasses.replace(train_splits, train=transductive_samples(train_splits.train))
     train_splits, evals, data_check = check_run_images(  # issue 15: pre-flight image check
         train_splits, evals, check_train=bool(learner.trainable_parameters()), skip_corrupt=cfg.data.skip_corrupt,
         write_cache=ctx.is_main)
@@ -267,6 +311,10 @@ def _run_experiment(
         "dataset": train_splits.name, "subsample": cfg.data.subsample, "shots": cfg.data.shots,
         "seed": cfg.data.seed, "epochs": cfg.optim.epochs if trained else 0, **dict(extra or {}),
     }
+    if transductive:  # results of unlabelled training on the evaluation classes are reported apart
+        info.update({"transductive": True, "shots": 0, "train_images": len(train_splits.train)})
+    if learner.teacher is not None:
+        info[TEACHER_KEY] = teacher_record(learner.teacher)
     if ctx.is_main:
         save_prompts(learner, run_dir, clip_info=dict(clip_info), extra=info)
     results: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..errors import CheckpointError
-from ..methods import Objective, PromptLearner
+from ..methods import NoLabels, Objective, PromptLearner
 from .checkpoint import (
     capture_rng,
     check_resume,
@@ -216,6 +216,9 @@ def setup_training(
     optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay, opt.optimizer, opt.adam_betas,
                                 opt.adam_eps)
     values = resume_values(cfg, samples)
+    teacher = getattr(learner, "teacher", None)
+    if teacher is not None:  # another teacher file changes results: a resume with it is refused
+        values["teacher.sha256"] = teacher.info.get("sha256")
     return TrainSession(
         learner=learner,
         model=_wrap_ddp(learner, ctx, device),
@@ -331,8 +334,9 @@ def train(
             save_training_state(session, epoch + 1, record)
             session.writer.write({"event": "epoch", **record}, (epoch + 1) * session.steps_per_epoch, "epoch")
             terms = ", ".join(f"{k} {record[k]:.4f}" for k in record.get("terms", []))
-            logger.info("epoch %d/%d: loss %.4f%s, acc %.2f%%, lr %.3g (%.1fs)", epoch + 1, epochs, record["loss"],
-                        f" ({terms})" if terms else "", record["acc"], record["lr"], record["seconds"])
+            acc = "no labels" if record["acc"] is None else f"acc {record['acc']:.2f}%"
+            logger.info("epoch %d/%d: loss %.4f%s, %s, lr %.3g (%.1fs)", epoch + 1, epochs, record["loss"],
+                        f" ({terms})" if terms else "", acc, record["lr"], record["seconds"])
             if session.ctx.enabled:
                 torch.distributed.barrier()
             if on_epoch_end is not None:
@@ -421,6 +425,7 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
     accum = cfg.optim.grad_accum
     s.sampler.set_epoch(epoch)
     s.learner.train()
+    unlabelled = s.learner.transductive
     lr = s.optimizer.param_groups[0]["lr"]
     names: list[str] = []
     totals: Tensor | None = None  # per name (terms, then loss): sum of value x batch; then correct, count
@@ -433,8 +438,9 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
     try:
         for micro, batch in _micro_batches(s.loader):
             images = batch.images.to(device, non_blocking=True)
-            labels = batch.labels.to(device, non_blocking=True)
-            n = labels.numel()
+            n = images.shape[0]
+            # a transductive learner trains on images only: its objective gets an object that refuses any use
+            labels = NoLabels(n) if unlabelled else batch.labels.to(device, non_blocking=True)
             last_of_step = (micro + 1) % accum == 0 or micro + 1 == n_micro
             sync = contextlib.nullcontext() if (last_of_step or not ctx.enabled) else s.model.no_sync()
             with sync:
@@ -453,7 +459,8 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
                     names = [k for k in values if k != "loss"] + ["loss"]
                     totals = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
                 logits = objective.logits
-                correct = (logits.argmax(dim=-1) == labels).sum().double() if logits is not None else 0.0
+                correct = (logits.argmax(dim=-1) == labels).sum().double() if logits is not None and not unlabelled \
+                    else 0.0
                 row = [values[k].double() * n for k in names]
                 totals += torch.stack([*row, torch.as_tensor(correct, dtype=torch.float64, device=device),
                                        torch.tensor(float(n), dtype=torch.float64, device=device)])
@@ -461,7 +468,8 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
             step_in_epoch = micro // accum
             if last_of_step and (step_in_epoch + 1) % cfg.log.every == 0:
                 rec = {"event": "step", "epoch": epoch + 1, "step": step_in_epoch + 1, "lr": lr,
-                       **{k: float(values[k]) for k in names}, "acc": 100.0 * float(correct) / n}
+                       **{k: float(values[k]) for k in names},
+                       "acc": None if unlabelled else 100.0 * float(correct) / n}
                 s.writer.write(rec, epoch * s.steps_per_epoch + step_in_epoch + 1, "train")
                 bar.set_postfix({k: f"{rec[k]:.4f}" for k in names} | {"lr": f"{lr:.2e}"})
     finally:
@@ -472,7 +480,8 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
     all_reduce_sum(totals, ctx)
     count = max(float(totals[-1]), 1.0)
     means = {k: float(totals[i]) / count for i, k in enumerate(names)}
-    return {"epoch": epoch + 1, "lr": lr, **means, "acc": 100.0 * float(totals[-2]) / count,
+    acc = None if unlabelled else 100.0 * float(totals[-2]) / count  # no labels: no training accuracy
+    return {"epoch": epoch + 1, "lr": lr, **means, "acc": acc,
             "terms": [k for k in names if k != "loss"], "seconds": time.perf_counter() - t0}
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..clip.model import CLIP
 from .base import MethodConfig, PromptLearner, is_trainable
-from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
+from .contract import DatasetContext, EncoderOptions, NoLabels, Objective, cross_entropy_objective
 from .learner import ParameterGroup, legacy_name
 from .table import (
     ENTRY_POINT_GROUP,
@@ -34,6 +34,7 @@ from .table import (
     reload_plugins,
     unregister,
 )
+from .teacher import Teacher, TeacherMismatchError
 from .wrapper import LearnerWrapper
 
 
@@ -45,13 +46,17 @@ def create_learner(
     *,
     dataset: DatasetContext | None = None,
     encoder: EncoderOptions | None = None,
+    teacher: Teacher | None = None,
 ) -> PromptLearner:
-    """Build the prompt learner ``method`` on a (frozen) CLIP for ``classnames`` of ``dataset``."""
+    """Build the prompt learner ``method`` on a (frozen) CLIP for ``classnames`` of ``dataset`` (with its
+    frozen ``teacher`` when the method declares ``needs_teacher``; ignored otherwise)."""
     spec = get_method(method)
     if config is None or isinstance(config, Mapping):
         config = make_config(method, config)
     if not isinstance(config, spec.config):
         raise TypeError(f"{method} needs a {spec.config.__name__}, got {type(config).__name__}")
+    if spec.learner.needs_teacher:
+        return spec.learner(clip, classnames, config, dataset=dataset, encoder=encoder, teacher=teacher)
     return spec.learner(clip, classnames, config, dataset=dataset, encoder=encoder)
 
 
@@ -73,9 +78,12 @@ __all__ = [
     "LearnerWrapper",
     "MethodConfig",
     "MethodSpec",
+    "NoLabels",
     "Objective",
     "ParameterGroup",
     "PromptLearner",
+    "Teacher",
+    "TeacherMismatchError",
     "all_methods",
     "canonical_method",
     "method_variant",

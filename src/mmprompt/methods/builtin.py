@@ -20,6 +20,9 @@ from . import (
     vpt,
     zeroshot,
 )
+from .promptkd import OFFICIAL_NAMES as PROMPTKD_NAMES
+from .promptkd import PromptKD, PromptKDConfig
+from .promptkd import from_official as promptkd_from_official
 from .table import MethodSpec
 
 _DEEP = {"N_CTX_TEXT": "n_ctx_text", "N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_TEXT": "depth_text",
@@ -100,4 +103,9 @@ BUILTIN: dict[str, MethodSpec] = {spec.name: spec for spec in (
                description="MMA++: multi-modal adaptation with scale consistency (Yang et al., TPAMI 2026)",
                demo_overrides=("method.adapter_start=2", "method.adapter_end=4", "method.input_prompts=hc"),
                quick_overrides=("optim.epochs=10",)),
+    MethodSpec("promptkd", PromptKD, PromptKDConfig, {"base2novel": "promptkd_b2n", "transfer": "promptkd_xd"},
+               PROMPTKD_NAMES, promptkd_from_official, official_folders=_VL,
+               description="PromptKD (Li et al., CVPR 2024): label-free distillation from a prompted teacher "
+               "(transductive; needs --teacher)",
+               demo_overrides=("method.depth_vision=3",), quick_overrides=("optim.epochs=4",)),
 )}

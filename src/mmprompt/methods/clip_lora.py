@@ -219,7 +219,7 @@ class CLIPLoRA(PromptLearner):
         detach = cfg.dropout_rate == 0 and cfg.official_dropout0_gradient
         self.lora_blocks = cfg.blocks(self.clip)
         for tower, indices in self.lora_blocks.items():
-            setattr(self.prompt, tower, nn.ModuleDict({
+            setattr(self.trainable, tower, nn.ModuleDict({
                 str(i): nn.ModuleDict({PROJ_NAMES[p]: LoRADelta(widths[tower], cfg.r, cfg.scaling, dropout, detach,
                                                                  cfg.official_branch)
                                        for p in cfg.params})
@@ -231,7 +231,7 @@ class CLIPLoRA(PromptLearner):
         """The rank, the encoder and the projections the saved matrices fix."""
         towers, params, rank = set(), set(), None
         for name, value in state.items():
-            m = re.fullmatch(r"prompt\.(text|visual)\.\d+\.(q_proj|k_proj|v_proj|proj)\.w_lora_A", name)
+            m = re.fullmatch(r"trainable\.(text|visual)\.\d+\.(q_proj|k_proj|v_proj|proj)\.w_lora_A", name)
             if m:
                 towers.add(m.group(1))
                 params.add(next(k for k, v in PROJ_NAMES.items() if v == m.group(2)))
@@ -256,7 +256,7 @@ class CLIPLoRA(PromptLearner):
             if tower not in self.lora_blocks:
                 out.append(None)
                 continue
-            modules = getattr(self.prompt, tower)
+            modules = getattr(self.trainable, tower)
             slots: list[AttentionDeltas | None] = [None] * layers
             for i in self.lora_blocks[tower]:
                 block = modules[str(i)]
@@ -336,9 +336,9 @@ class CLIPLoRA(PromptLearner):
 
 
 OFFICIAL_NAMES = {
-    r"transformer\.resblocks\.(\d+)\.attn\.(q_proj|k_proj|v_proj|proj)\.(w_lora_[AB])": r"prompt.text.\1.\2.\3",
+    r"transformer\.resblocks\.(\d+)\.attn\.(q_proj|k_proj|v_proj|proj)\.(w_lora_[AB])": r"trainable.text.\1.\2.\3",
     r"visual\.transformer\.resblocks\.(\d+)\.attn\.(q_proj|k_proj|v_proj|proj)\.(w_lora_[AB])":
-        r"prompt.visual.\1.\2.\3",
+        r"trainable.visual.\1.\2.\3",
 }
 """Official names: the CLIP's ``named_parameters()`` after ``apply_lora``."""
 
@@ -392,5 +392,5 @@ def read_official(path: str | Path, clip_config: CLIPConfig) -> tuple[dict[str, 
         tower, i = order[n]
         for proj, mats in weights[key].items():
             for mat in ("w_lora_A", "w_lora_B"):
-                state[f"prompt.{tower}.{i}.{proj}.{mat}"] = mats[mat].float()
+                state[f"trainable.{tower}.{i}.{proj}.{mat}"] = mats[mat].float()
     return state, values

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ..checks import check_bool, check_int
 
-__all__ = ["DatasetContext", "EncoderOptions", "Objective", "cross_entropy_objective"]
+__all__ = ["DatasetContext", "EncoderOptions", "LabelsUnavailableError", "NoLabels", "Objective",
+           "cross_entropy_objective"]
 
 
 @dataclass
@@ -104,3 +105,29 @@ class EncoderOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class LabelsUnavailableError(RuntimeError):
+    """A transductive learner tried to read the labels of its (unlabelled) training batch."""
+
+
+class NoLabels:
+    """What a transductive learner's :meth:`objective` gets instead of labels: any use raises
+    :class:`LabelsUnavailableError` (the engine trains such learners on images only)."""
+
+    __slots__ = ("batch_size",)
+
+    def __init__(self, batch_size: int) -> None:
+        object.__setattr__(self, "batch_size", int(batch_size))
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise LabelsUnavailableError("transductive training has no labels: the objective must not read them")
+
+    def __getattr__(self, name: str) -> Any:
+        self._refuse()
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        raise LabelsUnavailableError("transductive training has no labels: the objective must not read them")
+
+    __len__ = __iter__ = __getitem__ = __index__ = __int__ = __bool__ = __array__ = __eq__ = __hash__ = _refuse

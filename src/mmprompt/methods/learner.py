@@ -28,6 +28,7 @@ from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts, me
 from ..clip.tokenizer import Tokenizer
 from .contract import DatasetContext, EncoderOptions, Objective, cross_entropy_objective
 from .encoding import TextEncoding, clean_classnames
+from .teacher import Teacher
 
 __all__ = ["LEGACY_CONTAINER", "TRAINABLE_CONTAINER", "TRAINABLE_PREFIX", "MethodConfig", "ParameterGroup", "PromptLearner",
            "is_trainable", "legacy_name"]
@@ -69,6 +70,16 @@ class MethodConfig:
         """Validate the fields (subclasses extend this)."""
 
 
+class TeacherRequiredError(ValueError):
+    """A learner with ``needs_teacher`` was built without a teacher."""
+
+
+def _persistent(module: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return leaf not in sub._non_persistent_buffers_set
+
+
 class PromptLearner(TextEncoding, nn.Module):
     """A frozen CLIP, trainable modules under ``self.trainable``, logits and a training objective.
 
@@ -81,6 +92,14 @@ class PromptLearner(TextEncoding, nn.Module):
     """True when class text features depend on the image (CoCoOp): no caching across images."""
     class_specific: ClassVar[bool] = False
     """True when prompts are tied to the training class names (class-specific CoOp)."""
+    needs_teacher: ClassVar[bool] = False
+    """True when the learner distils from a frozen teacher (PromptKD): the engine then loads the teacher
+    (``--teacher RUN_DIR_OR_CKPT``) and passes it as ``teacher=`` to the constructor, where it is
+    ``self.teacher`` before :meth:`build_prompts` runs. The teacher is never saved with the student."""
+    transductive: ClassVar[bool] = False
+    """True when the learner trains on UNLABELLED images of the evaluation classes (PromptKD): the engine
+    then trains on the full training split of every class of the dataset (no few-shot sampling) and
+    gives :meth:`objective` a :class:`~mmprompt.methods.contract.NoLabels` object instead of labels."""
     uses_descriptions: ClassVar[bool] = False
     """True when the method reads class descriptions (``self.dataset.descriptions``, from ``--descriptions
     FILE``); see :meth:`needs_descriptions`."""
@@ -96,6 +115,7 @@ class PromptLearner(TextEncoding, nn.Module):
         *,
         dataset: DatasetContext | None = None,
         encoder: EncoderOptions | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         config.check_model(clip)
@@ -104,6 +124,12 @@ class PromptLearner(TextEncoding, nn.Module):
         self.clip = clip
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer or clip.get_tokenizer()
+        if self.needs_teacher and teacher is None:
+            raise TeacherRequiredError(f"{self.method} distils from a teacher: pass --teacher RUN_DIR_OR_CKPT "
+                                       "(an mmprompt run or prompt checkpoint, or an official teacher checkpoint)")
+        self.teacher = teacher if self.needs_teacher else None
+        if self.teacher is not None:
+            self.check_teacher(self.teacher)
         self.dataset = dataset or DatasetContext()
         self._teacher_cache: dict[tuple[Any, ...], Tensor] = {}
         self._said_slow = False
@@ -316,6 +342,18 @@ class PromptLearner(TextEncoding, nn.Module):
         """Config values that the shapes of saved trainable tensors fix (``import-official``)."""
         return {}
 
+    # ----- a teacher (PromptKD; docs/writing-a-method.md) --------------------------------------------
+    @classmethod
+    def official_teacher(cls, config: MethodConfig) -> tuple[str, dict[str, Any]]:
+        """For a learner with ``needs_teacher``: the method and options of the teacher that the official
+        code builds (what an official teacher checkpoint holds; ``mmprompt parity`` builds it the same way)."""
+        raise NotImplementedError(f"{cls.method} names no official teacher design")
+
+    def check_teacher(self, teacher: Teacher) -> None:
+        """Raise :class:`~mmprompt.methods.teacher.TeacherMismatchError` when ``teacher`` does not fit this
+        learner (default: nothing to check)."""
+
+    # ----- class descriptions (MMA++) ----------------------------------------------------------------
     @classmethod
     def needs_descriptions(cls, config: MethodConfig) -> bool:
         """Whether ``config`` cannot run without class descriptions (default: False). The learner reads
@@ -358,12 +396,19 @@ class PromptLearner(TextEncoding, nn.Module):
         """The trainable parameters by full name (``trainable.*``), in registration order."""
         return {n: p for n, p in self.named_parameters() if is_trainable(n)}
 
+    def _prompt_tensors(self) -> dict[str, Tensor]:
+        """The trainable parameters and the persistent buffers of trainable modules (e.g. a BatchNorm's
+        running statistics under ``trainable``), by full name."""
+        own: dict[str, Tensor] = dict(self.named_trainable())
+        own.update({n: b for n, b in self.named_buffers() if is_trainable(n) and _persistent(self, n)})
+        return own
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.named_trainable().values())
 
     def prompt_state_dict(self) -> dict[str, Tensor]:
-        """The trainable tensors only, detached, keyed by their full names."""
-        return {n: p.detach().clone() for n, p in self.named_trainable().items()}
+        """The trainable tensors (and the buffers of trainable modules), detached, keyed by full names."""
+        return {n: p.detach().clone() for n, p in self._prompt_tensors().items()}
 
     def current_names(self, state: Mapping[str, Any], own: Sequence[str] | None = None) -> dict[str, Any]:
         """``state`` with keys written under the former container name (``prompt.*``, see
@@ -375,7 +420,7 @@ class PromptLearner(TextEncoding, nn.Module):
     def load_prompt_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Load prompts strictly: every trainable tensor, with its shape, and nothing else. Names written
         before the rename (``prompt.*``) are accepted."""
-        own = self.named_trainable()
+        own = self._prompt_tensors()
         state = self.current_names(state, list(own))
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

@@ -217,7 +217,7 @@ class MMAPP(MMA):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.config.adapter_start == 0:  # never called: saved and given to the optimizer, but no gradient
-            self.prompt.text_adapter["0"].requires_grad_(False)  # (so data parallelism does not wait for one)
+            self.trainable.text_adapter["0"].requires_grad_(False)  # (so data parallelism does not wait for one)
 
     @classmethod
     def needs_descriptions(cls, config: MethodConfig) -> bool:
@@ -292,8 +292,8 @@ class MMAPP(MMA):
     # ----- adapters ----------------------------------------------------------------------------------
     def adapter(self, tower: str, index: int) -> Adapter:
         """``z -> a * up(Drop(ReLU(W_sh ReLU(down(z)) + b_sh)))`` with the current pass's scale and dropout."""
-        own: TowerAdapter = getattr(self.prompt, f"{tower}_adapter")[str(index)]
-        shared: nn.Linear = self.prompt.shared_adapter[str(index)][0]
+        own: TowerAdapter = getattr(self.trainable, f"{tower}_adapter")[str(index)]
+        shared: nn.Linear = self.trainable.shared_adapter[str(index)][0]
 
         def branch(z: Tensor) -> Tensor:
             h = F.relu(own.down[0](z.to(own.up.weight.dtype)))

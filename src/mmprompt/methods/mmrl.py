@@ -179,8 +179,8 @@ class SharedAligner(nn.Module):
 
 
 class MMRL(PromptLearner):
-    """MMRL (see the module docstring). Trainable: ``prompt.rep_tokens``, ``prompt.r2t.{k}``,
-    ``prompt.r2v.{k}`` (one Linear per listed block, all starting equal) and ``prompt.proj_rep``."""
+    """MMRL (see the module docstring). Trainable: ``trainable.rep_tokens``, ``trainable.r2t.{k}``,
+    ``trainable.r2v.{k}`` (one Linear per listed block, all starting equal) and ``trainable.proj_rep``."""
 
     method = "mmrl"
     config: MMRLConfig
@@ -189,7 +189,7 @@ class MMRL(PromptLearner):
     def build_prompts(self) -> None:
         cfg = self.config
         c = self.clip.config
-        self.prompt.rep_tokens = nn.Parameter(torch.randn(cfg.n_rep_tokens, cfg.rep_dim) * 0.02)
+        self.trainable.rep_tokens = nn.Parameter(torch.randn(cfg.n_rep_tokens, cfg.rep_dim) * 0.02)
         self.build_aligners(cfg.rep_dim, c.text.width, c.vision.width, len(cfg.rep_layers))
         self.build_projection(c.vision.width, c.embed_dim)
 
@@ -197,21 +197,21 @@ class MMRL(PromptLearner):
         """The per-layer maps from the shared space to each tower (one Linear deep-copied per layer)."""
         for name, width in (("r2t", text_width), ("r2v", vision_width)):
             base = nn.Linear(rep_dim, width)
-            setattr(self.prompt, name, nn.ModuleList(copy.deepcopy(base) for _ in range(layers)))
+            setattr(self.trainable, name, nn.ModuleList(copy.deepcopy(base) for _ in range(layers)))
 
     def build_projection(self, vision_width: int, embed_dim: int) -> None:
         """The representation feature's projection: random, not a copy of ``visual.proj``."""
-        self.prompt.proj_rep = nn.Parameter(vision_width**-0.5 * torch.randn(vision_width, embed_dim))
+        self.trainable.proj_rep = nn.Parameter(vision_width**-0.5 * torch.randn(vision_width, embed_dim))
 
     # ----- the pieces the two variants differ in ------------------------------------------------------
     def rep_tokens(self) -> tuple[list[Tensor], list[Tensor]]:
         """The projected tokens of each listed block: text [K, Dt] and visual [K, Dv] lists."""
-        r = self.prompt.rep_tokens
-        return [layer(r) for layer in self.prompt.r2t], [layer(r) for layer in self.prompt.r2v]
+        r = self.trainable.rep_tokens
+        return [layer(r) for layer in self.trainable.r2t], [layer(r) for layer in self.trainable.r2v]
 
     def rep_projection(self) -> Tensor:
         """[Dv, E]: the projection of the representation feature."""
-        return self.prompt.proj_rep
+        return self.trainable.proj_rep
 
     def renew(self, new: Tensor, previous: Tensor) -> Tensor:
         """The tokens a later listed block sees, from the new projection and the previous block's output."""
@@ -341,15 +341,15 @@ class MMRL(PromptLearner):
     @classmethod
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
         """K and d_r from the saved tokens; the number of listed blocks must match ``rep_layers``."""
-        tokens = state.get("prompt.rep_tokens")
+        tokens = state.get("trainable.rep_tokens")
         if tokens is None:
             return {}
         return {"n_rep_tokens": int(tokens.shape[0]), "rep_dim": int(tokens.shape[1])}
 
 
 class MMRLpp(MMRL):
-    """MMRL++: SRRA maps (``prompt.r2t`` / ``prompt.r2v``: a shared ``weight`` and per-layer
-    ``residual.{k}.A/B/bias``), PRC blending with ``beta``, and ``visual.proj + prompt.proj_A @ prompt.proj_B``
+    """MMRL++: SRRA maps (``trainable.r2t`` / ``trainable.r2v``: a shared ``weight`` and per-layer
+    ``residual.{k}.A/B/bias``), PRC blending with ``beta``, and ``visual.proj + trainable.proj_A @ trainable.proj_B``
     for the representation feature."""
 
     method = "mmrlpp"
@@ -357,22 +357,22 @@ class MMRLpp(MMRL):
 
     def build_aligners(self, rep_dim: int, text_width: int, vision_width: int, layers: int) -> None:
         rank = self.config.res_lora_dim
-        self.prompt.r2v = SharedAligner(rep_dim, vision_width, layers, rank)  # official order: visual first
-        self.prompt.r2t = SharedAligner(rep_dim, text_width, layers, rank)
+        self.trainable.r2v = SharedAligner(rep_dim, vision_width, layers, rank)  # official order: visual first
+        self.trainable.r2t = SharedAligner(rep_dim, text_width, layers, rank)
 
     def build_projection(self, vision_width: int, embed_dim: int) -> None:
         rank = self.config.proj_lora_dim
-        self.prompt.proj_A = nn.Parameter(torch.empty(vision_width, rank))
-        nn.init.kaiming_uniform_(self.prompt.proj_A, a=math.sqrt(5))
-        self.prompt.proj_B = nn.Parameter(torch.zeros(rank, embed_dim))
+        self.trainable.proj_A = nn.Parameter(torch.empty(vision_width, rank))
+        nn.init.kaiming_uniform_(self.trainable.proj_A, a=math.sqrt(5))
+        self.trainable.proj_B = nn.Parameter(torch.zeros(rank, embed_dim))
 
     def rep_tokens(self) -> tuple[list[Tensor], list[Tensor]]:
-        r = self.prompt.rep_tokens
+        r = self.trainable.rep_tokens
         m = len(self.config.rep_layers)
-        return [self.prompt.r2t(r, k) for k in range(m)], [self.prompt.r2v(r, k) for k in range(m)]
+        return [self.trainable.r2t(r, k) for k in range(m)], [self.trainable.r2v(r, k) for k in range(m)]
 
     def rep_projection(self) -> Tensor:
-        return self.clip.visual.proj + self.prompt.proj_A @ self.prompt.proj_B
+        return self.clip.visual.proj + self.trainable.proj_A @ self.trainable.proj_B
 
     @property
     def beta(self) -> float:
@@ -386,25 +386,25 @@ class MMRLpp(MMRL):
     @classmethod
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
         out = super().options_from_state(state)
-        if "prompt.proj_A" in state:
-            out["proj_lora_dim"] = int(state["prompt.proj_A"].shape[1])
-        if "prompt.r2t.residual.0.A" in state:
-            out["res_lora_dim"] = int(state["prompt.r2t.residual.0.A"].shape[1])
+        if "trainable.proj_A" in state:
+            out["proj_lora_dim"] = int(state["trainable.proj_A"].shape[1])
+        if "trainable.r2t.residual.0.A" in state:
+            out["res_lora_dim"] = int(state["trainable.r2t.residual.0.A"].shape[1])
         return out
 
 
 OFFICIAL_NAMES = {
-    r"representation_learner\.compound_rep_tokens": "prompt.rep_tokens",
-    r"representation_learner\.compound_rep_tokens_r2([tv])proj\.(\d+)\.(weight|bias)": r"prompt.r2\1.\2.\3",
-    r"image_encoder\.proj_rep": "prompt.proj_rep",
+    r"representation_learner\.compound_rep_tokens": "trainable.rep_tokens",
+    r"representation_learner\.compound_rep_tokens_r2([tv])proj\.(\d+)\.(weight|bias)": r"trainable.r2\1.\2.\3",
+    r"image_encoder\.proj_rep": "trainable.proj_rep",
 }
 """MMRL's official names (``CustomCLIP.named_parameters()``; the Dassl checkpoint in the folder
 ``MultiModalRepresentationLearner`` holds the whole model, whose frozen CLIP matches nothing here)."""
 
 OFFICIAL_NAMES_PP = {
-    r"representation_learner\.compound_rep_tokens": "prompt.rep_tokens",
-    r"representation_learner\.srra_r2([tv])proj\.weight": r"prompt.r2\1.weight",
-    r"representation_learner\.srra_r2([tv])proj\.srra\.(\d+)\.(A|B|bias)": r"prompt.r2\1.residual.\2.\3",
-    r"image_encoder\.(A|B)": r"prompt.proj_\1",
+    r"representation_learner\.compound_rep_tokens": "trainable.rep_tokens",
+    r"representation_learner\.srra_r2([tv])proj\.weight": r"trainable.r2\1.weight",
+    r"representation_learner\.srra_r2([tv])proj\.srra\.(\d+)\.(A|B|bias)": r"trainable.r2\1.residual.\2.\3",
+    r"image_encoder\.(A|B)": r"trainable.proj_\1",
 }
 """MMRL++'s official names (Dassl folder ``MultiModalPromptLearner``)."""

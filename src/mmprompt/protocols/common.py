@@ -138,7 +138,15 @@ def run_config(
     if isinstance(opts.clip_spec, (str, Path)):
         fixed["clip.weights"] = str(opts.clip_spec)
         fixed["clip.activation"] = opts.clip_activation
-    return cfg.with_overrides(fixed)
+    cfg = cfg.with_overrides(fixed)
+    from ..methods import get_method
+
+    if get_method(cfg.method.name).learner.needs_teacher and not cfg.teacher.path:
+        from ..config import ConfigError
+
+        raise ConfigError(f"{method} distils from a frozen teacher: pass --set {method}:teacher.path=DIR (an mmprompt "
+                          "run or official teacher checkpoint; {dataset} in DIR is replaced by each dataset's key)")
+    return cfg
 
 
 def run_folder(output: Path, method: str, dataset: str, setting: str, seed: int) -> Path:

@@ -13,7 +13,15 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from .results import B2N_METRICS, COST_COLUMNS, fmt_cost, format_failures
+from .results import (
+    B2N_METRICS,
+    COST_COLUMNS,
+    TRANSDUCTIVE,
+    TRANSDUCTIVE_NOTE,
+    fmt_cost,
+    format_failures,
+    training_kind,
+)
 
 __all__ = ["comparison_rows", "format_report", "published_results"]
 
@@ -79,7 +87,8 @@ def comparison_rows(
                             pub.get("datasets_status", ""), pub.get("datasets_source", ""), True))
         for dataset, ours, theirs, status, source, comparable_row in entries:
             row: dict[str, Any] = {"method": method, "dataset": dataset, "status": status if theirs else "",
-                                   "source": source if theirs else "", "comparable": comparable_row}
+                                   "source": source if theirs else "", "comparable": comparable_row,
+                                   "training": pub.get("training") or training_kind(method)}
             if dataset == "Average":
                 n = len(covered)
                 row["over"] = f"ours over {n} dataset{'s' * (n != 1)}" if ours and not comparable_row else ""
@@ -136,12 +145,16 @@ def format_report(sections: Sequence[Mapping[str, Any]], notes: Sequence[str] = 
         lines += ["| " + " | ".join(head) + " |", "| --- | --- |" + "|".join([" ---: "] * (len(head) - 2)) + "|"]
         for r in rows:
             label = _label(r["dataset"]) + (f" ({r['over']})" if r.get("over") else "")
-            cells = [r["method"], label]
+            method = r["method"] + (f" ({TRANSDUCTIVE})" if r.get("training") == TRANSDUCTIVE else "")
+            cells = [method, label]
             for k in keys:
                 cells += [_num(r[k]), _num(r[f"published_{k}"]), _num(r[f"diff_{k}"], signed=True)]
             cells += [r["status"] or "-", *[fmt_cost(r.get(ck)) for ck, _, _ in COST_COLUMNS]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        transductive = sorted({r["method"] for r in rows if r.get("training") == TRANSDUCTIVE})
+        if transductive:
+            lines += [f"{', '.join(transductive)}: {TRANSDUCTIVE_NOTE}", ""]
         failures = format_failures(sec.get("results") or {})
         if failures:
             lines += [failures]

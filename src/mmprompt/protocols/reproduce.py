@@ -29,7 +29,7 @@ from .few_shot import plan_few_shot
 from .launch import LaunchOptions, run_specs
 from .plan import RunSpec, completed_payload, sweep_results
 from .published import comparison_rows, format_report, published_results
-from .results import ACC_METRICS, B2N_METRICS, write_results
+from .results import ACC_METRICS, B2N_METRICS, TRANSDUCTIVE, TRANSDUCTIVE_NOTE, training_kind, write_results
 from .transfer import CROSS_DATASET_TARGETS, DG_TARGETS, plan_transfer
 
 __all__ = ["PAPER_DATASETS", "PAPER_METHODS", "REPRODUCE_PROTOCOLS", "ReproducePlan", "estimate_hours",
@@ -261,6 +261,8 @@ def format_dry_run(plan: ReproducePlan) -> str:
             todo_total += hours or 0.0
         totals[run.protocol] = totals.get(run.protocol, 0.0) + (hours or 0.0)
         evals = ("+".join(run.targets) if run.targets else ("base, novel" if run.protocol == "base2novel" else "test"))
+        if training_kind(run.method) == TRANSDUCTIVE:
+            evals += " (transductive: trained on unlabelled images of all classes)"
         lines.append(f"{run.protocol:<14} {run.method:<14} {run.dataset:<16} {run.seed:>4} "
                      f"{run.epochs if run.epochs is not None else '?':>6} {status:<14} "
                      f"{'-' if hours is None else f'{hours:.2f}':>10}  {evals}")
@@ -324,6 +326,9 @@ def run_reproduce(
         unavailable = sorted({r.method for r in plan.runs if r.spec is None})
         notes = [f"Methods not in the method table yet (published numbers only): {', '.join(unavailable)}."] \
             if unavailable else []
+        transductive = [m for m in plan.methods if training_kind(m) == TRANSDUCTIVE]
+        if transductive:
+            notes.append(f"Transductive methods (rows marked so; {', '.join(transductive)}): {TRANSDUCTIVE_NOTE}")
         atomic_write_json(plan.output / "report.json", json.loads(json.dumps(report)))
         atomic_write_bytes(plan.output / "report.md", format_report(sections, notes).encode("utf-8"))
     return report

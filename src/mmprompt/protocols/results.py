@@ -25,13 +25,45 @@ __all__ = [
     "format_failures",
     "format_table",
     "harmonic_mean",
+    "method_label",
     "plot_results",
+    "training_kind",
     "write_results",
 ]
 
 B2N_METRICS = ("base", "novel")
 COST_HEADING = "Cost per run (measured)"
 ACC_METRICS = ("accuracy",)
+
+
+TRANSDUCTIVE = "transductive"
+INDUCTIVE = "inductive"
+TRANSDUCTIVE_NOTE = ("transductive: trained on unlabelled images of the evaluated classes (PromptKD's protocol: the "
+                     "full training split of base AND novel classes, without labels); not comparable with inductive "
+                     "methods, which never see novel-class images.")
+
+
+def training_kind(method: str) -> str:
+    """``transductive`` for a method whose learner trains on unlabelled images of the evaluation classes, else
+    ``inductive`` (from the method table; an unknown name is inductive)."""
+    try:
+        from ..methods import get_method
+
+        return TRANSDUCTIVE if get_method(method).learner.transductive else INDUCTIVE
+    except KeyError:
+        return INDUCTIVE
+
+
+def method_label(results: Mapping[str, Any], method: str) -> str:
+    """``method`` as tables and plots print it: with `` (transductive)`` for transductive runs."""
+    entry = results.get("methods", {}).get(method) or {}
+    kind = entry.get("training") or training_kind(method)
+    return f"{method} ({TRANSDUCTIVE})" if kind == TRANSDUCTIVE else method
+
+
+def _transductive_notes(results: Mapping[str, Any]) -> list[str]:
+    names = [m for m in results.get("methods", {}) if method_label(results, m) != m]
+    return [f"{', '.join(names)}: {TRANSDUCTIVE_NOTE}"] if names else []
 
 
 def harmonic_mean(base: float, novel: float) -> float:
@@ -89,7 +121,7 @@ def aggregate(
             if d not in all_datasets:
                 all_datasets.append(d)
         names = [d for d in (average_over if average_over is not None else datasets) if d in datasets]
-        entry: dict[str, Any] = {"datasets": datasets}
+        entry: dict[str, Any] = {"datasets": datasets, "training": training_kind(method)}
         if names:
             avg: dict[str, Any] = {k: _mean([datasets[d]["mean"][k] for d in names]) for k in metrics}
             if b2n:
@@ -212,7 +244,8 @@ def _format_accuracy(results: Mapping[str, Any], with_std: bool) -> str:
         head = ["Dataset", *(["Method"] if multi else []), "Base", "Novel", "HM"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * (2 if multi else 1) + [" ---: "] * 3) + "|"]
         for label, method, e, _ in rows:
-            cells = [label, *([method] if multi else []), _cell(e, "base", with_std), _cell(e, "novel", with_std),
+            cells = [label, *([method_label(results, method)] if multi else []), _cell(e, "base", with_std),
+                     _cell(e, "novel", with_std),
                      f"{e['hm']:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
         notes = ["HM is the harmonic mean of the seed-averaged Base and Novel (the paper's convention)."]
@@ -220,14 +253,17 @@ def _format_accuracy(results: Mapping[str, Any], with_std: bool) -> str:
             avg = results["methods"][method].get("average")
             if avg and len(avg["datasets"]) > 1:
                 notes.append(f"{method}: mean of per-dataset HMs = {avg['hm_mean_of_datasets']:.2f}.")
+        notes += _transductive_notes(results)
         return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
     by_dataset: dict[str, dict[str, str]] = {}
     for label, method, e, _ in rows:
         by_dataset.setdefault(label, {})[method] = _cell(e, "accuracy", with_std)
-    lines += ["| Dataset | " + " | ".join(methods) + " |", "| --- |" + "|".join([" ---: "] * len(methods)) + "|"]
+    lines += ["| Dataset | " + " | ".join(method_label(results, m) for m in methods) + " |",
+              "| --- |" + "|".join([" ---: "] * len(methods)) + "|"]
     for label, cells in by_dataset.items():
         lines.append(f"| {label} | " + " | ".join(cells.get(m, "-") for m in methods) + " |")
-    return "\n".join(lines) + "\n"
+    notes = _transductive_notes(results)
+    return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "")
 
 
 def to_csv(results: Mapping[str, Any]) -> str:
@@ -236,18 +272,19 @@ def to_csv(results: Mapping[str, Any]) -> str:
     keys = ["base", "novel", "hm"] if b2n else list(results["metrics"])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "dataset", "seed", *keys, *(["hm_mean_of_seeds"] if b2n else [])])
+    w.writerow(["method", "dataset", "seed", *keys, *(["hm_mean_of_seeds"] if b2n else []), "training"])
     for method, m in results["methods"].items():
+        kind = m.get("training") or training_kind(method)
         for d, e in m["datasets"].items():
             for seed, v in e["seeds"].items():
-                w.writerow([method, d, seed, *(f"{v[k]:.4f}" for k in keys), *([""] if b2n else [])])
+                w.writerow([method, d, seed, *(f"{v[k]:.4f}" for k in keys), *([""] if b2n else []), kind])
             w.writerow([method, d, "mean", *(f"{e['mean'][k]:.4f}" for k in keys),
-                        *([f"{e['hm_mean_of_seeds']:.4f}"] if b2n else [])])
-            w.writerow([method, d, "std", *(f"{e['std'][k]:.4f}" for k in keys), *([""] if b2n else [])])
+                        *([f"{e['hm_mean_of_seeds']:.4f}"] if b2n else []), kind])
+            w.writerow([method, d, "std", *(f"{e['std'][k]:.4f}" for k in keys), *([""] if b2n else []), kind])
         if "average" in m:
             avg = m["average"]
             w.writerow([method, "average", "mean", *(f"{avg[k]:.4f}" for k in keys),
-                        *([f"{avg['hm_mean_of_datasets']:.4f}"] if b2n else [])])
+                        *([f"{avg['hm_mean_of_datasets']:.4f}"] if b2n else []), kind])
     return buf.getvalue()
 
 
@@ -279,7 +316,8 @@ def plot_results(results: Mapping[str, Any], path: str | Path) -> Path:
                     values.append(e["hm"] if key == "hm" else e["mean"][key])
                 else:
                     values.append(float("nan"))
-            ax.bar([x + i * width for x in range(len(columns))], values, width, label=method)
+            ax.bar([x + i * width for x in range(len(columns))], values, width, label=method_label(results, method),
+                   hatch="//" if method_label(results, method) != method else None)  # transductive: hatched
         ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(columns))])
         ax.set_xticklabels(["Average" if c == "average" else _label(c) for c in columns], rotation=30, ha="right")
         ax.set_ylabel({"hm": "HM"}.get(key, key.capitalize()) + " (%)")

@@ -27,6 +27,14 @@ def plan_transfer(opts: SweepOptions, source: str, targets: Sequence[str],
                   source_runs: str | Path | None = None) -> list[RunSpec]:
     """One spec per (method, seed): train on ``source`` (its folder under ``source_runs``, default the sweep's
     output), evaluate on its test set and on every target."""
+    from ..config import ConfigError
+    from ..methods import get_method
+
+    transductive = [m for m in opts.methods if get_method(m).learner.transductive]
+    if transductive:  # they train on each target's unlabelled images, not once on the source
+        raise ConfigError(f"{', '.join(transductive)} trains transductively on each target's unlabelled images, not "
+                          f"once on {source}: run `mmprompt train --config promptkd_xd --dataset TARGET --teacher "
+                          "SOURCE_TEACHER` per target instead of a transfer sweep")
     base = Path(source_runs or opts.output).absolute()
     return [
         RunSpec("transfer", method, source, int(seed),
