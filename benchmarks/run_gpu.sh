@@ -11,7 +11,7 @@
 #   packing  benchmarks/gpu_packing.py: 1, 2 and 4 MaPLe runs packed on the GPU by the Ray launcher.
 #   speed    `mmprompt speed` of the frontier methods and MaPLe at the ViT-B/16 shape, ours vs the official
 #            computation interleaved in one process (ratio = official / ours, median of the timed steps).
-# Each stage writes its log and JSON under $OUT; a stage that runs past its limit is stopped and the next runs.
+# Stages run in the order given. Each stage writes its log and JSON under $OUT; a stage that runs past its limit is stopped and the next runs.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -19,13 +19,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(seed packing speed)
-want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c \
   "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, platform.node(), \
   torch.cuda.get_device_name(0)); import os; print('cpus', os.cpu_count())"; date -u; } 2>&1 | tee "$OUT/machine.txt"
 
-if want probe; then  # where a run spends its time: one short MaPLe run with its progress bar, stacks dumped at the limit
+stage_probe() {  # where a run spends its time: one short MaPLe run with its progress bar, stacks dumped at the limit
   echo "== probe ==" | tee -a "$OUT/machine.txt"
   python3 -c "import ray; ray.init(address='local', include_dashboard=False, _node_ip_address='127.0.0.1'); \
 print('ray resources', ray.cluster_resources()); ray.shutdown()" > "$OUT/probe_ray.log" 2>&1
@@ -36,31 +35,32 @@ print('ray resources', ray.cluster_resources()); ray.shutdown()" > "$OUT/probe_r
     --dataset imagenet --data-root /tmp/b2n/data --clip /tmp/b2n/random-ViT-B-16.pt --clip-activation quick_gelu \
     --precision bf16 --num-workers 8 --output /tmp/probe-run --set optim.epochs=1 > "$OUT/probe.log" 2>&1
   echo "probe rc=$?" | tee -a "$OUT/machine.txt"
-fi
+}
 
-if want seed; then
+stage_seed() {
   echo "== seed ==" | tee -a "$OUT/machine.txt"
   timeout "${SEED_LIMIT:-200}" python3 benchmarks/imagenet_b2n_seed.py --work /tmp/b2n --precision bf16 \
     --num-workers 12 --val-per-class 10 --set optim.epochs=1 > "$OUT/seed.log" 2>&1
   echo "seed rc=$?" | tee -a "$OUT/machine.txt"
   cp /tmp/b2n/timing.json "$OUT/seed_timing.json" 2>/dev/null
-fi
+}
 
-if want packing; then
+stage_packing() {
   echo "== packing ==" | tee -a "$OUT/machine.txt"
   timeout "${PACKING_LIMIT:-200}" python3 benchmarks/gpu_packing.py --work /tmp/pack --concurrency 1 2 4 \
     > "$OUT/packing.log" 2>&1
   echo "packing rc=$?" | tee -a "$OUT/machine.txt"
   cp /tmp/pack/packing.json "$OUT/packing.json" 2>/dev/null
-fi
+}
 
-if want speed; then
+stage_speed() {
   echo "== speed ==" | tee -a "$OUT/machine.txt"
-  for method in ${SPEED_METHODS:-maple promptkd mmrl clip_lora mmapp}; do
+  for method in ${SPEED_METHODS:-promptkd mmrl clip_lora mmapp maple}; do
     timeout "${SPEED_LIMIT:-60}" python3 -m mmprompt.cli speed --method "$method" --arch ViT-B/16 --random-weights \
-      --classes 100 --batch 4 --steps 10 --precision bf16 --output "$OUT/speed_$method.json" \
+      --classes 100 --batch 4 --steps 10 --eval-images 200 --precision bf16 --no-fp32-baseline --output "$OUT/speed_$method.json" \
       > "$OUT/speed_$method.log" 2>&1
     echo "speed $method rc=$?" | tee -a "$OUT/machine.txt"
   done
-fi
+}
+for s in "${stages[@]}"; do "stage_$s"; done  # in the order given
 date -u | tee -a "$OUT/machine.txt"
