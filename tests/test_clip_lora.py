@@ -368,3 +368,21 @@ def test_train_eval_predict_on_the_demo_world(tmp_path: Path, monkeypatch: pytes
     image = next((data / "mmprompt_demo").rglob("*.png"))
     assert main(["predict", "--checkpoint", str(full), "--classes", "red circle,blue square", str(image),
                  "--json"]) == 0
+
+
+def test_the_insertion_point_checks_its_input(clip: CLIP) -> None:
+    """A bad set of deltas is refused with its reason, and a refused merge changes no weight."""
+    from mmprompt.clip.model import merge_weight_deltas
+
+    learner = make(clip)
+    vision, _ = learner.weight_adapters()
+    before = clip.visual.transformer.resblocks[0].attn.in_proj_weight.clone()
+    bad = [dict(vision[0]), {"x": vision[0]["q"]}]
+    with pytest.raises(ValueError, match="unknown projection 'x'"):
+        merge_weight_deltas(clip.visual.transformer, bad)
+    assert torch.equal(clip.visual.transformer.resblocks[0].attn.in_proj_weight, before)
+    too_many = [None] * (clip.config.vision.layers + 1)
+    with pytest.raises(ValueError, match="sets of weight deltas"):
+        merge_weight_deltas(clip.visual.transformer, too_many)
+    with pytest.raises(ValueError, match="sets of weight deltas"):
+        clip.encode_image(torch.zeros(1, 3, 32, 32, dtype=torch.float64), weight_deltas=too_many)
