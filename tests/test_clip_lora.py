@@ -386,3 +386,15 @@ def test_the_insertion_point_checks_its_input(clip: CLIP) -> None:
         merge_weight_deltas(clip.visual.transformer, too_many)
     with pytest.raises(ValueError, match="sets of weight deltas"):
         clip.encode_image(torch.zeros(1, 3, 32, 32, dtype=torch.float64), weight_deltas=too_many)
+
+
+def test_adamw_decays_every_matrix_decoupled() -> None:
+    """optim.optimizer adamw: torch AdamW, weight decay applied to the parameter (not added to the gradient)."""
+    from mmprompt.engine.optim import build_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = build_optimizer([p], 2e-4, weight_decay=1e-2, optimizer="adamw")
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 1e-2
+    p.grad = torch.zeros(3)
+    optimizer.step()  # zero gradient: only the decoupled decay moves the parameter, by lr * wd * p
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 2e-4 * 1e-2))
