@@ -398,3 +398,23 @@ def test_adamw_decays_every_matrix_decoupled() -> None:
     p.grad = torch.zeros(3)
     optimizer.step()  # zero gradient: only the decoupled decay moves the parameter, by lr * wd * p
     torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 2e-4 * 1e-2))
+
+
+def test_bf16_autocast_training_runs_and_stays_close(batch) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = CLIP(get_config("tiny")).eval().requires_grad_(False)
+    images, labels = batch[0].float(), batch[1]
+    learner = make(model).float().train()
+    reference = learner(images, labels)
+    reference.total.backward()
+    grads = [p.grad.clone() for p in learner.trainable_parameters()]
+    learner.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = learner(images, labels)
+    low.total.backward()
+    lo, ref = float(low.total.detach()), float(reference.total.detach())
+    assert abs(lo - ref) < 0.05 * abs(ref) + 0.05
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in learner.trainable_parameters())
+    cos = F.cosine_similarity(torch.cat([g.flatten() for g in grads]),
+                              torch.cat([p.grad.flatten() for p in learner.trainable_parameters()]), dim=0)
+    assert cos > 0.95
