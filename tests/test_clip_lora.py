@@ -368,3 +368,53 @@ def test_train_eval_predict_on_the_demo_world(tmp_path: Path, monkeypatch: pytes
     image = next((data / "mmprompt_demo").rglob("*.png"))
     assert main(["predict", "--checkpoint", str(full), "--classes", "red circle,blue square", str(image),
                  "--json"]) == 0
+
+
+def test_the_insertion_point_checks_its_input(clip: CLIP) -> None:
+    """A bad set of deltas is refused with its reason, and a refused merge changes no weight."""
+    from mmprompt.clip.model import merge_weight_deltas
+
+    learner = make(clip)
+    vision, _ = learner.weight_adapters()
+    before = clip.visual.transformer.resblocks[0].attn.in_proj_weight.clone()
+    bad = [dict(vision[0]), {"x": vision[0]["q"]}]
+    with pytest.raises(ValueError, match="unknown projection 'x'"):
+        merge_weight_deltas(clip.visual.transformer, bad)
+    assert torch.equal(clip.visual.transformer.resblocks[0].attn.in_proj_weight, before)
+    too_many = [None] * (clip.config.vision.layers + 1)
+    with pytest.raises(ValueError, match="sets of weight deltas"):
+        merge_weight_deltas(clip.visual.transformer, too_many)
+    with pytest.raises(ValueError, match="sets of weight deltas"):
+        clip.encode_image(torch.zeros(1, 3, 32, 32, dtype=torch.float64), weight_deltas=too_many)
+
+
+def test_adamw_decays_every_matrix_decoupled() -> None:
+    """optim.optimizer adamw: torch AdamW, weight decay applied to the parameter (not added to the gradient)."""
+    from mmprompt.engine.optim import build_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = build_optimizer([p], 2e-4, weight_decay=1e-2, optimizer="adamw")
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 1e-2
+    p.grad = torch.zeros(3)
+    optimizer.step()  # zero gradient: only the decoupled decay moves the parameter, by lr * wd * p
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 2e-4 * 1e-2))
+
+
+def test_bf16_autocast_training_runs_and_stays_close(batch) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = CLIP(get_config("tiny")).eval().requires_grad_(False)
+    images, labels = batch[0].float(), batch[1]
+    learner = make(model).float().train()
+    reference = learner(images, labels)
+    reference.total.backward()
+    grads = [p.grad.clone() for p in learner.trainable_parameters()]
+    learner.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = learner(images, labels)
+    low.total.backward()
+    lo, ref = float(low.total.detach()), float(reference.total.detach())
+    assert abs(lo - ref) < 0.05 * abs(ref) + 0.05
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in learner.trainable_parameters())
+    cos = F.cosine_similarity(torch.cat([g.flatten() for g in grads]),
+                              torch.cat([p.grad.flatten() for p in learner.trainable_parameters()]), dim=0)
+    assert cos > 0.95

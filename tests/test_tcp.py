@@ -235,7 +235,7 @@ def test_adam_option() -> None:
     assert (group["eps"], group["betas"], group["weight_decay"], group["amsgrad"]) == (1e-3, (0.9, 0.999), 5e-4, False)
     assert isinstance(build_optimizer(params, 0.002), torch.optim.SGD)
     with pytest.raises(ConfigError, match="optim.optimizer must be one of"):
-        OptimSection(optimizer="adamw")
+        OptimSection(optimizer="lamb")
     with pytest.raises(ConfigError, match="adam_eps"):
         OptimSection(adam_eps=0)
 

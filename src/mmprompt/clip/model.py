@@ -38,24 +38,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CLIPConfig
+from .deltas import PROJECTIONS, AttentionDeltas, BlockWeightDeltas, WeightDelta, merge_weight_deltas
 from .transformer import (
-    PROJECTIONS,
     Adapter,
     Attention,
-    AttentionDeltas,
     BlockAdapters,
-    BlockWeightDeltas,
     DeepPrompts,
     LayerNorm,
     PackedLayout,
     QuickGELU,
     ResidualAttentionBlock,
     Transformer,
-    WeightDelta,
     attention,
     frozen_cast,
     make_mlp,
-    merge_weight_deltas,
     replace_packed,
     replace_tokens,
 )

@@ -7,36 +7,19 @@ from the caller (see :mod:`mmprompt.clip.model`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .deltas import AttentionDeltas, BlockWeightDeltas
+
 DeepPrompts = Sequence[Tensor | None]
 Adapter = Callable[[Tensor], Tensor]
 BlockAdapters = Sequence[Adapter | None]
 
-
-@runtime_checkable
-class WeightDelta(Protocol):
-    """A learned additive update of one attention projection ``y = x W^T + b``: the projection becomes
-    ``y + delta(x)``, with ``delta_weight()`` the matrix ``dW`` [out, in] of the same update when it is linear
-    (``y = x (W + dW)^T + b``), which :func:`merge_weight_deltas` adds into the weights for deployment."""
-
-    def __call__(self, x: Tensor) -> Tensor: ...
-
-    def delta_weight(self) -> Tensor: ...
-
-
-PROJECTIONS: tuple[str, ...] = ("q", "k", "v", "o")
-"""The attention projections a :class:`WeightDelta` can act on: the query, key and value rows of the packed
-input projection (rows ``0:D``, ``D:2D``, ``2D:3D``) and the output projection ``out_proj``."""
-AttentionDeltas = Mapping[str, WeightDelta]
-"""The weight deltas of one block's attention, by projection name (a subset of :data:`PROJECTIONS`)."""
-BlockWeightDeltas = Sequence[AttentionDeltas | None]
-"""One entry per block (``None``: that block's weights as they are)."""
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the input and parameter dtype."""
@@ -309,25 +292,6 @@ class ResidualAttentionBlock(nn.Module):
         x = x + h
         x = x + self.feed_forward(self.ln_2(x))
         return x if adapter is None else x + adapter(normed)
-
-
-def merge_weight_deltas(transformer: Transformer, weight_deltas: BlockWeightDeltas, sign: float = 1.0) -> None:
-    """Add ``sign * delta_weight()`` of every delta into the attention weights of ``transformer`` in place
-    (``sign`` -1 takes a merge back): afterwards the plain blocks compute what the deltas did, at no cost."""
-    blocks = transformer._adapters(weight_deltas, "sets of weight deltas")
-    with torch.no_grad():
-        for block, deltas in zip(transformer.resblocks, blocks, strict=True):
-            for name, delta in (deltas or {}).items():
-                if name not in PROJECTIONS:
-                    raise ValueError(f"weight delta for unknown projection {name!r}; known: {PROJECTIONS}")
-                attn = block.attn
-                if name == "o":
-                    target = attn.out_proj.weight
-                else:
-                    d = attn.out_proj.in_features
-                    j = "qkv".index(name)
-                    target = attn.in_proj_weight[j * d : (j + 1) * d]
-                target.add_(delta.delta_weight().to(target.dtype), alpha=sign)
 
 
 def replace_tokens(x: Tensor, prompts: Tensor, start: int) -> Tensor:
