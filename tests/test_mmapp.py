@@ -314,3 +314,8 @@ def test_cross_dataset_uses_each_datasets_own_descriptions(tmp_path: Path) -> No
     assert xd["methods"]["mmapp"]["average"]["datasets"] == ["eurosat"]
     saved = json.loads((source / "prompts.json").read_text())["dataset"]["descriptions"]
     assert set(saved) == set(expected_classnames("imagenet", 4))  # the source's own, not the target's
+    (folder / "eurosat.json").unlink()  # a target without its file: said, not replaced by the source's
+    kwargs["overrides"] = [*overrides, "method.adapter_drop=0.2"]  # another run folder
+    failed = run_transfer("cross-dataset", ["mmapp"], ["eurosat"], [1], root, str(weights), tmp_path / "xd2", **kwargs)
+    [failure] = failed["failed"]
+    assert "eurosat.json does not exist): pass --descriptions FILE" in failure["cause"]

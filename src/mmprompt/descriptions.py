@@ -55,9 +55,10 @@ def descriptions_for_dataset(path: str | Path | None, dataset: str | None) -> tu
 
 def keep_descriptions(context: T, previous: T | None) -> T:
     """``context`` (a :class:`~mmprompt.methods.contract.DatasetContext`), with the descriptions of ``previous``
-    when it gives none itself: descriptions a learner already holds (e.g. saved with its prompts) stay until
-    others are given."""
-    if previous is None or getattr(context, "descriptions", None) is not None or previous.descriptions is None:
+    when it gives none and asks for no file: descriptions a learner already holds (e.g. saved with its prompts)
+    stay until others are given."""
+    if previous is None or previous.descriptions is None or context.descriptions is not None \
+            or context.descriptions_source:  # a file was asked for (a folder's <dataset>.json that is missing)
         return context
     return dataclasses.replace(context, descriptions=previous.descriptions,
                                descriptions_source=previous.descriptions_source)

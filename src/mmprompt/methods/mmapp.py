@@ -243,7 +243,7 @@ class MMAPP(MMA):
         if self.config.input_prompts == "hc":
             prompts = [[t.replace("{}", name) for t in HC_TEMPLATES] for name in classnames]
         else:
-            if self.dataset.descriptions is None:
+            if self.dataset.descriptions is None and not self.dataset.descriptions_source:
                 raise ConfigError("mmapp with method.input_prompts=cupl needs class descriptions: pass "
                                   "--descriptions FILE (JSON: class name -> list of sentences), or use "
                                   "method.input_prompts=hc (the 80 hand-crafted templates)")
