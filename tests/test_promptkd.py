@@ -359,3 +359,24 @@ def test_kill9_during_training_then_resume_gives_the_same_student(world: dict[st
     assert main(["train", *argv, "--resume"]) == 0
     ours, ref = load_file(str(out / "prompts.safetensors")), load_file(str(world["student"] / "prompts.safetensors"))
     assert set(ours) == set(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_tables_csv_and_report_label_transductive_runs(tmp_path: Path) -> None:
+    """results.md / .csv / .json and the reproduce report mark PromptKD transductive, other methods not."""
+    from mmprompt.protocols.published import comparison_rows, format_report
+    from mmprompt.protocols.results import B2N_METRICS, aggregate, format_table, write_results
+
+    runs = {m: {"eurosat": {1: {"base": 90.0, "novel": 70.0}}} for m in ("promptkd", "coop")}
+    results = aggregate("base2novel", runs, B2N_METRICS)
+    assert results["methods"]["promptkd"]["training"] == "transductive"
+    assert results["methods"]["coop"]["training"] == "inductive"
+    table = format_table(results)
+    assert "| promptkd (transductive) |" in table and "| coop |" in table and "not comparable" in table
+    paths = write_results(results, tmp_path)
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0].endswith(",training")
+    assert {r.split(",")[0]: r.split(",")[-1] for r in rows[1:]} == {"promptkd": "transductive", "coop": "inductive"}
+    report = format_report([{"protocol": "base2novel", "results": results,
+                             "rows": comparison_rows("base2novel", ["promptkd", "coop"], results, ["eurosat"])}])
+    assert "| promptkd (transductive) | EuroSAT |" in report and "| coop | EuroSAT |" in report
+    assert "| promptkd (transductive) | Average | 90.00 | 86.96 | +3.04 |" in report  # beside the published number

@@ -131,7 +131,7 @@ def load_teacher(
 ) -> Teacher:
     """The frozen teacher at ``source`` for ``method`` (with its ``config``), on ``student_clip``'s device
     and dtype. ``expected`` (a :func:`teacher_record`) makes a teacher with another SHA-256 an error."""
-    path = Path(str(source).replace("{dataset}", dataset or "")).expanduser()
+    path = Path(str(source).replace("{dataset}", dataset or "")).expanduser().absolute()
     if not path.exists():
         raise CheckpointError(f"teacher {path} does not exist (--teacher / teacher.path)")
     param = next(student_clip.parameters())
