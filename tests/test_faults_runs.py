@@ -300,3 +300,53 @@ def test_stale_temp_cleanup_touches_only_run_files(tmp_path: Path) -> None:
         p.write_text("x")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(ours)
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+
+
+# ------------------------------------------------------------------------------------------ wave 3 (issue 22)
+def test_resume_after_a_real_nan_continues_with_the_new_lr(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    two_steps = "optim.batch_size=2"  # two steps per epoch: the lr jump of epoch 2 gives NaN at its step 2
+    assert main([*env["argv"](out), "optim.lr=1e38", two_steps]) == 1
+    err = capsys.readouterr().err
+    assert "the training loss is nan at epoch 2" in err and "Traceback" not in err
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["epoch"] == 1
+    assert main([*env["argv"](out, "--resume", "--allow-config-change"), "optim.lr=0.002", two_steps]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    epochs = [r for r in _records(out) if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[1]["lr"] == pytest.approx(0.002) and epochs[2]["lr"] == pytest.approx(0.0015)
+    assert all(torch.isfinite(t).all() for t in _prompts(out).values())
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert state["scheduler"]["base_lrs"][0] == pytest.approx(0.002)
+    assert all(g["lr"] < 1 for g in state["optimizer"]["param_groups"])
+
+
+def _flip_tensor_byte(state: Path) -> None:
+    """Flip one byte inside the largest tensor record of a torch zip file (torch.load still reads it)."""
+    import zipfile
+
+    with zipfile.ZipFile(state) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(state.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[at] ^= 0x40
+    state.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_the_training_state_are_refused_on_resume(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(env["argv"](out, "--stop-after-epochs", "1")) == 0
+    state = out / "checkpoint" / "state.pt"
+    before = state.read_bytes()
+    _flip_tensor_byte(state)
+    torch.load(state, weights_only=True)  # still a readable file: only the checksum tells
+    capsys.readouterr()
+    assert main(env["argv"](out, "--resume")) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(state) in err and "corrupted" in err
+    assert not (out / "metrics.json").exists() and not (out / "prompts.safetensors").exists()
+    state.write_bytes(before)  # the intact state resumes to the reference result
+    assert main(env["argv"](out, "--resume")) == 0
+    assert _same_prompts(out, env["ref"])

@@ -13,6 +13,7 @@ around a :class:`TrainSession`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -41,7 +42,7 @@ from .checkpoint import (
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .logs import truncate_run_logs
-from .optim import WarmupCosineLR, build_optimizer
+from .optim import WarmupCosineLR, build_optimizer, set_lr
 from .precision import autocast_context
 
 __all__ = [
@@ -250,8 +251,12 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     s.config_changes = [*earlier, *({**c, "epoch": int(state["epoch"])} for c in new)]
     s.learner.load_prompt_state_dict(state["prompts"])
     s.learner.load_training_state(state.get("method_state") or {})
+    fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in s.optimizer.param_groups]
+    fresh_schedule = {k: copy.deepcopy(getattr(s.scheduler, k)) for k in _SCHEDULE_SETTINGS}
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
+    if new:  # allowed changes: the hyperparameters come from the new config, the buffers from the file
+        _apply_new_hyperparameters(s, fresh_groups, fresh_schedule)
     s.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
     start = int(state["epoch"])
@@ -259,6 +264,24 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     if new:
         s.writer.write({"event": "config_change", "epoch": start, "changes": s.config_changes}, 0, "resume")
     return start
+
+
+_SCHEDULE_SETTINGS = ("base_lrs", "epochs", "warmup_epochs", "warmup_lr")
+
+
+def _apply_new_hyperparameters(
+    s: TrainSession, groups: list[dict[str, Any]], schedule: dict[str, Any]
+) -> None:
+    """After loading a saved optimizer and scheduler: put back the hyperparameters built from the new
+    config (rates, momentum, weight decay, betas, the schedule's base rates and lengths), keeping the
+    saved state (momentum buffers, Adam moments, the epoch count), and set the current epoch's rate."""
+    for group, fresh in zip(s.optimizer.param_groups, groups, strict=True):
+        group.update(fresh)
+    for key, value in schedule.items():
+        setattr(s.scheduler, key, value)
+    lrs = s.scheduler.get_lr()
+    set_lr(s.optimizer, lrs)
+    s.scheduler._last_lr = list(lrs)  # what get_last_lr() reports
 
 
 def save_training_state(session: TrainSession, epochs_done: int, record: dict[str, Any]) -> None:
