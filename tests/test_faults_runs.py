@@ -350,3 +350,49 @@ def test_flipped_bytes_in_the_training_state_are_refused_on_resume(env, tmp_path
     state.write_bytes(before)  # the intact state resumes to the reference result
     assert main(env["argv"](out, "--resume")) == 0
     assert _same_prompts(out, env["ref"])
+
+
+def _sweep_argv(env, out: Path, *datasets: str, clip: str | None = None) -> list[str]:
+    return ["benchmark", "base2novel", "--method", "zeroshot", "--datasets", *(datasets or ("eurosat",)),
+            "--seeds", "1", "--data-root", str(env["root"]), "--clip", clip or str(env["weights"]),
+            "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2", "--no-progress",
+            "--set", "data.num_workers=0"]
+
+
+def test_second_sweep_on_a_held_output_is_refused_and_writes_nothing(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    with RunLock(out, command="base2novel sweep"):  # the first sweep, still running
+        assert main(_sweep_argv(env, out)) == 7
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out) in err and "base2novel sweep" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no run folder, no results, no error.log
+    assert main(_sweep_argv(env, out)) == 0  # the lock went with its holder
+    assert (out / "results.json").is_file() and not list(out.rglob("error.log"))
+
+
+def test_sweep_checks_data_roots_and_weights_before_any_run(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    assert main(_sweep_argv(env, out, "eurosat", "stanford_cars", "dtd")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no run was started" in err
+    assert str(env["root"] / "stanford_cars") in err and str(env["root"] / "dtd") in err  # every problem at once
+    assert not (out / "zeroshot").exists() and not (out / "results.json").exists()
+    assert main(_sweep_argv(env, out, clip=str(tmp_path / "gone.pt"))) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "gone.pt" in err and not (out / "zeroshot").exists()
+
+
+def test_results_png_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    import mmprompt.fileio as fileio
+    from mmprompt.protocols.results import aggregate, plot_results
+
+    pytest.importorskip("matplotlib")
+    written = []
+    real = fileio.atomic_write_bytes
+    monkeypatch.setattr(fileio, "atomic_write_bytes", lambda path, data, *a, **k: (written.append(Path(path)),
+                                                                                 real(path, data, *a, **k))[1])
+    results = aggregate("base2novel", {"coop": {"eurosat": {1: {"base": 80.0, "novel": 62.0}}}}, ("base", "novel"),
+                        average_over=["eurosat"])
+    png = tmp_path / "results.png"
+    plot_results(results, png)
+    assert written == [png] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

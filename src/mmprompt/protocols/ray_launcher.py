@@ -8,8 +8,9 @@ data root (and CLIP weights given as a path) must exist on every node, at the sa
 lives on the driver's machine. Files of a partly finished run (trained prompts whose target evaluations are
 missing) travel to the task the same way.
 
-Retries are the driver's own (``max_retries`` after the first attempt, for exceptions and for dead worker
-processes alike), so both launchers retry the same way. Ctrl-C cancels the tasks in flight.
+Retries are the driver's own (``max_retries`` after the first attempt, for dead worker processes and
+transient exceptions; a deterministic error such as a config, data or weights error is not retried), so
+both launchers retry the same way. Ctrl-C cancels the tasks in flight.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from typing import Any
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext
 from ..fileio import atomic_write_bytes
-from .launch import LaunchError, LaunchOptions, Progress, SweepOutcome, clear_error, describe, write_error
+from .launch import (
+    LaunchError,
+    LaunchOptions,
+    Progress,
+    SweepOutcome,
+    attempts_for,
+    clear_error,
+    describe,
+    write_error,
+)
 from .plan import RunSpec
 
 __all__ = ["RayLauncher", "WORKER_FILE"]
@@ -165,11 +175,12 @@ class RayLauncher:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        cause = describe(getattr(exc, "cause", None) or exc)
+                        original = getattr(exc, "cause", None)
+                        cause = describe(original or exc)
+                        attempts = attempts_for(original, attempt, opts.max_retries)
                         write_error(spec, attempt, cause, str(exc))
-                        logger.warning("%s failed (attempt %d of %d): %s", spec.name, attempt,
-                                       opts.max_retries + 1, cause)
-                        if attempt <= opts.max_retries:
+                        logger.warning("%s failed (attempt %d of %d): %s", spec.name, attempt, attempts, cause)
+                        if attempt < attempts:
                             submit(spec, attempt + 1)
                             continue
                         bar.failed += 1
