@@ -241,3 +241,30 @@ def test_skip_corrupt_on_every_training_command() -> None:
         assert args.skip_corrupt is True
         if argv[0] != "eval":
             assert shortcut_overrides(args)["data.skip_corrupt"] is True
+
+
+# ------------------------------------------------------------------------------------------ wave 3 (issue 22)
+def test_plugin_that_exits_or_crashes_on_import_is_left_out(env, tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    from importlib.metadata import EntryPoint
+
+    import mmprompt.methods.table as table
+
+    pkg = tmp_path / "bad_plugins"
+    pkg.mkdir()
+    (pkg / "exits_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    (pkg / "crashes_on_import.py").write_text("raise RuntimeError('boom ' * 1000)\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    eps = [EntryPoint("exiter", "exits_on_import:SPEC", table.ENTRY_POINT_GROUP),
+           EntryPoint("crasher", "crashes_on_import:SPEC", table.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(table, "entry_points", lambda group: eps)
+    table.reload_plugins()
+    try:
+        out = tmp_path / "r"
+        assert main(env["argv"](out)) == 0  # the built-in methods still work
+    finally:
+        table.reload_plugins()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (out / "prompts.safetensors").is_file()
+    warned = [r.getMessage() for r in caplog.records if "could not be loaded" in r.getMessage()]
+    assert len(warned) == 2 and "sys.exit(3)" in warned[0] and "boom" in warned[1]
+    assert all(len(w) < 500 for w in warned)

@@ -105,8 +105,11 @@ def _load_plugins() -> dict[str, MethodSpec]:
             try:
                 obj = ep.load()
                 spec = obj() if callable(obj) and not isinstance(obj, MethodSpec) else obj
-            except Exception as exc:  # a broken plugin must not break mmprompt
-                logger.warning("method plugin %s (%s) could not be loaded: %s", ep.name, ep.value, exc)
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break (or end) mmprompt
+                what = f"it called sys.exit({exc.code!r}) on import" if isinstance(exc, SystemExit) else (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                logger.warning("method plugin %s (%s) could not be loaded and is left out: %s", ep.name, ep.value,
+                               what[:300])
                 continue
             if not isinstance(spec, MethodSpec):
                 logger.warning("method plugin %s (%s) is not a MethodSpec", ep.name, ep.value)
