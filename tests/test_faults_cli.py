@@ -268,3 +268,51 @@ def test_plugin_that_exits_or_crashes_on_import_is_left_out(env, tmp_path: Path,
     warned = [r.getMessage() for r in caplog.records if "could not be loaded" in r.getMessage()]
     assert len(warned) == 2 and "sys.exit(3)" in warned[0] and "boom" in warned[1]
     assert all(len(w) < 500 for w in warned)
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 1e12 bytes")])
+def test_training_batch_too_big_for_memory_is_one_line(env, tmp_path: Path, monkeypatch, capsys, error) -> None:
+    import mmprompt.engine.train as train_mod
+
+    def no_memory(*a, **k):
+        raise error
+
+    monkeypatch.setattr(train_mod, "backward_objective", no_memory)
+    out = tmp_path / "r"
+    err = _fails(capsys, [*env["argv"](out), "optim.batch_size=4"], 1, "error (out of memory)",
+                 "batches of 4 images", "lower optim.batch_size")
+    assert len(err.strip().splitlines()) <= 2 and not (out / "prompts.safetensors").exists()
+
+
+def test_predict_decodes_one_batch_at_a_time_and_reports_an_image_too_big(env, tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    import mmprompt.data.images as images
+    from mmprompt.predict import Predictor
+
+    small = [tmp_path / f"s{i}.png" for i in range(3)]
+    for i, p in enumerate(small):
+        Image.new("RGB", (20, 14), (10 + 60 * i, 200, 30)).save(p)
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (9600, 12), (0, 0, 0)).save(huge)
+    events: list[str] = []
+    real_rgb, real_load, real_predict = images.to_rgb, images.load_image, Predictor.predict
+
+    def capped_rgb(im):  # a memory cap: decoding more than 100k pixels fails
+        if im.size[0] * im.size[1] > 100_000:
+            raise MemoryError
+        return real_rgb(im)
+
+    monkeypatch.setattr(images, "to_rgb", capped_rgb)
+    monkeypatch.setattr(images, "load_image", lambda p: (events.append("load"), real_load(p))[1])
+    monkeypatch.setattr(Predictor, "predict", lambda self, ims, **k: (events.append("predict"),
+                                                                       real_predict(self, ims, **k))[1])
+    argv = ["predict", "--method", "zeroshot", "--clip", str(env["weights"]), "--clip-activation", "quick_gelu",
+            "--classes", "cat,dog", "--json", "--batch-size", "2", str(small[0]), str(huge), *map(str, small[1:])]
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    got = json.loads(printed.out)
+    assert "Traceback" not in printed.err
+    assert "not enough memory to decode" in got[1]["error"] and "9600 x 12 pixels" in got[1]["error"]
+    assert [bool(g.get("predictions")) for g in got] == [True, False, True, True]
+    assert events == ["load", "load", "predict", "load", "load", "predict"]  # never every image at once

@@ -214,3 +214,72 @@ def test_data_check_flags_a_likely_label_typo(tmp_path: Path, capsys) -> None:
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path / "data.csv")]) == 0
     assert "single image in all splits (a label typo?): 'dgo' (label 1)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ wave 3 (issue 22)
+class _FifoWatchdog:
+    """Feeds a FIFO after ``delay`` seconds if someone is blocked reading it, so that code which opens it as
+    a file fails the test instead of hanging it."""
+
+    def __init__(self, fifo: Path, delay: float = 5.0) -> None:
+        import threading
+
+        self.fifo, self.stop = fifo, threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(delay,), daemon=True)
+        self.thread.start()
+
+    def _run(self, delay: float) -> None:
+        import errno
+        import time
+
+        end = time.monotonic() + delay
+        while not self.stop.wait(0.05):
+            if time.monotonic() < end:
+                continue
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # nobody reading
+                    continue
+                return
+            os.write(fd, b"not an image")
+            os.close(fd)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_fifo_named_as_an_image_is_refused_everywhere_without_hanging(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(8):
+        _img(tmp_path / "d" / f"img{i}.png", (i * 30, 100, 200))
+        rows.append(f"img{i}.png,{('cat', 'dog')[i % 2]},{'train' if i < 6 else 'test'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    fifo = tmp_path / "d" / "img0.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    dog = tmp_path / "d" / "img1.png"
+    watchdog = _FifoWatchdog(fifo)
+    try:
+        with pytest.raises(CorruptImageError, match="is a FIFO"):
+            load_image(fifo)
+        assert main(["data", "check", "--dataset", "custom", "--root", str(csv), "--verify-images"]) == 1
+        printed = capsys.readouterr()
+        assert str(fifo) in printed.out + printed.err and "FIFO" in printed.out + printed.err
+        weights = save_tiny_clip(tmp_path / "tiny.pt")
+        out = tmp_path / "run"
+        assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--clip",
+                     str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                     "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"{fifo} (" in err and "FIFO" in err
+        assert not (out / "prompts.safetensors").exists()
+        assert main(["predict", "--method", "zeroshot", "--clip", str(weights), "--clip-activation", "quick_gelu",
+                     "--classes", "cat,dog", "--json", str(fifo), str(dog)]) == 1
+        printed = capsys.readouterr()
+        got = json.loads(printed.out)
+        assert "FIFO" in got[0]["error"] and got[1]["predictions"] and "Traceback" not in printed.err
+    finally:
+        watchdog.close()

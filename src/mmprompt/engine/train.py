@@ -13,7 +13,6 @@ around a :class:`TrainSession`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import json
 import logging
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig
+from ..errors import MemoryLimitError, is_out_of_memory
 from ..methods import Objective, PromptLearner
 from .checkpoint import (
     capture_rng,
@@ -42,7 +42,7 @@ from .checkpoint import (
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .logs import truncate_run_logs
-from .optim import WarmupCosineLR, build_optimizer, set_lr
+from .optim import WarmupCosineLR, build_optimizer, optimizer_settings, restore_settings
 from .precision import autocast_context
 
 __all__ = [
@@ -251,12 +251,11 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     s.config_changes = [*earlier, *({**c, "epoch": int(state["epoch"])} for c in new)]
     s.learner.load_prompt_state_dict(state["prompts"])
     s.learner.load_training_state(state.get("method_state") or {})
-    fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in s.optimizer.param_groups]
-    fresh_schedule = {k: copy.deepcopy(getattr(s.scheduler, k)) for k in _SCHEDULE_SETTINGS}
+    fresh = optimizer_settings(s.optimizer, s.scheduler)
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
     if new:  # allowed changes: the hyperparameters come from the new config, the buffers from the file
-        _apply_new_hyperparameters(s, fresh_groups, fresh_schedule)
+        restore_settings(s.optimizer, s.scheduler, fresh)
     s.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
     start = int(state["epoch"])
@@ -264,24 +263,6 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     if new:
         s.writer.write({"event": "config_change", "epoch": start, "changes": s.config_changes}, 0, "resume")
     return start
-
-
-_SCHEDULE_SETTINGS = ("base_lrs", "epochs", "warmup_epochs", "warmup_lr")
-
-
-def _apply_new_hyperparameters(
-    s: TrainSession, groups: list[dict[str, Any]], schedule: dict[str, Any]
-) -> None:
-    """After loading a saved optimizer and scheduler: put back the hyperparameters built from the new
-    config (rates, momentum, weight decay, betas, the schedule's base rates and lengths), keeping the
-    saved state (momentum buffers, Adam moments, the epoch count), and set the current epoch's rate."""
-    for group, fresh in zip(s.optimizer.param_groups, groups, strict=True):
-        group.update(fresh)
-    for key, value in schedule.items():
-        setattr(s.scheduler, key, value)
-    lrs = s.scheduler.get_lr()
-    set_lr(s.optimizer, lrs)
-    s.scheduler._last_lr = list(lrs)  # what get_last_lr() reports
 
 
 def save_training_state(session: TrainSession, epochs_done: int, record: dict[str, Any]) -> None:
@@ -342,7 +323,15 @@ def train(
         for epoch in range(start, epochs):
             if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
                 break
-            record = run_epoch(session, epoch)
+            try:
+                record = run_epoch(session, epoch)
+            except (MemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise MemoryLimitError(
+                    f"out of memory training epoch {epoch + 1} with batches of {cfg.optim.batch_size} images "
+                    f"({cfg.precision} on {session.device}): lower optim.batch_size (--set optim.batch_size=N; "
+                    "optim.grad_accum=K keeps the effective batch) or data.num_workers") from None
             session.scheduler.step()
             learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1
