@@ -4,6 +4,7 @@ no traceback; bugs keep their traceback; --debug / MMPROMPT_DEBUG show it for ev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -316,3 +317,120 @@ def test_predict_decodes_one_batch_at_a_time_and_reports_an_image_too_big(env, t
     assert "not enough memory to decode" in got[1]["error"] and "9600 x 12 pixels" in got[1]["error"]
     assert [bool(g.get("predictions")) for g in got] == [True, False, True, True]
     assert events == ["load", "load", "predict", "load", "load", "predict"]  # never every image at once
+
+
+BILLION_LAUGHS = "".join(
+    f"{k}: &{k} [{', '.join([f'*{p}' if p else repr('lol')] * 9)}]\n"
+    for p, k in zip(["", *"abcdefgh"], "abcdefghi", strict=True)) + "description: *i\n"
+
+BAD_CONFIGS = [  # (YAML, what the one-line message must say); each was a hang, a traceback or a wrong run
+    pytest.param(BILLION_LAUGHS, "expand to more than", id="billion-laughs"),
+    pytest.param("optim:\n  lr: 0.001\n  lr: 0.002\n", "line 3: the key 'lr' is given twice (first on line 2)",
+                 id="duplicate-key"),
+    pytest.param('data:\n  skip_corrupt: "no"\n', "data.skip_corrupt must be true or false, got 'no'",
+                 id="quoted-bool-data"),
+    pytest.param('log:\n  tensorboard: "no"\n', "log.tensorboard must be true or false, got 'no'",
+                 id="quoted-bool-log"),
+    pytest.param('method:\n  name: maple\n  n_ctx: "four"\n', "n_ctx must be an integer, got 'four'", id="n-ctx-four"),
+    pytest.param("method:\n  name: maple\n  ctx_init: [a, photo]\n", "ctx_init must be a string, got ['a', 'photo']",
+                 id="ctx-init-list"),
+    pytest.param("output: 42\n", "output must be a string or null, got 42", id="output-42"),
+    pytest.param("description: caf\xe9\n".encode("latin-1"), "a config must be UTF-8 text; byte 16", id="not-utf8"),
+    pytest.param(f"description: {'x' * 3000}\nprecision: [{'y' * 3000}]\n", "precision must be a string, got ['yyy", id="long"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_CONFIGS)
+def test_bad_config_file_is_one_line_naming_file_and_field(env, tmp_path: Path, capsys, text, needle) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    argv = env["argv"](tmp_path / "r")
+    argv[argv.index("maple_b2n")] = str(config)
+    err = _fails(capsys, argv, 2, "error (config)", str(config), needle)
+    assert len(err) < 600, err  # an excerpt of the value, never all of it
+    assert not (tmp_path / "r").exists()
+
+
+def test_set_values_are_typed_too(env, tmp_path: Path, capsys) -> None:
+    _fails(capsys, [*env["argv"](tmp_path / "r"), "log.tensorboard='no'"], 2, "log.tensorboard must be true or false")
+    _fails(capsys, [*env["argv"](tmp_path / "r"), "method.n_ctx=four"], 2, "n_ctx must be an integer, got 'four'")
+    _fails(capsys, [*env["argv"](tmp_path / "r"), f"method.ctx_init=[{'a' * 3000}]"], 2, "ctx_init must be a string",
+           "characters)")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished MaPLe run (its prompt checkpoint is the run folder)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(env["argv"](out, "--stop-after-epochs", "1")) == 0
+    assert main(env["argv"](out, "--resume")) == 0
+    return out
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock", "checkpoint"))
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "pickled", "nan", "inf"])
+def test_damaged_prompt_file_is_one_line_naming_it(env, trained: Path, tmp_path: Path, capsys, damage) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    ck = _copy_run(trained, tmp_path / "ck")
+    weights = ck / "prompts.safetensors"
+    tensors = {k: v.clone() for k, v in load_file(str(weights)).items()}  # not a view of the file rewritten below
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-7])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "pickled":
+        torch.save(tensors, weights)
+    else:
+        first = sorted(tensors)[0]
+        tensors[first].view(-1)[0] = float(damage)
+        save_file(tensors, str(weights))
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 14), (10, 200, 30)).save(good)
+    needle = "NaN or Inf" if damage in ("nan", "inf") else "is not a readable safetensors file"
+    _fails(capsys, ["predict", "--checkpoint", str(ck), "--json", str(good)], 4, "error (checkpoint)", str(weights),
+           needle)
+    _fails(capsys, ["eval", "--checkpoint", str(ck), "--dataset", "eurosat", "--data-root", str(env["root"]),
+                    "--device", "cpu", "--output", str(tmp_path / "eval")], 4, str(weights), needle)
+
+
+def test_method_that_disagrees_with_the_checkpoint_is_an_error(env, trained: Path, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 14), (10, 200, 30)).save(good)
+    _fails(capsys, ["predict", "--checkpoint", str(trained), "--method", "coop", str(good)], 2,
+           "--method coop disagrees with the checkpoint", "holds maple prompts")
+    _fails(capsys, ["eval", "--checkpoint", str(trained), "--method", "coop", "--dataset", "eurosat", "--data-root",
+                    str(env["root"]), "--device", "cpu"], 2, "--method coop disagrees")
+    assert main(["predict", "--checkpoint", str(trained), "--method", "MaPLe", "--json", str(good)]) == 0
+
+
+def test_other_weights_of_the_same_shape_are_named(env, trained: Path, tmp_path: Path, capsys, caplog) -> None:
+    import torch
+
+    state = torch.load(env["weights"], weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    state[key] = state[key] + 0.01
+    other = tmp_path / "other" / "tiny.pt"
+    other.parent.mkdir()
+    torch.save(state, other)
+    (other.parent / "open_clip_config.json").write_bytes((env["weights"].parent / "open_clip_config.json").read_bytes())
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 14), (10, 200, 30)).save(good)
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", "--checkpoint", str(trained), "--clip", str(other), "--clip-activation", "quick_gelu",
+                     "--json", str(good)]) == 0
+    warned = [r.getMessage() for r in caplog.records if "SHA-256" in r.getMessage()]
+    assert len(warned) == 1 and str(other) in warned[0] and "results will differ" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the recorded weights themselves: no warning
+        assert main(["predict", "--checkpoint", str(trained), "--clip", str(env["weights"]), "--clip-activation",
+                     "quick_gelu", "--json", str(good)]) == 0
+    assert not [r for r in caplog.records if "SHA-256" in r.getMessage()]

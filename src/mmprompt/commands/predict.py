@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                         clip_activation=args.clip_activation, precision=args.precision,
                                         allow_torchscript=args.allow_torchscript)
     else:
+        from ..checkpoint import check_method_matches, read_prompt_meta
+
+        check_method_matches(read_prompt_meta(args.checkpoint), args.method, args.checkpoint)
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
                                               allow_torchscript=args.allow_torchscript)

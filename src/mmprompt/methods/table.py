@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from ..checks import ConfigError, check_fields
 from ..names import name_key
 from .base import MethodConfig, PromptLearner
 
@@ -178,7 +179,15 @@ def make_config(method: str, values: Mapping[str, Any] | None = None) -> MethodC
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s) for method {method!r}: {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    try:
+        config = cls(**values)
+    except ConfigError:  # the class's own check: it names the field and its bounds
+        raise
+    except (TypeError, ValueError):
+        check_fields(cls, values, f"{method}.")  # a value of the wrong type: say so, not how a comparison failed
+        raise
+    check_fields(cls, values, f"{method}.")  # also the fields the class's own checks do not look at
+    return config
 
 
 LEGACY_ENCODER_FIELDS = ("text_chunk_size", "text_chunk_tokens", "truncate_text", "share_text_prefix")
