@@ -283,3 +283,57 @@ def test_fifo_named_as_an_image_is_refused_everywhere_without_hanging(tmp_path: 
         assert "FIFO" in got[0]["error"] and got[1]["predictions"] and "Traceback" not in printed.err
     finally:
         watchdog.close()
+
+
+def test_duplicate_class_names_are_an_error_everywhere(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(12):
+        _img(tmp_path / "csv" / f"img{i}.png", (i * 20, 100, 200))
+        rows.append(f"img{i}.png,{i % 3},{'train' if i < 9 else 'test'}")
+    csv = tmp_path / "csv" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncat\n")
+    split = tmp_path / "split" / "split.json"
+    _img(tmp_path / "split" / "a.png")
+    _img(tmp_path / "split" / "b.png")
+    split.write_text(json.dumps({"train": [["a.png", 0, "cat"], ["b.png", 1, "cat"]], "val": [],
+                                 "test": [["a.png", 0, "cat"], ["b.png", 1, "cat"]]}))
+    folders = tmp_path / "folders"
+    for c in ("tabby", "siamese", "dog"):
+        for i in range(5):
+            _img(folders / c / f"{i}.png")
+    folder_names = tmp_path / "folder_names.txt"
+    folder_names.write_text("tabby cat\nsiamese cat\ndog dog\n")
+    cases = [(["--root", str(csv), "--classnames", str(names)], names),
+             (["--root", str(tmp_path / "split"), "--split-file", str(split)], split),
+             (["--root", str(folders), "--classnames", str(folder_names)], folder_names)]
+    for extra, where in cases:
+        assert main(["data", "check", "--dataset", "custom", *extra]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(where) in err and "class names must be distinct" in err, err
+        assert "'cat' names labels 0, " in err
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    out = tmp_path / "run"
+    assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--classnames", str(names),
+                 "--clip", str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                 "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "'cat' names labels 0, 2" in err and not (out / "prompts.json").exists()
+
+
+def test_very_long_class_name_gets_a_short_message(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    long_name = "x" * 3000
+    for i in range(12):
+        _img(tmp_path / "d" / f"img{i}.png", (i * 20, 100, 200))
+        rows.append(f"img{i}.png,{('cat', long_name)[i % 2]},{'train' if i < 8 else 'test'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--clip", str(weights),
+                 "--clip-activation", "quick_gelu", "--output", str(tmp_path / "run"), "--shots", "2", "--device",
+                 "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "more than the context length" in err and "characters)" in err
+    assert len(err) < 500 and "truncate=True" not in err
