@@ -396,3 +396,28 @@ def test_results_png_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
     png = tmp_path / "results.png"
     plot_results(results, png)
     assert written == [png] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ray_address_to_nothing_gives_up_after_ray_timeout(env, tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    import socket
+
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def never(*a, **k):  # Ray's own connection attempts retry for many minutes: they must not start
+        raise AssertionError("ray.init was called for an address that does not answer")
+
+    monkeypatch.setattr(ray, "init", never)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    out = tmp_path / "sweep"
+    start = time.monotonic()
+    code = main([*_sweep_argv(env, out), "--launcher", "ray", "--ray-address", f"127.0.0.1:{port}",
+                 "--ray-timeout", "2"])
+    took = time.monotonic() - start
+    err = capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert code == 2 and took < 15, (code, took)
+    assert "Traceback" not in err and f"--ray-address 127.0.0.1:{port} after 2 s" in err
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+    assert not (out / "zeroshot").exists() and not (out / "results.json").exists()

@@ -45,6 +45,8 @@ class LaunchOptions:
     """``sequential`` (one run after another in this process) or ``ray`` (one Ray task per run)."""
     ray_address: str | None = None
     """Ray: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` of a running cluster; None starts a local one."""
+    ray_timeout: float = 60.0
+    """Ray: seconds to keep trying to reach ``ray_address`` before giving up with a message naming it."""
     gpus_per_run: float | None = None
     """Ray: GPUs each run asks for (fractional packs several runs on one GPU; default 1 when the cluster
     has GPUs, else 0)."""
@@ -68,6 +70,8 @@ class LaunchOptions:
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"unknown launcher {self.launcher!r}; expected one of {', '.join(LAUNCHERS)}")
+        if not self.ray_timeout > 0:
+            raise ValueError(f"ray_timeout must be > 0 seconds, got {self.ray_timeout}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.cpus_per_run <= 0 or (self.gpus_per_run is not None and self.gpus_per_run < 0):

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,34 @@ def run_task(spec_dict: dict[str, Any], clip_spec: str, clip_activation: str | N
     return {"payload": payload, "files": files, "host": host}
 
 
+def probe_address(address: str, timeout: float) -> None:
+    """Wait until something accepts a TCP connection at a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``),
+    for at most ``timeout`` seconds; Ray itself would keep retrying for many minutes. ``auto`` is left to Ray
+    (it reads the address of a cluster started on this machine and fails at once without one)."""
+    if address == "auto":
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        host, port_text = rest, "10001" if scheme == "ray" else "6379"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise LaunchError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=max(0.1, min(5.0, left))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise LaunchError(f"no Ray cluster answers at --ray-address {address} after {timeout:g} s "
+                                  f"({exc.strerror or exc}); start one with `ray start --head`, check the address, "
+                                  "or give a longer --ray-timeout") from None
+        time.sleep(1.0)
+
+
 class RayLauncher:
     """Runs each spec as a Ray task asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs."""
 
@@ -113,6 +142,7 @@ class RayLauncher:
             return False
         if self.options.ray_address:
             logger.info("connecting to the Ray cluster at %s", self.options.ray_address)
+            probe_address(self.options.ray_address, self.options.ray_timeout)
             try:
                 ray.init(address=self.options.ray_address, log_to_driver=False)
             except ConnectionError as exc:
