@@ -434,3 +434,40 @@ def test_other_weights_of_the_same_shape_are_named(env, trained: Path, tmp_path:
         assert main(["predict", "--checkpoint", str(trained), "--clip", str(env["weights"]), "--clip-activation",
                      "quick_gelu", "--json", str(good)]) == 0
     assert not [r for r in caplog.records if "SHA-256" in r.getMessage()]
+
+
+DOUBLE_CTRL_C = """
+import atexit, os, signal, sys, time
+import mmprompt.commands.data as cmd
+def slow_cleanup():  # like joining loader workers or check threads at exit
+    sys.stderr.write("cleanup\\n"); sys.stderr.flush()
+    time.sleep(20)
+atexit.register(slow_cleanup)
+def interrupted(args):
+    raise KeyboardInterrupt
+cmd.run = interrupted
+from mmprompt.cli import main
+sys.exit(main(["data", "list"]))
+"""
+
+
+def test_double_ctrl_c_exits_at_once_without_a_traceback(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = tmp_path / "ctrlc.py"
+    script.write_text(DOUBLE_CTRL_C)
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": SRC},
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # the first Ctrl-C was handled; now the cleanup at exit runs
+        lines.append(line)
+        if line.strip() == "cleanup":
+            break
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # the second Ctrl-C
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130 and time.monotonic() - start < 10
+    err = "".join(lines) + rest
+    assert "mmprompt: interrupted" in err and "Traceback" not in err and "exiting now" in err
