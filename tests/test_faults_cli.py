@@ -471,3 +471,70 @@ def test_double_ctrl_c_exits_at_once_without_a_traceback(tmp_path: Path) -> None
     assert proc.wait(timeout=30) == 130 and time.monotonic() - start < 10
     err = "".join(lines) + rest
     assert "mmprompt: interrupted" in err and "Traceback" not in err and "exiting now" in err
+
+
+def test_sweep_override_form_on_train_says_it_is_for_sweeps(env, tmp_path: Path, capsys) -> None:
+    _fails(capsys, [*env["argv"](tmp_path / "r"), "maple:method.depth=3"], 2, "maple:method.depth",
+           "sets one method's runs of a sweep (benchmark, reproduce)", "method.depth=...")
+
+
+def test_output_that_is_a_file_is_refused_before_loading(env, tmp_path: Path, capsys, monkeypatch) -> None:
+    import mmprompt.commands.train as train_cmd
+
+    def never(*a, **k):
+        raise AssertionError("the CLIP was loaded before the output was checked")
+
+    monkeypatch.setattr("mmprompt.engine.clip_source.resolve_clip", never)
+    monkeypatch.setattr(train_cmd, "load_splits", never, raising=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    _fails(capsys, env["argv"](notes), 2, f"--output {notes} is a file, not a folder")
+    _fails(capsys, env["argv"](notes / "run"), 2, f"{notes} is a file, not a folder")
+    assert notes.read_text() == "mine"
+
+
+def test_empty_test_split_is_refused_before_training(env, tmp_path: Path, capsys) -> None:
+    for i in range(6):
+        Image.new("RGB", (16, 16), (i * 30, 100, 200)).save(tmp_path / f"img{i}.png")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [[f"img{i}.png", i % 2, ("cat", "dog")[i % 2]] for i in range(6)],
+                                 "val": [], "test": []}))
+    out = tmp_path / "r"
+    argv = env["argv"](out, "--split-file", str(split), data=tmp_path)
+    argv[argv.index("eurosat")] = "custom"
+    argv[argv.index("maple_b2n")] = "coop"
+    argv = [a for a in argv if a != "method.depth=2"] + ["method.n_ctx=2"]
+    _fails(capsys, argv, 3, "error (data)", "the test split of", "is empty")
+    assert not (out / "log.jsonl").exists() and not (out / "checkpoint").exists()  # no epoch was trained
+
+
+def test_full_disk_on_the_training_log_names_it(env, tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import mmprompt.engine.train as train_mod
+
+    real_init = train_mod._Logger.__init__
+
+    class FullDisk:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def init(self, run_dir, tensorboard):
+        real_init(self, run_dir, tensorboard)
+        if self.file is not None:
+            self.file.close()
+            self.file = FullDisk(self.file.name)
+
+    monkeypatch.setattr(train_mod._Logger, "__init__", init)
+    out = tmp_path / "r"
+    _fails(capsys, env["argv"](out), 5, "error (files)", f"cannot write {out / 'log.jsonl'}: No space left on device",
+           "--resume")

@@ -421,3 +421,20 @@ def test_ray_address_to_nothing_gives_up_after_ray_timeout(env, tmp_path: Path, 
     assert "Traceback" not in err and f"--ray-address 127.0.0.1:{port} after 2 s" in err
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
     assert not (out / "zeroshot").exists() and not (out / "results.json").exists()
+
+
+def test_reproduce_with_a_missing_data_root_stops_before_any_run(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "repro"
+    missing = tmp_path / "no-data"
+    argv = ["reproduce", "coop", "--datasets", "eurosat", "--data-root", str(missing), "--clip", str(env["weights"]),
+            "--clip-activation", "quick_gelu", "--output", str(out), "--seeds", "1", "--shots", "2", "--device", "cpu",
+            "--no-progress", "--set", "data.num_workers=0", "optim.epochs=1"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no run was started" in err and str(missing) in err
+    assert err.count("does not exist") == 1  # said once, not once per run and attempt
+    assert not list(out.rglob("error.log")) and not list(out.rglob("metrics.json"))
+    with RunLock(out, command="reproduce"):  # a second reproduce on a held output is refused
+        argv[argv.index(str(missing))] = str(env["root"])
+        assert main(argv) == 7
+    assert "in use by" in capsys.readouterr().err and not list(out.rglob("metrics.json"))

@@ -418,6 +418,9 @@ def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str] | Mappin
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or (part not in node and not free):
+                if ":" in parts[0]:
+                    raise ConfigError(f"--set {key}=...: the form METHOD:key=value sets one method's runs of a "
+                                      f"sweep (benchmark, reproduce); for one run write {key.partition(':')[2]}=...")
                 raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])!r} does not exist")
             node = node.setdefault(part, {})
         last = parts[-1]

@@ -198,6 +198,12 @@ def _run_experiment(
         logger.info("%s is finished; skipping", run_dir)
         return read_metrics(run_dir)
     evals = dict(evals or {"test": train_splits})
+    empty = [f"{splits.name} ({name})" for name, splits in evals.items() if not splits.test]
+    if empty:  # said before training, not after it
+        from ..data.errors import DataError
+
+        raise DataError(f"the test split of {', '.join(empty)} is empty: there would be nothing to evaluate after "
+                        "training; give test images (a split column, a test/ folder or the split file's test list)")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)

@@ -13,10 +13,12 @@ around a :class:`TrainSession`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..errors import MemoryLimitError, is_out_of_memory
+from ..fileio import WriteError
 from ..methods import Objective, PromptLearner
 from .checkpoint import (
     capture_rng,
@@ -115,8 +118,13 @@ class _Logger:
 
     def write(self, record: dict[str, Any], step: int, prefix: str) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as exc:  # the system names no file: say which one
+                raise WriteError(exc.errno or errno.EIO, f"cannot write {self.file.name}: "
+                                 f"{os.strerror(exc.errno) if exc.errno else exc}; free some space and run the "
+                                 "command again with --resume (the last finished epoch is kept)") from exc
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("epoch", "step", "event") and isinstance(value, (int, float)):
