@@ -337,3 +337,32 @@ def test_very_long_class_name_gets_a_short_message(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert "Traceback" not in err and "more than the context length" in err and "characters)" in err
     assert len(err) < 500 and "truncate=True" not in err
+
+
+def test_label_typo_is_said_by_train_too_and_is_an_error_with_classnames(tmp_path: Path, capsys, caplog) -> None:
+    rows = ["path,label,split"]
+    for i in range(13):
+        _img(tmp_path / "d" / f"{i}.png", (i * 15, 90, 200))
+        label = "cat" if i < 6 else "dog" if i < 12 else "pink elephant"
+        rows.append(f"{i}.png,{label},{'test' if i % 3 == 0 else 'train'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+
+    def train(out: Path, *extra: str) -> int:
+        return main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), *extra, "--clip",
+                     str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                     "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"])
+
+    with caplog.at_level(logging.WARNING):
+        assert train(tmp_path / "run") == 0
+    warned = [r.getMessage() for r in caplog.records if "label typo" in r.getMessage()]
+    assert len(warned) == 1 and "'pink elephant'" in warned[0]
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    assert train(tmp_path / "run2", "--classnames", str(names)) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "label 'pink elephant' is not in" in err and str(names) in err
+    assert not (tmp_path / "run2" / "prompts.json").exists()
+    assert main(["data", "check", "--dataset", "custom", "--root", str(csv), "--classnames", str(names)]) == 3
+    assert "label 'pink elephant' is not in" in capsys.readouterr().err
