@@ -538,3 +538,15 @@ def test_full_disk_on_the_training_log_names_it(env, tmp_path: Path, monkeypatch
     out = tmp_path / "r"
     _fails(capsys, env["argv"](out), 5, "error (files)", f"cannot write {out / 'log.jsonl'}: No space left on device",
            "--resume")
+
+
+def test_evaluation_batch_too_big_for_memory_is_one_line(env, trained: Path, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    import mmprompt.engine.evaluate as evaluate_mod
+
+    def no_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(evaluate_mod, "autocast_context", no_memory)
+    _fails(capsys, ["eval", "--checkpoint", str(trained), "--dataset", "eurosat", "--data-root", str(env["root"]),
+                    "--device", "cpu"], 1, "error (out of memory)", "batches of", "lower eval_batch_size")

@@ -71,7 +71,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
-                                              or "can't allocate memory" in text)
+                                              or "can't allocate memory" in text
+                                              or "is killed by signal: Killed" in text)  # a loader worker, by the OOM killer
 
 
 class UserErrorInfo(NamedTuple):
