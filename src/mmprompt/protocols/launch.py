@@ -141,9 +141,12 @@ def preflight(specs: Sequence[RunSpec], clip_spec: ClipSpec) -> None:
     as a path, must exist. Raises one error listing every problem (nothing has run)."""
     from ..data import DatasetNotFoundError, get_dataset_info
     from ..data.build import diagnose_root
+    from ..engine.run import is_done
 
     problems: list[str] = []
-    wanted = {(d, str(s.config.get("data", {}).get("root"))) for s in specs for d in (s.dataset, *s.targets)}
+    wanted = {(d, str(s.config.get("data", {}).get("root"))) for s in specs for d in (
+        *(() if s.targets and is_done(Path(s.folder)) else (s.dataset,)),  # the source run is trained already
+        *s.targets)}
     for dataset, root in sorted(wanted):
         try:
             info = get_dataset_info(dataset)
