@@ -438,3 +438,19 @@ def test_reproduce_with_a_missing_data_root_stops_before_any_run(env, tmp_path: 
         argv[argv.index(str(missing))] = str(env["root"])
         assert main(argv) == 7
     assert "in use by" in capsys.readouterr().err and not list(out.rglob("metrics.json"))
+
+
+def test_which_failures_are_retried() -> None:
+    import errno
+
+    from mmprompt.config import ConfigError
+    from mmprompt.data import DatasetNotFoundError
+    from mmprompt.engine.train import NonFiniteLossError
+    from mmprompt.errors import CheckpointError, MemoryLimitError
+    from mmprompt.protocols.launch import is_deterministic
+
+    again = [None, OSError(errno.ENOSPC, "full"), OSError(errno.EIO, "io"), MemoryLimitError("oom"),
+             RuntimeError("worker died")]
+    never = [ConfigError("x"), DatasetNotFoundError("x"), CheckpointError("x"), FileNotFoundError("x"),
+             NonFiniteLossError(1, 0, float("nan"), None, "loss")]
+    assert not any(map(is_deterministic, again)) and all(map(is_deterministic, never))

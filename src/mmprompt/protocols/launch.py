@@ -122,13 +122,18 @@ def clear_error(spec: RunSpec) -> None:
 
 def is_deterministic(exc: BaseException | None) -> bool:
     """True for an error that would happen again on a retry: bad config, missing or corrupt data, weights or
-    checkpoint, a NaN loss. Lost workers, full disks and other failures are worth retrying."""
-    from ..errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, EXIT_WEIGHTS, classify_error
+    checkpoint, a missing or forbidden file, a NaN loss. Lost workers, full disks, I/O errors and other failures
+    are worth retrying."""
+    from ..errors import EXIT_CONFIG, EXIT_DATA, EXIT_WEIGHTS, classify_error
 
     if exc is None:
         return False
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True  # a missing or forbidden input does not appear on a retry (a full disk or an I/O error may pass)
     info = classify_error(exc)
-    return info is not None and info.code in (EXIT_CONFIG, EXIT_DATA, EXIT_WEIGHTS, EXIT_FAILED)
+    if info is None:
+        return False
+    return info.code in (EXIT_CONFIG, EXIT_DATA, EXIT_WEIGHTS) or info.category == "training stopped"  # a NaN loss
 
 
 def attempts_for(exc: BaseException | None, attempt: int, max_retries: int) -> int:
