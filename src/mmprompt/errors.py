@@ -41,6 +41,7 @@ __all__ = [
     "UserErrorInfo",
     "classify_error",
     "is_out_of_memory",
+    "raise_if_out_of_memory",
 ]
 
 EXIT_FAILED = 1
@@ -73,6 +74,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
                                               or "can't allocate memory" in text
                                               or "is killed by signal: Killed" in text)  # a loader worker, by the OOM killer
+
+
+def raise_if_out_of_memory(exc: BaseException, doing: str, lower: str) -> None:
+    """Raise :class:`MemoryLimitError` ("out of memory <doing>: lower <lower>") if ``exc`` is an
+    out-of-memory error; return otherwise (the caller re-raises ``exc``)."""
+    if is_out_of_memory(exc):
+        raise MemoryLimitError(f"out of memory {doing}: lower {lower}") from None
 
 
 class UserErrorInfo(NamedTuple):

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.errors import CorruptImageError
     from ..data.images import load_image
     from ..engine.distributed import resolve_device
-    from ..errors import EXIT_FAILED, MemoryLimitError, is_out_of_memory
+    from ..errors import EXIT_FAILED, raise_if_out_of_memory
     from ..methods import canonical_method
     from ..predict import Predictor
 
@@ -114,10 +114,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             found = predictor.predict(list(loaded.values()), top_k=args.top_k)
         except (MemoryError, RuntimeError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            raise MemoryLimitError(f"out of memory classifying a batch of {len(loaded)} images on {device}: lower "
-                                   f"--batch-size (now {args.batch_size})") from None
+            raise_if_out_of_memory(exc, f"classifying a batch of {len(loaded)} images on {device}",
+                                   f"--batch-size (now {args.batch_size})")
+            raise
         predicted.update(zip(loaded, found, strict=True))
     if args.json:
         print(json.dumps([{"image": str(img), "error": errors[i]} if i in errors else

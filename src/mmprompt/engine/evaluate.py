@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import MemoryLimitError, is_out_of_memory
+from ..errors import raise_if_out_of_memory
 from ..methods import PromptLearner
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, eval_loader
@@ -98,10 +98,9 @@ def evaluate(
                 correct.index_add_(0, labels, hit)
                 total.index_add_(0, labels, torch.ones_like(hit))
     except (MemoryError, RuntimeError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        raise MemoryLimitError(f"out of memory evaluating batches of {batch_size} images ({precision} on {device}): "
-                               "lower eval_batch_size (--set eval_batch_size=N)") from None
+        raise_if_out_of_memory(exc, f"evaluating batches of {batch_size} images ({precision} on {device})",
+                               "eval_batch_size (--set eval_batch_size=N)")
+        raise
     finally:
         learner.train(was_training)
     all_reduce_sum(correct, ctx)

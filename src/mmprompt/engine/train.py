@@ -13,12 +13,10 @@ around a :class:`TrainSession`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import errno
 import inspect
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig
-from ..errors import MemoryLimitError, is_out_of_memory
+from ..errors import raise_if_out_of_memory
 from ..fileio import WriteError
 from ..methods import Objective, PromptLearner
 from .checkpoint import (
@@ -122,9 +120,8 @@ class _Logger:
                 self.file.write(json.dumps(record) + "\n")
                 self.file.flush()
             except OSError as exc:  # the system names no file: say which one
-                raise WriteError(exc.errno or errno.EIO, f"cannot write {self.file.name}: "
-                                 f"{os.strerror(exc.errno) if exc.errno else exc}; free some space and run the "
-                                 "command again with --resume (the last finished epoch is kept)") from exc
+                raise WriteError(exc.errno, f"cannot write {self.file.name}: {exc.strerror or exc}; free some "
+                                 "space and run the command again with --resume (the last epoch is kept)") from exc
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("epoch", "step", "event") and isinstance(value, (int, float)):
@@ -334,12 +331,10 @@ def train(
             try:
                 record = run_epoch(session, epoch)
             except (MemoryError, RuntimeError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                raise MemoryLimitError(
-                    f"out of memory training epoch {epoch + 1} with batches of {cfg.optim.batch_size} images "
-                    f"({cfg.precision} on {session.device}): lower optim.batch_size (--set optim.batch_size=N; "
-                    "optim.grad_accum=K keeps the effective batch) or data.num_workers") from None
+                raise_if_out_of_memory(exc, f"training epoch {epoch + 1} with batches of {cfg.optim.batch_size} "
+                                       f"images ({cfg.precision} on {session.device})", "optim.batch_size (--set "
+                                       "optim.batch_size=N; optim.grad_accum=K keeps the effective batch)")
+                raise
             session.scheduler.step()
             learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1
