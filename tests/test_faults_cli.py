@@ -550,3 +550,13 @@ def test_evaluation_batch_too_big_for_memory_is_one_line(env, trained: Path, tmp
     monkeypatch.setattr(evaluate_mod, "autocast_context", no_memory)
     _fails(capsys, ["eval", "--checkpoint", str(trained), "--dataset", "eurosat", "--data-root", str(env["root"]),
                     "--device", "cpu"], 1, "error (out of memory)", "batches of", "lower eval_batch_size")
+
+
+def test_strict_yaml_reader_keeps_what_yaml_allows() -> None:
+    from mmprompt.yamlio import load_yaml_text
+
+    assert load_yaml_text("base: &b {lr: 1, m: 2}\nopt:\n  <<: *b\n  lr: 3\n", "x")["opt"] == {"lr": 3, "m": 2}
+    assert load_yaml_text("a: 1e-3\nb: '1e-3'\nc: [*x]\n".replace("*x", "1"), "x") == {"a": 0.001, "b": "1e-3",
+                                                                                    "c": [1]}
+    with pytest.raises(ConfigError, match=r"^f.yaml: line 3: the key 'a' is given twice \(first on line 1\)"):
+        load_yaml_text("a: 1\nb: 2\na: 3\n", "f.yaml")
