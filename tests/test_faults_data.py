@@ -214,3 +214,155 @@ def test_data_check_flags_a_likely_label_typo(tmp_path: Path, capsys) -> None:
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path / "data.csv")]) == 0
     assert "single image in all splits (a label typo?): 'dgo' (label 1)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ wave 3 (issue 22)
+class _FifoWatchdog:
+    """Feeds a FIFO after ``delay`` seconds if someone is blocked reading it, so that code which opens it as
+    a file fails the test instead of hanging it."""
+
+    def __init__(self, fifo: Path, delay: float = 5.0) -> None:
+        import threading
+
+        self.fifo, self.stop = fifo, threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(delay,), daemon=True)
+        self.thread.start()
+
+    def _run(self, delay: float) -> None:
+        import errno
+        import time
+
+        end = time.monotonic() + delay
+        while not self.stop.wait(0.05):
+            if time.monotonic() < end:
+                continue
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # nobody reading
+                    continue
+                return
+            os.write(fd, b"not an image")
+            os.close(fd)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_fifo_named_as_an_image_is_refused_everywhere_without_hanging(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(8):
+        _img(tmp_path / "d" / f"img{i}.png", (i * 30, 100, 200))
+        rows.append(f"img{i}.png,{('cat', 'dog')[i % 2]},{'train' if i < 6 else 'test'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    fifo = tmp_path / "d" / "img0.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    dog = tmp_path / "d" / "img1.png"
+    watchdog = _FifoWatchdog(fifo)
+    try:
+        with pytest.raises(CorruptImageError, match="is a FIFO"):
+            load_image(fifo)
+        assert main(["data", "check", "--dataset", "custom", "--root", str(csv), "--verify-images"]) == 1
+        printed = capsys.readouterr()
+        assert str(fifo) in printed.out + printed.err and "FIFO" in printed.out + printed.err
+        weights = save_tiny_clip(tmp_path / "tiny.pt")
+        out = tmp_path / "run"
+        assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--clip",
+                     str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                     "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"{fifo} (" in err and "FIFO" in err
+        assert not (out / "prompts.safetensors").exists()
+        assert main(["predict", "--method", "zeroshot", "--clip", str(weights), "--clip-activation", "quick_gelu",
+                     "--classes", "cat,dog", "--json", str(fifo), str(dog)]) == 1
+        printed = capsys.readouterr()
+        got = json.loads(printed.out)
+        assert "FIFO" in got[0]["error"] and got[1]["predictions"] and "Traceback" not in printed.err
+    finally:
+        watchdog.close()
+
+
+def test_duplicate_class_names_are_an_error_everywhere(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(12):
+        _img(tmp_path / "csv" / f"img{i}.png", (i * 20, 100, 200))
+        rows.append(f"img{i}.png,{i % 3},{'train' if i < 9 else 'test'}")
+    csv = tmp_path / "csv" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncat\n")
+    split = tmp_path / "split" / "split.json"
+    _img(tmp_path / "split" / "a.png")
+    _img(tmp_path / "split" / "b.png")
+    split.write_text(json.dumps({"train": [["a.png", 0, "cat"], ["b.png", 1, "cat"]], "val": [],
+                                 "test": [["a.png", 0, "cat"], ["b.png", 1, "cat"]]}))
+    folders = tmp_path / "folders"
+    for c in ("tabby", "siamese", "dog"):
+        for i in range(5):
+            _img(folders / c / f"{i}.png")
+    folder_names = tmp_path / "folder_names.txt"
+    folder_names.write_text("tabby cat\nsiamese cat\ndog dog\n")
+    cases = [(["--root", str(csv), "--classnames", str(names)], names),
+             (["--root", str(tmp_path / "split"), "--split-file", str(split)], split),
+             (["--root", str(folders), "--classnames", str(folder_names)], folder_names)]
+    for extra, where in cases:
+        assert main(["data", "check", "--dataset", "custom", *extra]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(where) in err and "class names must be distinct" in err, err
+        assert "'cat' names labels 0, " in err
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    out = tmp_path / "run"
+    assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--classnames", str(names),
+                 "--clip", str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                 "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "'cat' names labels 0, 2" in err and not (out / "prompts.json").exists()
+
+
+def test_very_long_class_name_gets_a_short_message(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    long_name = "x" * 3000
+    for i in range(12):
+        _img(tmp_path / "d" / f"img{i}.png", (i * 20, 100, 200))
+        rows.append(f"img{i}.png,{('cat', long_name)[i % 2]},{'train' if i < 8 else 'test'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+    assert main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), "--clip", str(weights),
+                 "--clip-activation", "quick_gelu", "--output", str(tmp_path / "run"), "--shots", "2", "--device",
+                 "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "more than the context length" in err and "characters)" in err
+    assert len(err) < 500 and "truncate=True" not in err
+
+
+def test_label_typo_is_said_by_train_too_and_is_an_error_with_classnames(tmp_path: Path, capsys, caplog) -> None:
+    rows = ["path,label,split"]
+    for i in range(13):
+        _img(tmp_path / "d" / f"{i}.png", (i * 15, 90, 200))
+        label = "cat" if i < 6 else "dog" if i < 12 else "pink elephant"
+        rows.append(f"{i}.png,{label},{'test' if i % 3 == 0 else 'train'}")
+    csv = tmp_path / "d" / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    weights = save_tiny_clip(tmp_path / "tiny.pt")
+
+    def train(out: Path, *extra: str) -> int:
+        return main(["train", "--config", "coop", "--dataset", "custom", "--data-root", str(csv), *extra, "--clip",
+                     str(weights), "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2",
+                     "--device", "cpu", "--no-progress", "--set", "optim.epochs=1", "method.n_ctx=2"])
+
+    with caplog.at_level(logging.WARNING):
+        assert train(tmp_path / "run") == 0
+    warned = [r.getMessage() for r in caplog.records if "label typo" in r.getMessage()]
+    assert len(warned) == 1 and "'pink elephant'" in warned[0]
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    assert train(tmp_path / "run2", "--classnames", str(names)) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "label 'pink elephant' is not in" in err and str(names) in err
+    assert not (tmp_path / "run2" / "prompts.json").exists()
+    assert main(["data", "check", "--dataset", "custom", "--root", str(csv), "--classnames", str(names)]) == 3
+    assert "label 'pink elephant' is not in" in capsys.readouterr().err

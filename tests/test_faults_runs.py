@@ -300,3 +300,157 @@ def test_stale_temp_cleanup_touches_only_run_files(tmp_path: Path) -> None:
         p.write_text("x")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(ours)
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+
+
+# ------------------------------------------------------------------------------------------ wave 3 (issue 22)
+def test_resume_after_a_real_nan_continues_with_the_new_lr(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    two_steps = "optim.batch_size=2"  # two steps per epoch: the lr jump of epoch 2 gives NaN at its step 2
+    assert main([*env["argv"](out), "optim.lr=1e38", two_steps]) == 1
+    err = capsys.readouterr().err
+    assert "the training loss is nan at epoch 2" in err and "Traceback" not in err
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["epoch"] == 1
+    assert main([*env["argv"](out, "--resume", "--allow-config-change"), "optim.lr=0.002", two_steps]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    epochs = [r for r in _records(out) if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[1]["lr"] == pytest.approx(0.002) and epochs[2]["lr"] == pytest.approx(0.0015)
+    assert all(torch.isfinite(t).all() for t in _prompts(out).values())
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert state["scheduler"]["base_lrs"][0] == pytest.approx(0.002)
+    assert all(g["lr"] < 1 for g in state["optimizer"]["param_groups"])
+
+
+def _flip_tensor_byte(state: Path) -> None:
+    """Flip one byte inside the largest tensor record of a torch zip file (torch.load still reads it)."""
+    import zipfile
+
+    with zipfile.ZipFile(state) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(state.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[at] ^= 0x40
+    state.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_the_training_state_are_refused_on_resume(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(env["argv"](out, "--stop-after-epochs", "1")) == 0
+    state = out / "checkpoint" / "state.pt"
+    before = state.read_bytes()
+    _flip_tensor_byte(state)
+    torch.load(state, weights_only=True)  # still a readable file: only the checksum tells
+    capsys.readouterr()
+    assert main(env["argv"](out, "--resume")) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(state) in err and "corrupted" in err
+    assert not (out / "metrics.json").exists() and not (out / "prompts.safetensors").exists()
+    state.write_bytes(before)  # the intact state resumes to the reference result
+    assert main(env["argv"](out, "--resume")) == 0
+    assert _same_prompts(out, env["ref"])
+
+
+def _sweep_argv(env, out: Path, *datasets: str, clip: str | None = None) -> list[str]:
+    return ["benchmark", "base2novel", "--method", "zeroshot", "--datasets", *(datasets or ("eurosat",)),
+            "--seeds", "1", "--data-root", str(env["root"]), "--clip", clip or str(env["weights"]),
+            "--clip-activation", "quick_gelu", "--output", str(out), "--shots", "2", "--no-progress",
+            "--set", "data.num_workers=0"]
+
+
+def test_second_sweep_on_a_held_output_is_refused_and_writes_nothing(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    with RunLock(out, command="base2novel sweep"):  # the first sweep, still running
+        assert main(_sweep_argv(env, out)) == 7
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out) in err and "base2novel sweep" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no run folder, no results, no error.log
+    assert main(_sweep_argv(env, out)) == 0  # the lock went with its holder
+    assert (out / "results.json").is_file() and not list(out.rglob("error.log"))
+
+
+def test_sweep_checks_data_roots_and_weights_before_any_run(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    assert main(_sweep_argv(env, out, "eurosat", "stanford_cars", "dtd")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no run was started" in err
+    assert str(env["root"] / "stanford_cars") in err and str(env["root"] / "dtd") in err  # every problem at once
+    assert not (out / "zeroshot").exists() and not (out / "results.json").exists()
+    assert main(_sweep_argv(env, out, clip=str(tmp_path / "gone.pt"))) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "gone.pt" in err and not (out / "zeroshot").exists()
+
+
+def test_results_png_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    import mmprompt.fileio as fileio
+    from mmprompt.protocols.results import aggregate, plot_results
+
+    pytest.importorskip("matplotlib")
+    written = []
+    real = fileio.atomic_write_bytes
+    monkeypatch.setattr(fileio, "atomic_write_bytes", lambda path, data, *a, **k: (written.append(Path(path)),
+                                                                                 real(path, data, *a, **k))[1])
+    results = aggregate("base2novel", {"coop": {"eurosat": {1: {"base": 80.0, "novel": 62.0}}}}, ("base", "novel"),
+                        average_over=["eurosat"])
+    png = tmp_path / "results.png"
+    plot_results(results, png)
+    assert written == [png] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ray_address_to_nothing_gives_up_after_ray_timeout(env, tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    import socket
+
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def never(*a, **k):  # Ray's own connection attempts retry for many minutes: they must not start
+        raise AssertionError("ray.init was called for an address that does not answer")
+
+    monkeypatch.setattr(ray, "init", never)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    out = tmp_path / "sweep"
+    start = time.monotonic()
+    code = main([*_sweep_argv(env, out), "--launcher", "ray", "--ray-address", f"127.0.0.1:{port}",
+                 "--ray-timeout", "2"])
+    took = time.monotonic() - start
+    err = capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert code == 2 and took < 15, (code, took)
+    assert "Traceback" not in err and f"--ray-address 127.0.0.1:{port} after 2 s" in err
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+    assert not (out / "zeroshot").exists() and not (out / "results.json").exists()
+
+
+def test_reproduce_with_a_missing_data_root_stops_before_any_run(env, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "repro"
+    missing = tmp_path / "no-data"
+    argv = ["reproduce", "coop", "--datasets", "eurosat", "--data-root", str(missing), "--clip", str(env["weights"]),
+            "--clip-activation", "quick_gelu", "--output", str(out), "--seeds", "1", "--shots", "2", "--device", "cpu",
+            "--no-progress", "--set", "data.num_workers=0", "optim.epochs=1"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no run was started" in err and str(missing) in err
+    assert err.count("does not exist") == 1  # said once, not once per run and attempt
+    assert not list(out.rglob("error.log")) and not list(out.rglob("metrics.json"))
+    with RunLock(out, command="reproduce"):  # a second reproduce on a held output is refused
+        argv[argv.index(str(missing))] = str(env["root"])
+        assert main(argv) == 7
+    assert "in use by" in capsys.readouterr().err and not list(out.rglob("metrics.json"))
+
+
+def test_which_failures_are_retried() -> None:
+    import errno
+
+    from mmprompt.config import ConfigError
+    from mmprompt.data import DatasetNotFoundError
+    from mmprompt.engine.train import NonFiniteLossError
+    from mmprompt.errors import CheckpointError, MemoryLimitError
+    from mmprompt.protocols.launch import is_deterministic
+
+    again = [None, OSError(errno.ENOSPC, "full"), OSError(errno.EIO, "io"), MemoryLimitError("oom"),
+             RuntimeError("worker died")]
+    never = [ConfigError("x"), DatasetNotFoundError("x"), CheckpointError("x"), FileNotFoundError("x"),
+             NonFiniteLossError(1, 0, float("nan"), None, "loss")]
+    assert not any(map(is_deterministic, again)) and all(map(is_deterministic, never))

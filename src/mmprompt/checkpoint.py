@@ -9,6 +9,7 @@ complete.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ FORMAT = "mmprompt-prompts"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "prompts.safetensors"
 META_FILE = "prompts.json"
+
+logger = logging.getLogger(__name__)
 
 
 def package_versions() -> dict[str, str]:
@@ -128,6 +131,54 @@ def read_prompt_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_prompt_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``prompts.safetensors``, checked: a truncated, empty or foreign file (a pickle) and
+    tensors holding NaN or Inf are each a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a bad file with its own error types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason}); it is truncated or was "
+                              "not written by mmprompt: save or train the prompts again") from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{path}: the tensor(s) {shown} hold NaN or Inf values; these prompts cannot "
+                              "predict (train them again, e.g. with a lower optim.lr)")
+    return state
+
+
+def check_method_matches(meta: Mapping[str, Any], method: str | None, where: str | Path) -> None:
+    """A ``--method`` given with a checkpoint must be the checkpoint's method (it is never silently ignored)."""
+    from .checks import ConfigError
+    from .methods import canonical_method
+
+    if method is None:
+        return
+    try:
+        wanted = canonical_method(method)
+    except KeyError as exc:
+        raise ConfigError(f"--method: {exc.args[0]}") from None
+    if wanted != canonical_method(str(meta["method"])):
+        raise ConfigError(f"--method {method} disagrees with the checkpoint {where}, which holds {meta['method']} "
+                          "prompts: leave out --method (the checkpoint says it) or give a checkpoint of that method")
+
+
+def warn_if_other_weights(meta: Mapping[str, Any], clip_info: Mapping[str, Any], where: str | Path) -> bool:
+    """Log a warning when the CLIP given now (``clip_info`` of :func:`~mmprompt.engine.clip_source.resolve_clip`)
+    is not the file the prompts were trained with (their recorded SHA-256 differs); True when it is not."""
+    recorded = (meta.get("clip") or {}).get("sha256")
+    given = clip_info.get("sha256")
+    if not recorded or not given or recorded == given:
+        return False
+    trained = (meta.get("clip") or {}).get("weights")
+    logger.warning("%s: the prompts were trained with CLIP weights %s (SHA-256 %s...), but the weights given now "
+                   "(%s) have SHA-256 %s...: the same shapes, other values, so the results will differ from the "
+                   "trained run's", where, trained, recorded[:12], clip_info.get("weights"), given[:12])
+    return True
+
+
 def check_clip_matches(meta: Mapping[str, Any], clip: CLIP, where: Path) -> None:
     saved = (meta.get("clip") or {}).get("config")
     if not saved:
@@ -182,7 +233,7 @@ def load_prompts(
     learner = create_learner(meta["method"], clip, names, config, dataset=context, encoder=encoder,
                              teacher=teacher)
     learner.trained_on = (tuple(trained), trained_on.name)  # no recorded names: no class list counts as trained
-    state = load_file(str(weights))
+    state = read_prompt_tensors(weights)
     try:
         learner.load_prompt_state_dict(state)
     except ValueError as exc:

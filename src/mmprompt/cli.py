@@ -55,6 +55,27 @@ def _debug_env() -> bool:
     return os.environ.get("MMPROMPT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    """A second Ctrl-C while the first is being handled (files closed, workers and threads joined at exit):
+    end at once, without the traceback Python would print from the cleanup it interrupts. Every result file
+    is written atomically, so nothing is left half-written."""
+    from .errors import EXIT_INTERRUPTED
+
+    try:
+        sys.stderr.write("mmprompt: interrupted again; exiting now\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _exit_on_next_interrupt() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _exit_now)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -77,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"mmprompt.commands.{COMMANDS[ALIASES.get(args.command, args.command)][0]}")
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
+        _exit_on_next_interrupt()
         if debug:
             raise
         print("mmprompt: interrupted", file=sys.stderr)

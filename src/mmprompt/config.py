@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from .checks import ConfigError, check_int, check_number, is_number
+from .checks import ConfigError, check_fields, check_int, check_number, excerpt, is_number
 from .methods.contract import EncoderOptions
 from .names import name_key
+from .yamlio import YAML_FLOAT, load_yaml_text, read_yaml
 
 __all__ = [
     "PRECISIONS",
@@ -42,11 +42,11 @@ __all__ = [
     "load_config",
     "parse_override",
     "preset_path",
+    "read_yaml",
 ]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
-_YAML_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -298,10 +298,11 @@ class RunConfig:
         for name, value in d.items():
             section = _SECTIONS.get(name)
             if section is None:
+                check_fields(cls, {name: value})
                 kwargs[name] = value
             elif section is MethodSection:
                 if not isinstance(value, Mapping):
-                    raise ConfigError(f"'method' must be a mapping, got {value!r}")
+                    raise ConfigError(f"'method' must be a mapping, got {excerpt(value)}")
                 kwargs[name] = MethodSection.from_dict(value)
             else:
                 kwargs[name] = _build_section(section, name, value)
@@ -367,15 +368,27 @@ def _build_section(cls: type, name: str, value: Any) -> Any:
     if value is None:
         return cls()
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{name!r} must be a mapping, got {value!r}")
+        raise ConfigError(f"{name!r} must be a mapping, got {excerpt(value)}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - known)
     if unknown:
-        keys = ", ".join(f"{name}.{k}" for k in unknown)
+        keys = ", ".join(f"{name}.{str(k)[:40]}" for k in unknown)
         raise ConfigError(f"unknown config key(s) {keys}; known in {name!r}: {sorted(known)}")
     try:
-        return cls(**value)
+        section = cls(**value)
+    except ConfigError as exc:  # the section's own check: it names the field and its bounds
+        raise ConfigError(f"{name}: {exc}") from None
     except (TypeError, ValueError) as exc:
+        _check_types(cls, value, name)  # a value of the wrong type: say so, not how a comparison failed
+        raise ConfigError(f"{name}: {exc}") from None
+    _check_types(cls, value, name)  # also the fields the section's own checks do not look at
+    return section
+
+
+def _check_types(cls: type, value: Mapping[str, Any], name: str) -> None:
+    try:
+        check_fields(cls, value, f"{name}.")
+    except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
 
 
@@ -398,11 +411,13 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- overrides
 def parse_value(text: str) -> Any:
     """A YAML scalar (``1e-3`` is a float, as most people expect, although YAML 1.1 says string)."""
-    if _YAML_FLOAT.match(text.strip()):
+    if YAML_FLOAT.match(text.strip()):
         return float(text)
     try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        return load_yaml_text(text, "--set value") if text.strip() else ""
+    except ConfigError as exc:
+        if "given twice" in str(exc) or "expand to more" in str(exc):
+            raise
         return text
 
 
@@ -432,6 +447,9 @@ def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str] | Mappin
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or (part not in node and not free):
+                if ":" in parts[0]:
+                    raise ConfigError(f"--set {key}=...: the form METHOD:key=value sets one method's runs of a "
+                                      f"sweep (benchmark, reproduce); for one run write {key.partition(':')[2]}=...")
                 raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])!r} does not exist")
             node = node.setdefault(part, {})
         last = parts[-1]
@@ -479,14 +497,16 @@ def load_config(
     values: dict[str, Any] = {}
     if name_or_path is not None:
         path = preset_path(name_or_path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a run config must be a mapping at the top level")
         values = loaded or {}
-    base = RunConfig.from_dict(values).to_dict()  # the preset itself is valid
+        try:
+            base = RunConfig.from_dict(values).to_dict()  # the preset itself is valid
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    else:
+        base = RunConfig().to_dict()
     items = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
     table = {k: v for k, v in items.items() if k.startswith("dataset_overrides.")}
     rest = {k: v for k, v in items.items() if k not in table}

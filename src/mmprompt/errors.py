@@ -11,6 +11,7 @@ Exit codes of ``mmprompt`` (also in the README):
 4      weights or checkpoint: CLIP weights, prompt checkpoint, training state
 5      files: cannot read or write a file (disk full, permission, read-only)
 6      device: the requested device does not exist or is not available
+       (a batch or an image that does not fit in memory exits with 1, saying what to lower)
 7      the output folder is in use by another run
 130    interrupted (Ctrl-C)
 =====  ==================================================================================
@@ -36,8 +37,11 @@ __all__ = [
     "EXIT_WEIGHTS",
     "CheckpointError",
     "DeviceError",
+    "MemoryLimitError",
     "UserErrorInfo",
     "classify_error",
+    "is_out_of_memory",
+    "raise_if_out_of_memory",
 ]
 
 EXIT_FAILED = 1
@@ -56,6 +60,27 @@ class CheckpointError(ValueError):
 
 class DeviceError(ValueError):
     """The requested device is malformed or not available on this machine."""
+
+
+class MemoryLimitError(MemoryError):
+    """A batch or an image did not fit in memory; the message says the size tried and what to lower."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A Python MemoryError, or torch's out-of-memory error on a GPU or from its CPU allocator."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
+                                              or "can't allocate memory" in text
+                                              or "is killed by signal: Killed" in text)  # a loader worker, by the OOM killer
+
+
+def raise_if_out_of_memory(exc: BaseException, doing: str, lower: str) -> None:
+    """Raise :class:`MemoryLimitError` ("out of memory <doing>: lower <lower>") if ``exc`` is an
+    out-of-memory error; return otherwise (the caller re-raises ``exc``)."""
+    if is_out_of_memory(exc):
+        raise MemoryLimitError(f"out of memory {doing}: lower {lower}") from None
 
 
 class UserErrorInfo(NamedTuple):
@@ -90,6 +115,7 @@ def classify_error(exc: BaseException) -> UserErrorInfo | None:
         (ConfigError, "config", EXIT_CONFIG),
         (DataError, "data", EXIT_DATA),
         (DeviceError, "device", EXIT_DEVICE),
+        (MemoryLimitError, "out of memory", EXIT_FAILED),
         (CheckpointError, "checkpoint", EXIT_WEIGHTS),
         (_loaded("mmprompt.clip.weights", "ChecksumError"), "weights", EXIT_WEIGHTS),
         (_loaded("mmprompt.clip.weights", "WeightsUnavailableError"), "weights", EXIT_WEIGHTS),

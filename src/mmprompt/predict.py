@@ -105,14 +105,15 @@ class Predictor:
         against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path.
         The classes are the trained ones until :meth:`set_classes` is called.
         """
-        from .checkpoint import load_prompts, read_prompt_meta
+        from .checkpoint import load_prompts, read_prompt_meta, warn_if_other_weights
         from .engine.clip_source import load_clip_from_info, resolve_clip
 
         meta = read_prompt_meta(directory)
         if clip is None:
             model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
         else:
-            model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+            model, info = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+            warn_if_other_weights(meta, info, directory)
         from .engine.teacher import teacher_for_checkpoint
 
         frozen = teacher_for_checkpoint(directory, model, source=teacher, teacher_clip=teacher_clip)

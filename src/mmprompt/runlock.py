@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LOCK_FILE", "RunLock", "RunLockedError", "check_unlocked"]
+__all__ = ["LOCK_FILE", "RunLock", "RunLockedError", "check_unlocked", "require_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class RunLock:
             return self
         import fcntl
 
+        require_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -101,8 +102,25 @@ class RunLock:
         self.release()
 
 
-def check_unlocked(folder: str | os.PathLike[str]) -> None:
-    """Raise :class:`RunLockedError` if a process holds ``folder``'s lock (takes and drops it at once)."""
+def require_folder(folder: str | os.PathLike[str]) -> None:
+    """An output folder must be a folder (or not exist yet): a file there is a :class:`ConfigError` at once,
+    before anything is loaded."""
+    from .checks import ConfigError
+
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output {folder} is a file, not a folder: choose another --output")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--output {folder}: {parent} is a file, not a folder: choose another --output")
+            break
+
+
+def check_unlocked(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`RunLockedError` if a process holds ``folder``'s lock (takes and drops it at once), and
+    a :class:`ConfigError` if ``folder`` is a file."""
+    folder = Path(folder)
+    require_folder(folder)
     if (folder / LOCK_FILE).is_file():
         RunLock(folder).acquire().release()

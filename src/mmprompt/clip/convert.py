@@ -133,7 +133,12 @@ def _beside(folder: Path) -> dict[str, Any]:
 def _load_safetensors(path: Path) -> StateDict:
     from safetensors.torch import load_file
 
-    return dict(load_file(str(path), device="cpu"))
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a bad file with its own error types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path} is not a readable safetensors file ({reason}); it is truncated or damaged: "
+                         "download it again") from None
 
 
 def _load_torch(path: Path) -> StateDict:

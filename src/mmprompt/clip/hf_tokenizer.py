@@ -14,12 +14,15 @@ from pathlib import Path
 
 import torch
 
+from ..checks import excerpt
 from .tokenizer import clean_text
 
 __all__ = ["HFTokenizer"]
 
 logger = logging.getLogger(__name__)
 
+
+_CUT = "shorten the class name (or template) it comes from"
 
 class HFTokenizer:
     """The tokenizer of ``tokenizer.json``; ``pad_id``: the id padding is filled with; ``clean``: how texts are
@@ -97,8 +100,8 @@ class HFTokenizer:
             ids = self._tok.encode(text).ids
             if len(ids) > context_length:
                 if not truncate:
-                    raise ValueError(f"text {text!r} has {len(ids)} tokens, more than the context length "
-                                     f"{context_length}; pass truncate=True to cut it")
+                    raise ValueError(f"text {excerpt(text)} has {len(ids)} tokens, more than the context length "
+                                     f"{context_length}: {_CUT}")
                 self._tok.enable_truncation(context_length)
                 try:
                     ids = self._tok.encode(text).ids

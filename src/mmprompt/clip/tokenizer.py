@@ -22,6 +22,8 @@ import ftfy
 import regex
 import torch
 
+from ..checks import excerpt
+
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "TEXT_CLEANING",
@@ -49,6 +51,8 @@ _PATTERN = regex.compile(
 _WHITESPACE = regex.compile(r"\s+")
 _BPE_CACHE_SIZE = 1 << 16
 
+
+_CUT = "shorten the class name (or template) it comes from"
 
 def default_bpe_path() -> str:
     """Path of the BPE vocabulary shipped as package data (``mmprompt/assets``)."""
@@ -233,8 +237,8 @@ class Tokenizer:
             if len(ids) > context_length:
                 if not truncate:
                     raise ValueError(
-                        f"text {text!r} has {len(ids)} tokens with SOT and EOT, more than the context "
-                        f"length {context_length}; pass truncate=True to cut it"
+                        f"text {excerpt(text)} has {len(ids)} tokens with SOT and EOT, more than the context "
+                        f"length {context_length}: {_CUT}"
                     )
                 ids = ids[:context_length]
                 ids[-1] = self.eot_token

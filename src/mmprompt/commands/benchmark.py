@@ -45,6 +45,8 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
                    help="sequential: one run after another in this process (default); ray: one Ray task per run")
     g.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="Ray cluster to join (default: start a local one on 127.0.0.1)")
+    g.add_argument("--ray-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to keep trying to reach --ray-address before giving up (default 60)")
     g.add_argument("--gpus-per-run", type=float, default=None,
                    help="GPUs per run, fractional packs runs on a GPU, e.g. 0.25 (default: 1 if the cluster has GPUs)")
     g.add_argument("--cpus-per-run", type=float, default=1.0,
@@ -61,7 +63,8 @@ def launch_options(args: argparse.Namespace) -> Any:
     from ..protocols.launch import LaunchOptions
 
     return LaunchOptions(
-        launcher=args.launcher, ray_address=args.ray_address, gpus_per_run=args.gpus_per_run,
+        launcher=args.launcher, ray_address=args.ray_address, ray_timeout=args.ray_timeout,
+        gpus_per_run=args.gpus_per_run,
         cpus_per_run=args.cpus_per_run, max_retries=args.max_retries, threads=args.threads,
         deterministic=args.deterministic, progress=not args.no_progress,
     )

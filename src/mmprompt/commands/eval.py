@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..checkpoint import load_prompts, read_prompt_meta
+    from ..checkpoint import check_method_matches, load_prompts, read_prompt_meta, warn_if_other_weights
     from ..config import RunConfig
     from ..data import build_dataset
     from ..data.preflight import check_run_images
@@ -96,10 +96,15 @@ def run(args: argparse.Namespace) -> int:
     if zero_shot and not args.clip:
         logger.error("--method zeroshot needs --clip WEIGHTS")
         return 2
+    meta = read_prompt_meta(args.checkpoint) if args.checkpoint else None
+    if meta is not None:
+        check_method_matches(meta, args.method, args.checkpoint)
     ctx = init_distributed(args.device)
     quiet_other_ranks(ctx)
     if args.clip:
         clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript)
+        if meta is not None:
+            warn_if_other_weights(meta, info, args.checkpoint)
     else:
         info = read_prompt_meta(args.checkpoint).get("clip") or {}
         clip = load_clip_from_info(info, device=ctx.device)

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_teacher_argument(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images decoded and classified at a time (default 64; lower it on little memory)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.errors import CorruptImageError
     from ..data.images import load_image
     from ..engine.distributed import resolve_device
-    from ..errors import EXIT_FAILED
+    from ..errors import EXIT_FAILED, raise_if_out_of_memory
     from ..methods import canonical_method
     from ..predict import Predictor
 
@@ -105,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
                                         clip_activation=args.clip_activation, precision=args.precision,
                                         allow_torchscript=args.allow_torchscript)
     else:
+        from ..checkpoint import check_method_matches, read_prompt_meta
+
+        check_method_matches(read_prompt_meta(args.checkpoint), args.method, args.checkpoint)
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
                                               allow_torchscript=args.allow_torchscript, teacher=args.teacher,
@@ -114,15 +119,27 @@ def run(args: argparse.Namespace) -> int:
         predictor.path = args.path
         if predictor.current_path():
             logger.info("inference path: %s", predictor.current_path())
-    loaded, errors = {}, {}
-    for i, path in enumerate(args.images):  # one bad file is reported; the others are predicted
+    if args.batch_size < 1:
+        logger.error("--batch-size must be >= 1, got %d", args.batch_size)
+        return 2
+    predictor.batch_size = args.batch_size
+    predicted, errors = {}, {}
+    for start in range(0, len(args.images), args.batch_size):  # decoded one batch at a time, never all at once
+        loaded = {}
+        for i in range(start, min(start + args.batch_size, len(args.images))):
+            try:  # one bad file is reported; the others are predicted
+                loaded[i] = load_image(args.images[i])
+            except CorruptImageError as e:
+                errors[i] = str(e)
+        if not loaded:
+            continue
         try:
-            loaded[i] = load_image(path)
-        except CorruptImageError as e:
-            errors[i] = str(e)
-    order = sorted(loaded)
-    predicted = dict(zip(order, predictor.predict([loaded[i] for i in order], top_k=args.top_k), strict=True)) \
-        if order else {}
+            found = predictor.predict(list(loaded.values()), top_k=args.top_k)
+        except (MemoryError, RuntimeError) as exc:
+            raise_if_out_of_memory(exc, f"classifying a batch of {len(loaded)} images on {device}",
+                                   f"--batch-size (now {args.batch_size})")
+            raise
+        predicted.update(zip(loaded, found, strict=True))
     if args.json:
         print(json.dumps([{"image": str(img), "error": errors[i]} if i in errors else
                           {"image": str(img), "predictions": [{"class": n, "probability": p} for n, p in predicted[i]]}

@@ -37,6 +37,8 @@ from mmprompt.data.samples import (
 )
 from mmprompt.data.templates import DEFAULT_TEMPLATE
 
+from ..checks import excerpt
+
 log = logging.getLogger(__name__)
 
 _PATH_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "impath")
@@ -249,6 +251,21 @@ def _read_csv(
     return [train, val, samples["test"]], f"split column of {source}, 20% of train held out for val"
 
 
+def _check_distinct_names(splits: Sequence[Sequence[Sample]], where: str | os.PathLike[str]) -> None:
+    """Two labels with one class name would train as two classes that no prompt can tell apart."""
+    names: dict[int, str] = {}
+    for split in splits:
+        for s in split:
+            names.setdefault(s.label, s.classname)
+    by_name: dict[str, list[int]] = {}
+    for label, name in sorted(names.items()):
+        by_name.setdefault(name, []).append(label)
+    dup = [(n, labels) for n, labels in by_name.items() if len(labels) > 1]
+    if dup:
+        shown = "; ".join(f"{excerpt(n)} names labels {', '.join(map(str, labels))}" for n, labels in dup[:5])
+        raise SplitFileError(f"{where}: class names must be distinct, but {shown}; rename one of each")
+
+
 def custom_key(source: str | os.PathLike[str]) -> str:
     """The cache key of a custom dataset: ``custom_<folder or file stem>``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem) or "data"
@@ -297,6 +314,7 @@ def build_custom_dataset(
         saved = generated_split_path(cache_dir, key, source, "split.json")
         origin = save_generated_split(saved, *splits, source=source)
     train, val, test = splits
+    _check_distinct_names(splits, names_path or split_file or source)
     return finalize(key, train=train, val=val, test=test, image_dir=image_dir, dataset_dir=image_dir,
                     template=template, split_source=origin, shots=shots, seed=seed, subsample=subsample,
                     cache_dir=cache_dir, use_official_cache=use_official_cache)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -47,11 +49,46 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotAFileError(CorruptImageError):
+    """An image path names something other than a regular file (a FIFO, a device, a folder)."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; anything else (a FIFO, whose reading would wait
+    forever for a writer, a device, a socket, a folder) is refused by type before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, without a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise NotAFileError(f"{path} is {kind}, not an image file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _out_of_memory(path: str | os.PathLike[str], im: Image.Image) -> CorruptImageError:
+    w, h = im.size
+    return CorruptImageError(f"not enough memory to decode {path} ({w} x {h} pixels, mode {im.mode}): resize it, "
+                             "or free memory")
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image to RGB (see :func:`to_rgb`), or raise :class:`CorruptImageError` naming the file."""
     try:
-        with Image.open(path) as im:
-            return to_rgb(im)
+        with open_regular(path) as f, Image.open(f) as im:
+            try:
+                return to_rgb(im)
+            except MemoryError:
+                raise _out_of_memory(path, im) from None
+    except CorruptImageError:
+        raise
     except FileNotFoundError as e:
         raise CorruptImageError(f"image file is missing: {path}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -61,10 +98,15 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 def probe_image(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """``(mode, None)`` when ``path`` decodes, else ``(None, reason)``; reads the whole image."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             mode = im.mode
-            im.load()
+            try:
+                im.load()
+            except MemoryError:
+                return None, str(_out_of_memory(path, im))
         return mode, None
+    except NotAFileError as e:
+        return None, str(e)
     except FileNotFoundError:
         return None, "missing"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

@@ -44,6 +44,7 @@ __all__ = [
     "restore_rng",
     "save_state",
     "seed_everything",
+    "state_digest",
     "state_path",
 ]
 
@@ -94,10 +95,39 @@ def config_fingerprint(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def state_digest(value: Any) -> str:
+    """SHA-256 over a training state's contents: every tensor's dtype, shape and bytes and every plain
+    value, with the key paths, in order (what :func:`save_state` records and :func:`load_state` checks)."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(v.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, Mapping):
+            h.update(f"M{len(v)}:".encode())
+            for k in v:
+                h.update(f"K{k!r}:".encode())
+                walk(v[k])
+        elif isinstance(v, (list, tuple)):
+            h.update(f"L{len(v)}:".encode())
+            for item in v:
+                walk(item)
+        else:
+            h.update(f"V{type(v).__name__}{v!r};".encode())
+
+    walk(value)
+    return h.hexdigest()
+
+
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write a training state atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write a training state atomically (temporary file in the same folder, then ``os.replace``), with a
+    checksum of its contents (:func:`state_digest`) that :func:`load_state` checks."""
+    payload = {"version": STATE_VERSION, **state}
+    payload["checksum"] = state_digest(payload)
     buf = io.BytesIO()  # serialised first, so a full disk is reported by the write, naming the file
-    torch.save({"version": STATE_VERSION, **state}, buf)
+    torch.save(payload, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
@@ -110,6 +140,12 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
         raise CheckpointError(f"{path} is not a readable mmprompt training state ({exc}); delete it to start over") from exc
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path} is not an mmprompt training state (version {STATE_VERSION})")
+    recorded = state.pop("checksum", None)
+    if recorded is None:  # written before checksums were recorded
+        logger.warning("%s has no checksum (an older mmprompt wrote it); its integrity is not checked", path)
+    elif recorded != state_digest(state):
+        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum written with it; "
+                              "delete it to start over (or restore it from a backup)")
     return state
 
 

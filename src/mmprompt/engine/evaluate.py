@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import raise_if_out_of_memory
 from ..methods import PromptLearner
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, eval_loader
@@ -101,6 +102,10 @@ def evaluate(
                 hit = (logits.argmax(dim=-1) == labels).double()
                 correct.index_add_(0, labels, hit)
                 total.index_add_(0, labels, torch.ones_like(hit))
+    except (MemoryError, RuntimeError) as exc:
+        raise_if_out_of_memory(exc, f"evaluating batches of {batch_size} images ({precision} on {device})",
+                               "eval_batch_size (--set eval_batch_size=N)")
+        raise
     finally:
         learner.train(was_training)
     all_reduce_sum(correct, ctx)

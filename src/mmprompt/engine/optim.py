@@ -12,8 +12,10 @@ by the total number of epochs, which is why the last epoch does not reach zero.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,3 +119,26 @@ def set_lr(optimizer: Optimizer, lrs: list[float]) -> None:
     """Write rates into the optimizer's parameter groups (used when restoring a state)."""
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr if not isinstance(group["lr"], torch.Tensor) else torch.tensor(lr)
+
+
+_SCHEDULE_SETTINGS = ("base_lrs", "epochs", "warmup_epochs", "warmup_lr")
+
+
+def optimizer_settings(optimizer: Optimizer, scheduler: WarmupCosineLR) -> dict[str, Any]:
+    """The hyperparameters of a freshly built optimizer and schedule (rates, momentum, weight decay, betas,
+    the schedule's base rates and lengths), to be put back by :func:`restore_settings`."""
+    return {"groups": [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+            "schedule": {k: copy.deepcopy(getattr(scheduler, k)) for k in _SCHEDULE_SETTINGS}}
+
+
+def restore_settings(optimizer: Optimizer, scheduler: WarmupCosineLR, settings: dict[str, Any]) -> None:
+    """After loading a saved optimizer and scheduler: put back the hyperparameters of ``settings`` (from the
+    new config), keeping the saved state (momentum buffers, Adam moments, the epoch count), and set the rate
+    of the current epoch under the new schedule."""
+    for group, fresh in zip(optimizer.param_groups, settings["groups"], strict=True):
+        group.update(fresh)
+    for key, value in settings["schedule"].items():
+        setattr(scheduler, key, value)
+    lrs = scheduler.get_lr()
+    set_lr(optimizer, lrs)
+    scheduler._last_lr = list(lrs)  # what get_last_lr() reports

@@ -248,6 +248,19 @@ def run_experiment(cfg: RunConfig, clip: CLIP, clip_info: Mapping[str, Any], run
         return _run_experiment(fit_depths_to_clip(cfg, clip), clip, clip_info, run_dir, **kwargs)
 
 
+def _warn_label_typos(splits: Any) -> None:
+    """What ``mmprompt data check`` warns about a likely label typo (a class with a single image), said by
+    ``train`` too: a misspelt label would otherwise silently become a class of its own."""
+    from ..data.quality import split_findings
+
+    found, _ = split_findings({"train": splits.train, "val": splits.val, "test": splits.test}, splits.classnames,
+                              required=())
+    for warning in found:
+        if "label typo" in warning:
+            logger.warning("%s: %s; check the labels (mmprompt data check), or give the class names with "
+                           "--classnames to make an unknown label an error", splits.name, warning)
+
+
 def _run_experiment(
     cfg: RunConfig,
     clip: CLIP,
@@ -278,7 +291,14 @@ def _run_experiment(
         return read_metrics(run_dir)
     evals = dict(evals or {"test": train_splits})
     check_descriptions_cover(cfg, [train_splits, *evals.values()])
+    empty = [f"{splits.name} ({name})" for name, splits in evals.items() if not splits.test]
+    if empty:  # said before training, not after it
+        from ..data.errors import DataError
+
+        raise DataError(f"the test split of {', '.join(empty)} is empty: there would be nothing to evaluate after "
+                        "training; give test images (a split column, a test/ folder or the split file's test list)")
     if ctx.is_main:
+        _warn_label_typos(train_splits)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir)
     start = time.perf_counter()

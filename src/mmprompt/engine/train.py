@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, raise_if_out_of_memory
+from ..fileio import WriteError
 from ..methods import NoLabels, Objective, PromptLearner
 from .checkpoint import (
     capture_rng,
@@ -42,7 +43,7 @@ from .checkpoint import (
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .logs import truncate_run_logs
-from .optim import WarmupCosineLR, build_optimizer
+from .optim import WarmupCosineLR, build_optimizer, optimizer_settings, restore_settings
 from .precision import autocast_context
 
 __all__ = [
@@ -115,8 +116,12 @@ class _Logger:
 
     def write(self, record: dict[str, Any], step: int, prefix: str) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as exc:  # the system names no file: say which one
+                raise WriteError(exc.errno, f"cannot write {self.file.name}: {exc.strerror or exc}; free some "
+                                 "space and run the command again with --resume (the last epoch is kept)") from exc
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("epoch", "step", "event") and isinstance(value, (int, float)):
@@ -257,8 +262,11 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
         s.learner.load_training_state(state.get("method_state") or {})
     except ValueError as exc:
         raise CheckpointError(f"{s.state_file}: {exc}; delete {s.state_file.parent} to start over") from exc
+    fresh = optimizer_settings(s.optimizer, s.scheduler)
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
+    if new:  # allowed changes: the hyperparameters come from the new config, the buffers from the file
+        restore_settings(s.optimizer, s.scheduler, fresh)
     s.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
     start = int(state["epoch"])
@@ -326,7 +334,13 @@ def train(
         for epoch in range(start, epochs):
             if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
                 break
-            record = run_epoch(session, epoch)
+            try:
+                record = run_epoch(session, epoch)
+            except (MemoryError, RuntimeError) as exc:
+                raise_if_out_of_memory(exc, f"training epoch {epoch + 1} with batches of {cfg.optim.batch_size} "
+                                       f"images ({cfg.precision} on {session.device})", "optim.batch_size (--set "
+                                       "optim.batch_size=N; optim.grad_accum=K keeps the effective batch)")
+                raise
             session.scheduler.step()
             learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1

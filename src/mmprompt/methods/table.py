@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from ..checks import ConfigError, check_fields
 from ..names import name_key
 from .base import MethodConfig, PromptLearner
 
@@ -112,8 +113,11 @@ def _load_plugins() -> dict[str, MethodSpec]:
             try:
                 obj = ep.load()
                 spec = obj() if callable(obj) and not isinstance(obj, MethodSpec) else obj
-            except Exception as exc:  # a broken plugin must not break mmprompt
-                logger.warning("method plugin %s (%s) could not be loaded: %s", ep.name, ep.value, exc)
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break (or end) mmprompt
+                what = f"it called sys.exit({exc.code!r}) on import" if isinstance(exc, SystemExit) else (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                logger.warning("method plugin %s (%s) could not be loaded and is left out: %s", ep.name, ep.value,
+                               what[:300])
                 continue
             if not isinstance(spec, MethodSpec):
                 logger.warning("method plugin %s (%s) is not a MethodSpec", ep.name, ep.value)
@@ -182,7 +186,15 @@ def make_config(method: str, values: Mapping[str, Any] | None = None) -> MethodC
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s) for method {method!r}: {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    try:
+        config = cls(**values)
+    except ConfigError:  # the class's own check: it names the field and its bounds
+        raise
+    except (TypeError, ValueError):
+        check_fields(cls, values, f"{method}.")  # a value of the wrong type: say so, not how a comparison failed
+        raise
+    check_fields(cls, values, f"{method}.")  # also the fields the class's own checks do not look at
+    return config
 
 
 LEGACY_ENCODER_FIELDS = ("text_chunk_size", "text_chunk_tokens", "truncate_text", "share_text_prefix")

@@ -8,8 +8,9 @@ data root (and CLIP weights given as a path) must exist on every node, at the sa
 lives on the driver's machine. Files of a partly finished run (trained prompts whose target evaluations are
 missing) travel to the task the same way.
 
-Retries are the driver's own (``max_retries`` after the first attempt, for exceptions and for dead worker
-processes alike), so both launchers retry the same way. Ctrl-C cancels the tasks in flight.
+Retries are the driver's own (``max_retries`` after the first attempt, for dead worker processes and
+transient exceptions; a deterministic error such as a config, data or weights error is not retried), so
+both launchers retry the same way. Ctrl-C cancels the tasks in flight.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,16 @@ from typing import Any
 from ..engine.clip_source import ClipSpec
 from ..engine.distributed import DistContext
 from ..fileio import atomic_write_bytes
-from .launch import LaunchError, LaunchOptions, Progress, SweepOutcome, clear_error, describe, write_error
+from .launch import (
+    LaunchError,
+    LaunchOptions,
+    Progress,
+    SweepOutcome,
+    attempts_for,
+    clear_error,
+    describe,
+    write_error,
+)
 from .plan import RunSpec
 
 __all__ = ["RayLauncher", "WORKER_FILE"]
@@ -89,6 +100,34 @@ def run_task(spec_dict: dict[str, Any], clip_spec: str, clip_activation: str | N
     return {"payload": payload, "files": files, "host": host}
 
 
+def probe_address(address: str, timeout: float) -> None:
+    """Wait until something accepts a TCP connection at a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``),
+    for at most ``timeout`` seconds; Ray itself would keep retrying for many minutes. ``auto`` is left to Ray
+    (it reads the address of a cluster started on this machine and fails at once without one)."""
+    if address == "auto":
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        host, port_text = rest, "10001" if scheme == "ray" else "6379"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise LaunchError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=max(0.1, min(5.0, left))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise LaunchError(f"no Ray cluster answers at --ray-address {address} after {timeout:g} s "
+                                  f"({exc.strerror or exc}); start one with `ray start --head`, check the address, "
+                                  "or give a longer --ray-timeout") from None
+        time.sleep(1.0)
+
+
 class RayLauncher:
     """Runs each spec as a Ray task asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs."""
 
@@ -103,6 +142,7 @@ class RayLauncher:
             return False
         if self.options.ray_address:
             logger.info("connecting to the Ray cluster at %s", self.options.ray_address)
+            probe_address(self.options.ray_address, self.options.ray_timeout)
             try:
                 ray.init(address=self.options.ray_address, log_to_driver=False)
             except ConnectionError as exc:
@@ -165,11 +205,12 @@ class RayLauncher:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        cause = describe(getattr(exc, "cause", None) or exc)
+                        original = getattr(exc, "cause", None)
+                        cause = describe(original or exc)
+                        attempts = attempts_for(original, attempt, opts.max_retries)
                         write_error(spec, attempt, cause, str(exc))
-                        logger.warning("%s failed (attempt %d of %d): %s", spec.name, attempt,
-                                       opts.max_retries + 1, cause)
-                        if attempt <= opts.max_retries:
+                        logger.warning("%s failed (attempt %d of %d): %s", spec.name, attempt, attempts, cause)
+                        if attempt < attempts:
                             submit(spec, attempt + 1)
                             continue
                         bar.failed += 1

@@ -296,8 +296,15 @@ def run_reproduce(
     """Run the plan (finished runs are skipped), write each protocol's results and the report; returns the
     report as a dict (``sections``: rows per protocol; ``failed``: runs that failed for good)."""
     from ..engine.distributed import resolve_device
+    from ..runlock import RunLock
 
     ctx = ctx or DistContext(device=resolve_device("auto"))
+    with RunLock(plan.output, enabled=ctx.is_main, command="reproduce"):  # one reproduce per output folder
+        return _run_locked(plan, clip_spec, clip_activation, ctx, launch)
+
+
+def _run_locked(plan: ReproducePlan, clip_spec: ClipSpec, clip_activation: str | None, ctx: DistContext,
+                launch: LaunchOptions | None) -> dict[str, Any]:
     specs = plan.specs
     outcome = run_specs(specs, clip_spec, clip_activation, ctx, launch or LaunchOptions())
     sections = []

@@ -190,7 +190,8 @@ def format_failures(results: Mapping[str, Any]) -> str:
     if not failed:
         return ""
     lines = [f"FAILED ({len(failed)} runs, not in the table):"]
-    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempts)" for f in failed]
+    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempt{'s' if f['attempts'] != 1 else ''})"
+              for f in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -326,9 +327,15 @@ def plot_results(results: Mapping[str, Any], path: str | Path) -> Path:
     axes[0, 0].legend(loc="lower right", fontsize="small")
     axes[0, 0].set_title(f"{results['protocol']}")
     fig.tight_layout()
+    import io
+
+    from ..fileio import atomic_write_bytes
+
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()  # rendered first, then written atomically: never a half-written PNG
+    fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -16,8 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmprompt.data.datasets._base import DatasetInfo, DownloadFile, Requirement
 from mmprompt.data.datasets.readers import READERS
 
@@ -44,10 +42,13 @@ def load_catalog(path: str | Path | None = None) -> dict[str, DatasetInfo]:
 
 def parse_catalog(text: str, source: str = CATALOG_FILE) -> dict[str, DatasetInfo]:
     """The datasets of a catalogue's YAML ``text``; ``source`` names it in errors."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CatalogError(f"{source}: not valid YAML ({e})") from None
+    from ...checks import ConfigError
+    from ...yamlio import load_yaml_text
+
+    try:  # safely: alias expansion bounded, duplicate keys an error
+        data = load_yaml_text(text, source)
+    except ConfigError as e:
+        raise CatalogError(str(e)) from None
     entries = data.get("datasets") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise CatalogError(f"{source}: expected a top-level 'datasets:' list of dataset entries")
