@@ -15,12 +15,13 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 # subcommand name -> (module under mmprompt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("parity", "check the implementation against an official reference file"),
-    "data": ("data", "inspect and check datasets (inspect, check)"),
+    "data": ("data", "list, inspect and check datasets (list, inspect, check)"),
     "import-official": ("import_official", "convert an official Dassl checkpoint into an mmprompt checkpoint"),
     "train": ("train", "train prompts on one dataset"),
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
@@ -54,20 +55,36 @@ def _debug_env() -> bool:
     return os.environ.get("MMPROMPT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+class _ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines written through ``tqdm.write``: a line never lands on a progress bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = _ProgressAwareHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug_flag = "--debug" in argv  # accepted anywhere on the line, also after the subcommand
-    argv = [a for a in argv if a != "--debug"]
+    # accepted anywhere on the line, also after the subcommand (no subcommand has options of these names)
+    debug_flag = "--debug" in argv
+    verbose_flag = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("--debug", "-v", "--verbose")]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     chosen = ALIASES.get(chosen, chosen)
     parser = build_parser([chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _setup_logging(verbose_flag)
     if args.command is None:
         parser.print_help()
         return 2
@@ -77,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         if debug:
-            raise
+            traceback.print_exc()
         print("mmprompt: interrupted", file=sys.stderr)
         from .errors import EXIT_INTERRUPTED
 
@@ -86,10 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .errors import classify_error
 
         info = classify_error(exc)
-        if info is None or debug:
+        if info is None:
             raise
+        if debug:  # the traceback too, and the same exit code as without --debug
+            traceback.print_exc()
         print(f"mmprompt {args.command}: error ({info.category}): {info.message}", file=sys.stderr)
-        print("(run with --debug or MMPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
+        if not debug:
+            print("(run with --debug or MMPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
         return info.code
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "EXIT_WEIGHTS",
     "CheckpointError",
     "DeviceError",
+    "UsageError",
     "UserErrorInfo",
     "classify_error",
 ]
@@ -56,6 +57,10 @@ class CheckpointError(ValueError):
 
 class DeviceError(ValueError):
     """The requested device is malformed or not available on this machine."""
+
+
+class UsageError(ValueError):
+    """The command line is incomplete or inconsistent (a missing or conflicting option): exit code 2."""
 
 
 class UserErrorInfo(NamedTuple):
@@ -87,6 +92,7 @@ def classify_error(exc: BaseException) -> UserErrorInfo | None:
     msg = _message(exc)
     checks: list[tuple[type | None, str, int]] = [
         (RunLockedError, "output folder in use", EXIT_BUSY),
+        (UsageError, "command line", EXIT_CONFIG),
         (ConfigError, "config", EXIT_CONFIG),
         (DataError, "data", EXIT_DATA),
         (DeviceError, "device", EXIT_DEVICE),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .train import add_custom_data_arguments, add_torchscript_argument
+from ..errors import UsageError
+from .train import add_custom_data_arguments, add_threads_argument, add_torchscript_argument
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave unreadable images out (listed, and recorded in the --output metrics)")
     parser.add_argument("--output", metavar="FILE", help="also write the metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
+    add_threads_argument(parser)
     add_custom_data_arguments(parser)
     add_torchscript_argument(parser)
 
@@ -55,15 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_split
     from ..fileio import atomic_write_json
     from ..methods import canonical_method, create_learner
-    from .train import quiet_other_ranks
+    from .train import apply_threads, quiet_other_ranks
 
+    apply_threads(args.threads)
     zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
     if zero_shot == (args.checkpoint is not None):
-        logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
-        return 2
+        raise UsageError("give either --checkpoint DIR or --method zeroshot (with --clip)")
     if zero_shot and not args.clip:
-        logger.error("--method zeroshot needs --clip WEIGHTS")
-        return 2
+        raise UsageError("--method zeroshot needs --clip WEIGHTS")
     ctx = init_distributed(args.device)
     quiet_other_ranks(ctx)
     if args.clip:
@@ -73,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         clip = load_clip_from_info(info, device=ctx.device)
     custom = {"classnames_file": args.classnames, "split_file": args.split_file} if args.dataset == "custom" else {}
     if args.dataset != "custom" and (args.classnames or args.split_file):
-        logger.error("--classnames and --split-file apply to --dataset custom only")
-        return 2
+        raise UsageError("--classnames and --split-file apply to --dataset custom only")
     splits = build_dataset(args.dataset, args.data_root, shots=0, seed=args.seed, subsample=args.subsample, **custom)
     _, checked, data_check = check_run_images(splits, {"test": splits}, check_train=False,
                                               skip_corrupt=args.skip_corrupt, write_cache=ctx.is_main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from .train import add_torchscript_argument
 
@@ -69,20 +70,18 @@ def run(args: argparse.Namespace) -> int:
     from ..data.errors import CorruptImageError
     from ..data.images import load_image
     from ..engine.distributed import resolve_device
-    from ..errors import EXIT_FAILED
+    from ..errors import EXIT_FAILED, UsageError
     from ..methods import canonical_method
     from ..predict import Predictor
 
     zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
     if zero_shot == (args.checkpoint is not None):
-        logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
-        return 2
+        raise UsageError("give either --checkpoint DIR or --method zeroshot (with --clip)")
     classes = parse_classes(args.classes) if args.classes is not None else None
     device = resolve_device(args.device)
     if zero_shot:
         if not args.clip or not classes:
-            logger.error("--method zeroshot needs --clip WEIGHTS and --classes")
-            return 2
+            raise UsageError("--method zeroshot needs --clip WEIGHTS and --classes")
         predictor = Predictor.zero_shot(args.clip, classes, args.template or ["a photo of a {}."], device,
                                         clip_activation=args.clip_activation, precision=args.precision,
                                         allow_torchscript=args.allow_torchscript)
@@ -114,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             for name, prob in predicted[i]:
                 print(f"  {prob:7.2%}  {name}")
     if errors:
-        logger.error("%d of %d image(s) could not be read; the others were predicted", len(errors), len(args.images))
+        print(f"mmprompt predict: error (data): {len(errors)} of {len(args.images)} image(s) could not be read; "
+              "the others were predicted", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -18,8 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- shared by commands
-def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
-    """``--config``, ``--set`` and the usual shortcuts (also used by ``benchmark``)."""
+def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = True, shots_list: bool = False) -> None:
+    """``--config``, ``--set`` and the usual shortcuts (also used by ``benchmark``, where ``--shots`` takes
+    several values for a few-shot curve)."""
+    from .grammar import int_list
+
     g = parser.add_argument_group("configuration")
     g.add_argument("--config", metavar="PRESET", help="preset name (see --list-presets) or a YAML file")
     if with_method:
@@ -31,7 +34,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
                    help="MLP activation for weight files that do not say it (OpenAI: quick_gelu)")
     g.add_argument("--data-root", help="folder holding the datasets in their official layout")
-    g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
+    if shots_list:
+        int_list(g, "--shots", metavar="K", help="images per class (default 16); few-shot: several for a curve, "
+                 "e.g. 1 2 4 8 16")
+    else:
+        g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1...")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training / evaluation precision")
     g.add_argument("--num-workers", type=int, help="data-loader workers (default: what the machine has)")
@@ -113,8 +120,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although settings that change results differ (e.g. a lower "
                         "optim.lr after a NaN stop); the changes are recorded in log.jsonl and metrics.json")
+    add_threads_argument(parser)
     add_custom_data_arguments(parser)
     add_torchscript_argument(parser)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for this process (as ``demo``, ``benchmark`` and ``reproduce``)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, i.e. every core; on a shared machine give a "
+                        "small number, and the same number to repeat a run's digits)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU threads when ``--threads`` was given."""
+    if threads is not None:
+        if threads < 1:
+            from ..errors import UsageError
+
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def add_custom_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,19 +168,20 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed
     from ..engine.fit import refuse_explicit_depths
     from ..engine.run import is_done, load_splits, run_experiment
+    from ..errors import UsageError
     from ..runlock import check_unlocked
 
+    apply_threads(args.threads)
     cfg = resolve_config(args, args.dataset)
     if not cfg.data.dataset or not cfg.data.root or not cfg.output:
-        logger.error("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in the config)")
-        return 2
+        raise UsageError("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in "
+                         "the config)")
     output = Path(cfg.output)
     check_unlocked(output)  # a run in progress there: say so, not "pass --resume"
     started = output.exists() and any((output / f).exists() for f in ("checkpoint", "metrics.json", "prompts.json"))
     if started and not args.resume:
         state = "a finished run" if is_done(output) else "an unfinished run"
-        logger.error("%s holds %s; pass --resume to continue it, or choose another --output", output, state)
-        return 2
+        raise UsageError(f"{output} holds {state}; pass --resume to continue it, or choose another --output")
     ctx = init_distributed(cfg.device)
     quiet_other_ranks(ctx)
     clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device,

@@ -1,0 +1,130 @@
+"""One command-line grammar across subcommands (issue 21, point 10): names, lists, errors, flags, help."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from mmprompt.cli import _ProgressAwareHandler, build_parser, main
+from mmprompt.commands.grammar import int_list, protocol_name
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return build_parser([argv[0]]).parse_args(list(argv))
+
+
+@pytest.mark.parametrize(("spelling", "name"), [
+    ("base2novel", "base2novel"), ("base-to-novel", "base2novel"), ("Base-to-Novel", "base2novel"),
+    ("domain-generalisation", "domain-generalization"), ("domain-generalization", "domain-generalization"),
+    ("cross-dataset", "cross-dataset"), ("few-shot", "few-shot"), ("few_shot", "few-shot")])
+def test_protocols_take_the_readmes_words(spelling: str, name: str) -> None:
+    assert protocol_name(spelling) == name
+    assert _parse("benchmark", spelling, "--output", "x").protocol == name
+    assert _parse("reproduce", "maple", "--protocols", spelling).protocols == [name]
+
+
+def test_unknown_protocol_lists_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "base-to-old", "--output", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown protocol 'base-to-old'" in err and "base-to-novel" in err
+
+
+@pytest.mark.parametrize("seeds", [["1,2,3"], ["1", "2", "3"], ["1,2", "3"], ["1,", "2,3"]])
+def test_seeds_with_commas_or_spaces(seeds: list[str]) -> None:
+    for command in (["benchmark", "few-shot", "--output", "x"], ["reproduce", "maple"], ["demo"]):
+        assert _parse(*command, "--seeds", *seeds).seeds == [1, 2, 3]
+
+
+def test_benchmark_takes_several_shot_counts_and_a_bad_list_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _parse("benchmark", "few-shot", "--output", "x", "--shots", "1", "2", "4", "8", "16").shots == [1, 2, 4, 8, 16]
+    assert _parse("benchmark", "few-shot", "--output", "x", "--shots", "1,2,4").shots == [1, 2, 4]
+    with pytest.raises(SystemExit):
+        main(["benchmark", "few-shot", "--output", "x", "--seeds", "1,two"])
+    assert "invalid integer 'two'" in capsys.readouterr().err
+    code = main(["benchmark", "base2novel", "--method", "coop", "--datasets", "mmprompt_demo", "--shots", "1", "2",
+                 "--data-root", "d", "--clip", "demo", "--output", "x"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("mmprompt benchmark: error (command line): several --shots (1 2) are "
+                                              "for the few-shot protocol")
+
+
+def test_int_list_on_a_plain_parser() -> None:
+    parser = argparse.ArgumentParser()
+    int_list(parser, "--k")
+    assert parser.parse_args(["--k", "4,8", "16"]).k == [4, 8, 16]
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["train", "--config", "coop"], "train"),
+    (["eval", "--dataset", "dtd", "--data-root", "d"], "eval"),
+    (["benchmark", "base2novel", "--method", "coop", "--output", "x"], "benchmark"),
+    (["reproduce", "maple"], "reproduce"),
+    (["predict", "img.png"], "predict"),
+])
+def test_usage_errors_are_one_line_of_the_command_not_a_log_line(argv: list[str], command: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"mmprompt {command}: error (command line): "), err
+    assert not any("ERROR" in line for line in err)
+
+
+def test_verbose_is_accepted_after_the_subcommand(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        assert main(["data", "list", "-v"]) == 0
+        assert root.level == logging.DEBUG
+        assert "caltech101" in capsys.readouterr().out
+        assert main(["data", "--verbose", "list"]) == 0
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+
+
+def test_help_texts_say_what_the_commands_do(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmprompt.methods import list_methods
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "under 2 minutes" not in text and "about 20 s" in text
+    assert "CoCoOp, VPT-deep, language-only and IVLP" not in text
+    assert f"({len(list_methods())} rows" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert "(list, inspect, check)" in listing
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    assert "list" in capsys.readouterr().out
+
+
+def test_log_lines_never_land_on_a_progress_bars_line() -> None:
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    handler = _ProgressAwareHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("mmprompt.test_grammar")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with tqdm(total=3, file=stream, desc="epoch", ascii=True) as bar:
+            bar.update(1)
+            logger.warning("a log line")
+            bar.update(1)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().replace("\r", "\n").split("\n")
+    assert "a log line" in lines  # alone on its line, never appended to the bar's text
+    assert not any("a log line" in line and "epoch" in line for line in lines)
+
