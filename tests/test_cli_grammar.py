@@ -128,3 +128,33 @@ def test_log_lines_never_land_on_a_progress_bars_line() -> None:
     assert "a log line" in lines  # alone on its line, never appended to the bar's text
     assert not any("a log line" in line and "epoch" in line for line in lines)
 
+
+
+@pytest.mark.parametrize("method", ["coop", "maple", "kgcoop", "zeroshot"])
+def test_train_method_alone_takes_the_base_to_novel_setting(method: str) -> None:
+    """README: ``train --method M`` without ``--config`` trains M as base-to-novel does (coop's shared preset
+    says subsample: all; it used to train on all classes and report "test")."""
+    from mmprompt.commands.train import resolve_config
+
+    args = _parse("train", "--method", method, "--dataset", "mmprompt_demo")
+    assert resolve_config(args, "mmprompt_demo").data.subsample == "base"
+    args = _parse("train", "--method", method, "--dataset", "mmprompt_demo", "--subsample", "all")
+    assert resolve_config(args, "mmprompt_demo").data.subsample == "all"
+    args = _parse("train", "--config", "coop", "--dataset", "mmprompt_demo")  # a preset named: as it says
+    assert resolve_config(args, "mmprompt_demo").data.subsample == "all"
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_take_threads(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        argv = [command, "--threads", "1", "--dataset", "mmprompt_demo", "--data-root", "nowhere"]
+        assert main(argv) == 2  # stops at the missing --output / --checkpoint, after setting the threads
+        assert torch.get_num_threads() == 1
+        assert main([command, "--threads", "0", "--dataset", "d", "--data-root", "d"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

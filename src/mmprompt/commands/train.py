@@ -95,9 +95,16 @@ def resolve_config(args: argparse.Namespace, dataset: str | None, protocol: str 
 
     preset = args.config
     method = getattr(args, "method", None)
+    overrides = list(args.overrides)
     if preset is None:
+        # the method's preset for the protocol, trained as the protocol trains it (base-to-novel: on the base
+        # classes, evaluated on base and novel; a shared preset such as coop's says subsample: all)
         preset = default_preset(method or "maple", protocol)
-    cfg = load_config(preset, list(args.overrides), dataset=dataset)
+        if protocol == "base2novel":
+            overrides = ["data.subsample=base", *overrides]
+        logger.info("no --config: %s's %s preset %s%s", method or "maple", protocol, preset,
+                    " with data.subsample=base" if protocol == "base2novel" else "")
+    cfg = load_config(preset, overrides, dataset=dataset)
     if method:
         from ..methods import canonical_method
 
