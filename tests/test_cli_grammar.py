@@ -158,3 +158,27 @@ def test_train_and_eval_take_threads(command: str, capsys: pytest.CaptureFixture
         assert "--threads must be >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_few_shot_over_several_shot_counts_is_one_sweep_one_table_one_curve(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mmprompt.demo.world import generate_demo_dataset
+
+    root = tmp_path / "data"
+    generate_demo_dataset(root)
+    out = tmp_path / "fs"
+    code = main(["benchmark", "few-shot", "--method", "coop", "--datasets", "mmprompt_demo", "--shots", "1", "2",
+                 "--seeds", "1", "--data-root", str(root), "--clip", "demo", "--device", "cpu", "--threads", "1",
+                 "--no-progress", "--output", str(out), "--set", "data.num_workers=0", "optim.epochs=1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| Dataset | Method | 1 shot | 2 shots |" in printed
+    assert f"results in {out}/results.{{json,md,csv,png}}" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["shots"] == [1, 2] and sorted(results["by_shots"]) == ["1", "2"]
+    assert set(results["curve"]["methods"]["coop"]["mmprompt_demo"]) == {"1", "2"}
+    for k in (1, 2):
+        assert (out / "coop" / "mmprompt_demo" / f"few-shot-{k}shots" / "seed1" / "metrics.json").is_file()
+    assert (out / "results.png").stat().st_size > 0

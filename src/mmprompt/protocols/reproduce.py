@@ -284,6 +284,25 @@ def format_dry_run(plan: ReproducePlan) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ running
+def published_for_plot(protocol: str, results: dict[str, Any] | None = None,
+                       paper: Sequence[str] = ()) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {dataset | "average": {metric: value}}}``: the published numbers of ``protocol`` for the plot.
+    The published average is left out for a method whose average in ``results`` does not cover ``paper`` (the
+    datasets the paper averages over): the two would not be comparable."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, entry in published_results().get(protocol, {}).items():
+        if not isinstance(entry, dict):
+            continue
+        values = {d: {k: float(v) for k, v in vals.items() if isinstance(v, (int, float))}
+                  for d, vals in (entry.get("datasets") or {}).items()}
+        ours = ((results or {}).get("methods", {}).get(method) or {}).get("average") or {}
+        if entry.get("average") and set(paper) <= set(ours.get("datasets", [])):
+            values["average"] = {k: float(v) for k, v in entry["average"].items() if isinstance(v, (int, float))}
+        out[method] = values
+    return out
+
+
+
 def run_reproduce(
     plan: ReproducePlan,
     clip_spec: ClipSpec,
@@ -313,7 +332,9 @@ def run_reproduce(
                 results = sweep_results(protocol, entry["specs"], outcome, metrics, entry["datasets"],
                                         extra={"seeds": sorted({s.seed for s in entry["specs"]})})
             if ctx.is_main:
-                write_results(results, plan.output / protocol)
+                paper = PAPER_DATASETS if protocol in ("base2novel", "few-shot") else TRANSFER.get(protocol, ())
+                write_results(results, plan.output / protocol,
+                              published=published_for_plot(protocol, results, paper))
         paper = PAPER_DATASETS if protocol in ("base2novel", "few-shot") else TRANSFER.get(protocol, ())
         rows = comparison_rows(protocol, entry["methods"], results, paper)
         note = f"not run: {entry['skipped']}" if entry.get("skipped") else ""
