@@ -182,3 +182,22 @@ def test_few_shot_over_several_shot_counts_is_one_sweep_one_table_one_curve(
     for k in (1, 2):
         assert (out / "coop" / "mmprompt_demo" / f"few-shot-{k}shots" / "seed1" / "metrics.json").is_file()
     assert (out / "results.png").stat().st_size > 0
+
+
+def test_cross_dataset_without_its_source_says_so_without_an_empty_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmprompt.demo.world import generate_demo_dataset
+
+    root = tmp_path / "data"
+    generate_demo_dataset(root)
+    out = tmp_path / "xd"
+    code = main(["benchmark", "cross-dataset", "--method", "coop", "--datasets", "mmprompt_demo", "--seeds", "1",
+                 "--data-root", str(root), "--clip", "demo", "--device", "cpu", "--no-progress", "--output", str(out),
+                 "--max-retries", "0", "--set", "data.num_workers=0"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "| Dataset |  |" not in printed and "No finished runs: nothing to tabulate." in printed
+    assert "FAILED (1 run, not in the table):" in printed and "(after 1 attempt)" in printed
+    assert f"results in {out}/results.{{json,md,csv}}" in printed  # no PNG promised, none written
+    assert not (out / "results.png").exists()
+    assert "| Dataset |  |" not in (out / "results.md").read_text()

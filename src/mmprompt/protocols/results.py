@@ -157,8 +157,8 @@ def format_failures(results: Mapping[str, Any]) -> str:
     failed = results.get("failed") or []
     if not failed:
         return ""
-    lines = [f"FAILED ({len(failed)} runs, not in the table):"]
-    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempts)" for f in failed]
+    lines = [f"FAILED ({len(failed)} run{'s' * (len(failed) != 1)}, not in the table):"]
+    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempt{'s' * (f['attempts'] != 1)})" for f in failed]
     return "\n".join(lines) + "\n"
 
 
