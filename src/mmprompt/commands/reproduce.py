@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these datasets (default: the paper's 11, and the 4 ImageNet variants)")
     parser.add_argument("--protocols", nargs="+", type=protocol_name, default=None, metavar="PROTOCOL",
                         help="base2novel (base-to-novel) cross-dataset domain-generalization "
-                        "(domain-generalisation) few-shot (default: all)")
+                        "(domain-generalisation) few-shot (default: those with published numbers for the methods)")
     int_list(parser, "--seeds", default=[1, 2, 3], metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3)")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from ..protocols.reproduce import REPRODUCE_PROTOCOLS, format_dry_run, plan_reproduce, run_reproduce
+    from ..protocols.reproduce import format_dry_run, plan_reproduce, run_reproduce
 
     if not args.dry_run and (not args.clip or not args.data_root):
         raise UsageError("--clip and --data-root are needed (or --dry-run)")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         launch = launch_options(args)
         plan = plan_reproduce(
             args.methods, args.data_root or ".", args.clip or "ViT-B/16", args.output, datasets=args.datasets,
-            seeds=args.seeds, protocols=args.protocols or REPRODUCE_PROTOCOLS, overrides=args.overrides,
+            seeds=args.seeds, protocols=args.protocols, overrides=args.overrides,
             shots=args.shots, clip_activation=args.clip_activation, device=args.device,
         )
     except (ValueError, KeyError, ConfigError) as exc:
