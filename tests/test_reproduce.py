@@ -88,6 +88,31 @@ def test_dept_variants_are_planned_apart_with_their_published_rows(tmp_path: Pat
     assert published["dept_coop"]["average"] != published["dept_maple"]["average"]
 
 
+STATUSES = ("verified", "paper", "recalled")
+
+
+def _sources(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k.endswith("source") and isinstance(v, str)] + [
+            s for v in node.values() for s in _sources(v)]
+    return []
+
+
+def test_published_sources_are_papers_and_repositories_a_user_can_read() -> None:
+    """No source names a file or an issue of this project's development (SPEC.md, successors/*.md, issue N)."""
+    published = published_results()
+    sources = _sources(published)
+    assert len(sources) > 20
+    for source in sources:
+        assert not re.search(r"SPEC|successors/|issue \d|\.md\b", source), source
+        assert re.search(r"paper|README|official", source), source
+    # the MaPLe README's two tables verify the seven averages of the paper's base-to-novel table
+    for method in PAPER_METHODS:
+        avg = published["base2novel"][method]["average"]
+        assert avg["status"] == "verified" and "muzairkhattak/multimodal-prompt-learning @ 0d62419" in avg["source"]
+    assert published["base2novel"]["maple"]["datasets_status"] == "paper"
+
+
 def test_published_numbers_are_consistent_with_their_averages() -> None:
     """Each transcribed table: HM = 2BN/(B+N) per row, and the per-dataset means give the published average."""
     published = published_results()
@@ -96,11 +121,11 @@ def test_published_numbers_are_consistent_with_their_averages() -> None:
     assert [b2n["maple"]["average"][k] for k in ("base", "novel", "hm")] == [82.28, 75.14, 78.55]
     for method, entry in b2n.items():
         avg = entry["average"]
-        assert avg["status"] in ("verified", "spec", "recalled") and avg["source"], method
+        assert avg["status"] in STATUSES and avg["source"], method
         assert avg["hm"] == pytest.approx(harmonic_mean(avg["base"], avg["novel"]), abs=0.011), method
         if "datasets" in entry:
             assert set(entry["datasets"]) == set(PAPER_DATASETS)
-            assert entry["datasets_status"] in ("verified", "spec", "recalled")
+            assert entry["datasets_status"] in STATUSES
             for d, v in entry["datasets"].items():
                 assert v["hm"] == pytest.approx(harmonic_mean(v["base"], v["novel"]), abs=0.011), (method, d)
             for k in ("base", "novel"):
@@ -151,7 +176,7 @@ def test_reproduce_on_the_demo_world_writes_the_side_by_side_report(tmp_path: Pa
     assert int(row.group(7).replace(",", "")) == b2n["costs"]["maple"]["mmprompt_demo"]["trainable_parameters"] > 0
     # the paper's numbers beside ours, with their status; transfer not run without ImageNet, and said so
     assert re.search(r"^\| maple \| Average \(ours over 1 dataset\) \| [\d.]+ \| 82\.28 \| - \|", report, re.M)
-    assert "| maple | DTD | - | 80.36 | - |" in report and "| spec |" in report
+    assert "| maple | DTD | - | 80.36 | - |" in report and "| paper |" in report
     assert "not run: its source (imagenet) is not among --datasets" in report
     assert "| maple | ImageNet-R | - | 76.98 | - |" in report
     data = json.loads((out / "report.json").read_text())
@@ -190,4 +215,4 @@ def test_reproduce_transfer_trains_one_source_run_per_seed_for_both_protocols(tm
     accuracy = json.loads((source / "eval" / "imagenet_a.json").read_text())["accuracy"]
     assert dg["methods"]["maple"]["datasets"]["imagenet_a"]["mean"]["accuracy"] == accuracy
     report = (out / "report.md").read_text()
-    assert re.search(r"^\| maple \| ImageNet-A \| [\d.]+ \| 50\.90 \| [+-][\d.]+ \| spec \|", report, re.M)
+    assert re.search(r"^\| maple \| ImageNet-A \| [\d.]+ \| 50\.90 \| [+-][\d.]+ \| paper \|", report, re.M)
