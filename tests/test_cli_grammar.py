@@ -201,3 +201,35 @@ def test_cross_dataset_without_its_source_says_so_without_an_empty_table(
     assert f"results in {out}/results.{{json,md,csv}}" in printed  # no PNG promised, none written
     assert not (out / "results.png").exists()
     assert "| Dataset |  |" not in (out / "results.md").read_text()
+
+
+def test_bare_weights_take_clip_config_or_clip_arch_on_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare state dict states no heads / activation / pooling: --clip-config FILE or --clip-arch NAME says it
+    (the Python API's config= and architecture=), and the checkpoint records it for eval."""
+    import shutil
+
+    from test_engine_support import make_data_root, save_tiny_clip
+
+    (tmp_path / "described").mkdir()
+    described = save_tiny_clip(tmp_path / "described" / "tiny.pt")
+    bare = tmp_path / "bare" / "tiny.pt"
+    bare.parent.mkdir()
+    shutil.copy(described, bare)  # the same weights without open_clip_config.json beside them
+    config_file = described.parent / "open_clip_config.json"
+    root = make_data_root(tmp_path / "data")
+    base = ["train", "--method", "coop", "--dataset", "eurosat", "--data-root", str(root), "--clip", str(bare),
+            "--device", "cpu", "--threads", "1", "--no-progress", "--shots", "1",
+            "--set", "optim.epochs=1", "data.num_workers=0", "method.n_ctx=2"]
+    assert main([*base, "--output", str(tmp_path / "r0")]) == 4  # nothing states the missing fields
+    capsys.readouterr()
+    assert main([*base, "--output", str(tmp_path / "r1"), "--clip-config", str(config_file)]) == 0
+    assert main([*base, "--output", str(tmp_path / "r2"), "--clip-arch", "tiny"]) == 0
+    capsys.readouterr()
+    # eval reloads the recorded weights with the recorded architecture
+    assert main(["eval", "--checkpoint", str(tmp_path / "r2"), "--dataset", "eurosat", "--data-root", str(root),
+                 "--subsample", "new", "--num-workers", "0", "--no-progress"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    code = main(["benchmark", "base2novel", "--method", "coop", "--datasets", "eurosat", "--data-root", str(root),
+                 "--clip", str(bare), "--clip-arch", "tiny", "--output", str(tmp_path / "sweep")])
+    assert code == 2 and "a sweep loads its CLIP once" in capsys.readouterr().err

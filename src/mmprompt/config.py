@@ -181,10 +181,19 @@ class ClipSection:
     """A registry name (``ViT-B/16``) or a path to a checkpoint file or folder."""
     activation: str | None = None
     """MLP activation for files that do not say it (``quick_gelu`` for OpenAI weights, ``gelu``)."""
+    config: str | None = None
+    """For bare weights without their config: the path of their ``config.json`` / ``open_clip_config.json``
+    (``load(config=...)``, ``--clip-config``)."""
+    architecture: str | None = None
+    """For bare weights: a named architecture giving every field (``load(architecture=...)``, ``--clip-arch``)."""
 
     def __post_init__(self) -> None:
         if self.activation not in (None, "quick_gelu", "gelu"):
             raise ConfigError(f"clip.activation must be quick_gelu, gelu or null, got {self.activation!r}")
+        for name in ("config", "architecture"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"clip.{name} must be a non-empty string or null, got {value!r}")
         if not isinstance(self.weights, str) or not self.weights:
             raise ConfigError(f"clip.weights must name weights or a path, got {self.weights!r}")
 

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.clip or not args.data_root:
         raise UsageError("--clip and --data-root are needed")
     extra = shortcut_overrides(args)
+    if "clip.config" in extra or "clip.architecture" in extra:
+        raise UsageError("--clip-config / --clip-arch apply to train, eval and predict; a sweep loads its CLIP "
+                         "once from --clip: give bare weights a folder with their config.json beside them")
     for key in ("clip.weights", "clip.activation", "data.root", "data.shots", "output", "device"):
         extra.pop(key, None)  # passed as the protocol's own arguments
     overrides = {**dict(parse_override(o) for o in args.overrides), **extra}

@@ -13,7 +13,12 @@ import argparse
 import logging
 
 from ..errors import UsageError
-from .train import add_custom_data_arguments, add_threads_argument, add_torchscript_argument
+from .train import (
+    add_clip_description_arguments,
+    add_custom_data_arguments,
+    add_threads_argument,
+    add_torchscript_argument,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the dataset's few-shot selection (default 1)")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    add_clip_description_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=100, help="test batch size (default 100)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", default="auto")
@@ -68,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     quiet_other_ranks(ctx)
     if args.clip:
-        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript)
+        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript,
+                                  config=args.clip_config, architecture=args.clip_arch)
+    elif args.clip_config or args.clip_arch:
+        raise UsageError("--clip-config / --clip-arch describe the weights given with --clip")
     else:
         info = read_prompt_meta(args.checkpoint).get("clip") or {}
         clip = load_clip_from_info(info, device=ctx.device)

@@ -33,6 +33,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights: a registry name (ViT-B/16), a path, or \"demo\" (the built-in demo CLIP)")
     g.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
                    help="MLP activation for weight files that do not say it (OpenAI: quick_gelu)")
+    add_clip_description_arguments(g)
     g.add_argument("--data-root", help="folder holding the datasets in their official layout")
     if shots_list:
         int_list(g, "--shots", metavar="K", help="images per class (default 16); few-shot: several for a curve, "
@@ -47,11 +48,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_clip_description_arguments(parser: Any) -> None:
+    """``--clip-config FILE`` and ``--clip-arch NAME``: what bare weights (no config beside them) are."""
+    parser.add_argument("--clip-config", metavar="FILE",
+                        help="for bare CLIP weights: their config.json / open_clip_config.json")
+    parser.add_argument("--clip-arch", metavar="NAME",
+                        help="for bare CLIP weights: a named architecture giving every field (e.g. ViT-H/14; "
+                        "python -c 'import mmprompt.clip; print(mmprompt.clip.list_models())' lists them)")
+
+
 def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--clip``, ``--data-root``... flags as dotted overrides (applied after ``--set``)."""
     out: dict[str, Any] = {}
     pairs: list[tuple[str, Any]] = [
         ("clip.weights", getattr(args, "clip", None)), ("clip.activation", getattr(args, "clip_activation", None)),
+        ("clip.config", getattr(args, "clip_config", None)), ("clip.architecture", getattr(args, "clip_arch", None)),
         ("data.root", getattr(args, "data_root", None)), ("data.shots", getattr(args, "shots", None)),
         ("device", getattr(args, "device", None)), ("precision", getattr(args, "precision", None)),
         ("data.num_workers", getattr(args, "num_workers", None)), ("data.seed", getattr(args, "seed", None)),
@@ -192,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(cfg.device)
     quiet_other_ranks(ctx)
     clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device,
-                              allow_torchscript=args.allow_torchscript)
+                              allow_torchscript=args.allow_torchscript, config=cfg.clip.config,
+                              architecture=cfg.clip.architecture)
     refuse_explicit_depths(cfg, clip, args.overrides)
     splits = load_splits(cfg, ctx=ctx)
     evals: dict[str, Any] = {"test": splits}
