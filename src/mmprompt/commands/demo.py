@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run (seed 1, CoOp 50 epochs): about 20 s on 2 CPU cores")
     parser.add_argument("--all-methods", action="store_true",
-                        help="every method of the method table (13 rows: the paper's 7 and the successors), each "
-                        "with its recipe scaled to the demo CLIP (default: zero-shot, CoOp, MaPLe)")
+                        help="every method of the method table (the paper's 7, the successors and installed "
+                        "plugins), each with its recipe scaled to the demo CLIP (default: zero-shot, CoOp, MaPLe)")
     parser.add_argument("--methods", nargs="+", default=None, help="explicit list of methods")
     int_list(parser, "--seeds", default=None, metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3; --quick: 1)")
     parser.add_argument("--output", default="mmprompt-demo", help="output folder (default ./mmprompt-demo)")
