@@ -261,3 +261,10 @@ def test_plugin_presets_are_listed_named_and_in_the_demo(capsys: pytest.CaptureF
     finally:
         unregister("probe")
     assert "probe_b2n" not in list_presets() and "probe" not in all_demo_methods()
+
+
+def test_import_official_bad_set_is_a_one_line_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["import-official", str(tmp_path), "--method", "coop", "-o", str(tmp_path / "o"), "--set", "n_ctx"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("mmprompt import-official: error (command line): --set expects "
+                                              "KEY=VALUE, got 'n_ctx'")

@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {}
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            from ..errors import UsageError
+
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
     out = import_official(

@@ -133,10 +133,17 @@ def bars_figure(results: Mapping[str, Any], label: Any,
                 if any(e > 0 for e in errors if not math.isnan(e)):
                     kw.update(yerr=errors, capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "black"})
             ax.bar(xs, values, width, **kw)
+            if len(columns) * len(bars) <= 24:  # few bars: each value is readable above its bar (and error bar)
+                for x, v, e in zip(xs, values, errors, strict=True):
+                    if not math.isnan(v):
+                        top = v + (0.0 if math.isnan(e) else e)
+                        ax.annotate(f"{v:.1f}", (x, top), xytext=(0, 2), textcoords="offset points", ha="center",
+                                    va="bottom", fontsize=7)
         ax.set_xticks(range(len(columns)))
         ax.set_xticklabels(["Average" if c == "average" else label(c) for c in columns], rotation=30, ha="right")
         ax.set_ylabel(_metric_label(key))
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 105)
+        ax.set_yticks(range(0, 101, 20))
         ax.set_xlim(-0.6, len(columns) - 0.4)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
@@ -150,8 +157,9 @@ def bars_figure(results: Mapping[str, Any], label: Any,
     if any(e.get("n_seeds", 1) > 1 for m in results["methods"].values() for e in m["datasets"].values()):
         handles.append(Patch(facecolor="none", edgecolor="none", label="error bars: ± std over seeds"))
     title = str(results["protocol"])
-    if results.get("seeds"):
-        title += f" (seeds {' '.join(map(str, results['seeds']))})"
+    seeds = list(results.get("seeds") or [])
+    if seeds:
+        title += f" (seed{'s' * (len(seeds) > 1)} {' '.join(map(str, seeds))})"
     axes[0, 0].set_title(title)
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
     fig.tight_layout()
