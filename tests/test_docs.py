@@ -259,6 +259,7 @@ def _run_bash(cmd: str, policy: dict[str, Any] | None, sandbox: Path) -> None:
                               env=_env(sandbox), capture_output=True, text=True, timeout=600)
         _ok(proc, cmd)
         assert not re.search(r"\d+ skipped", proc.stdout), proc.stdout[-3000:]  # e.g. open_clip not installed
+        _test_dependencies_present()
     else:
         raise AssertionError(f"unknown mode {mode!r} for {cmd!r}")
 
@@ -289,6 +290,25 @@ def _check_install(cmd: str, policy: dict[str, Any], sandbox: Path) -> None:
             _ok(_run(full, sandbox), full)
             ran_mmprompt = True
     assert ran_mmprompt
+
+
+def _test_dependencies_present() -> None:
+    """Every package a test skips without (``importorskip("X")``, open_clip's ``skipif``) is installed by the
+    README's install command: no test is skipped for a missing package at run time either."""
+    import importlib.util
+
+    names = set()
+    for path in (REPO / "tests").glob("*.py"):
+        names |= set(re.findall(r"importorskip\(\s*[\"']([\w.]+)[\"']", path.read_text(encoding="utf-8")))
+    missing = sorted(n for n in names if importlib.util.find_spec(n) is None)
+    assert not missing, f"tests would skip for lack of {missing}"
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from _torchvision_stub import import_open_clip
+
+        assert import_open_clip() is not None, "open_clip is not installed (README: pip install --no-deps ...)"
+    finally:
+        sys.path.remove(str(REPO / "tests"))
 
 
 def _dev_test_packages() -> set[str]:
