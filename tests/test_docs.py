@@ -293,8 +293,8 @@ def _check_install(cmd: str, policy: dict[str, Any], sandbox: Path) -> None:
 
 
 def _test_dependencies_present() -> None:
-    """Every package a test skips without (``importorskip("X")``, open_clip's ``skipif``) is installed by the
-    README's install command: no test is skipped for a missing package at run time either."""
+    """Every package a test skips without (``pytest.importorskip`` of a name, open_clip's ``skipif``) is
+    installed by the README's install command: no test is skipped for a missing package at run time either."""
     import importlib.util
 
     names = set()
