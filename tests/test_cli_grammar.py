@@ -228,6 +228,11 @@ def test_bare_weights_take_clip_config_or_clip_arch_on_the_command_line(
     assert main(["eval", "--checkpoint", str(tmp_path / "r2"), "--dataset", "eurosat", "--data-root", str(root),
                  "--subsample", "new", "--num-workers", "0", "--no-progress"]) == 0
     assert "top-1" in capsys.readouterr().out
+    image = next((root / "eurosat").rglob("*.jpg"))
+    assert main(["predict", "--method", "zeroshot", "--clip", str(bare), "--clip-arch", "tiny", "--classes", "a,b",
+                 str(image)]) == 0
+    assert main(["predict", "--checkpoint", str(tmp_path / "r2"), "--classes", "a,b", str(image)]) == 0
+    capsys.readouterr()
     code = main(["benchmark", "base2novel", "--method", "coop", "--datasets", "eurosat", "--data-root", str(root),
                  "--clip", str(bare), "--clip-arch", "tiny", "--output", str(tmp_path / "sweep")])
     assert code == 2 and "a sweep loads its CLIP once" in capsys.readouterr().err

@@ -90,11 +90,14 @@ class Predictor:
         verify: bool = True,
         precision: str = "fp32",
         allow_torchscript: bool = False,
+        clip_config: str | Path | None = None,
+        clip_architecture: str | None = None,
     ) -> Predictor:
         """Load prompts saved by :func:`mmprompt.checkpoint.save_prompts`.
 
         The CLIP is the one recorded in the checkpoint (``clip_info``: registry name or path, checked
-        against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path.
+        against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path
+        (``clip_config`` / ``clip_architecture`` describe bare weights, as ``load(config=, architecture=)``).
         The classes are the trained ones until :meth:`set_classes` is called.
         """
         from .checkpoint import load_prompts, read_prompt_meta
@@ -104,7 +107,8 @@ class Predictor:
         if clip is None:
             model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
         else:
-            model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+            model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript,
+                                    config=clip_config, architecture=clip_architecture)
         learner = load_prompts(directory, model)
         return cls(learner.to(device), precision=precision)
 
@@ -119,6 +123,8 @@ class Predictor:
         clip_activation: str | None = None,
         precision: str = "fp32",
         allow_torchscript: bool = False,
+        clip_config: str | Path | None = None,
+        clip_architecture: str | None = None,
     ) -> Predictor:
         """Zero-shot CLIP with hand-written ``templates`` (their normalised features are averaged)."""
         from .engine.clip_source import resolve_clip
@@ -128,7 +134,8 @@ class Predictor:
         if not names or not all(names):
             raise ValueError("zero-shot prediction needs the class names to choose from (classnames=[...]); "
                              f"got {list(classnames or [])!r}")
-        model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+        model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript,
+                                config=clip_config, architecture=clip_architecture)
         learner = create_learner("zeroshot", model, names, {"templates": list(templates)})
         return cls(learner.to(device), precision=precision)
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from .train import add_torchscript_argument
+from .train import add_clip_description_arguments, add_torchscript_argument
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="comma-separated class names, or @FILE with one per line")
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
+    add_clip_description_arguments(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--device", default="cpu")
@@ -84,11 +85,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--method zeroshot needs --clip WEIGHTS and --classes")
         predictor = Predictor.zero_shot(args.clip, classes, args.template or ["a photo of a {}."], device,
                                         clip_activation=args.clip_activation, precision=args.precision,
-                                        allow_torchscript=args.allow_torchscript)
+                                        allow_torchscript=args.allow_torchscript, clip_config=args.clip_config,
+                                        clip_architecture=args.clip_arch)
     else:
+        if (args.clip_config or args.clip_arch) and not args.clip:
+            raise UsageError("--clip-config / --clip-arch describe the weights given with --clip")
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
-                                              allow_torchscript=args.allow_torchscript)
+                                              allow_torchscript=args.allow_torchscript,
+                                              clip_config=args.clip_config, clip_architecture=args.clip_arch)
         if classes:
             predictor.set_classes(classes)
     loaded, errors = {}, {}
