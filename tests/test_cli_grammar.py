@@ -100,7 +100,7 @@ def test_help_texts_say_what_the_commands_do(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out
-    assert "(list, inspect, check)" in listing
+    assert "datasets: list, inspect, check" in listing
     with pytest.raises(SystemExit):
         main(["data", "--help"])
     assert "list" in capsys.readouterr().out

@@ -21,13 +21,13 @@ from collections.abc import Sequence
 # subcommand name -> (module under mmprompt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("parity", "check the implementation against an official reference file"),
-    "data": ("data", "list, inspect and check datasets (list, inspect, check)"),
+    "data": ("data", "datasets: list, inspect, check"),
     "import-official": ("import_official", "convert an official Dassl checkpoint into an mmprompt checkpoint"),
     "train": ("train", "train prompts on one dataset"),
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
     "predict": ("predict", "classify images with trained prompts and class names given now"),
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
-    "reproduce": ("reproduce", "run every protocol of the paper for methods; report beside the published numbers"),
+    "reproduce": ("reproduce", "run the paper's protocols for methods; report beside the published numbers"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
     "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
 }
@@ -38,9 +38,10 @@ def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.Argu
     parser = argparse.ArgumentParser(prog="mmprompt", description="Multi-modal prompt learning on CLIP.")
     from . import __version__
 
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (anywhere on the line)")
     parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of every error (also: environment variable MMPROMPT_DEBUG=1)")
+                        help="also show the traceback of an error, same exit code (anywhere on the line; also: "
+                        "environment variable MMPROMPT_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"mmprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     aliases_of = {target: [a for a, t in ALIASES.items() if t == target] for target in COMMANDS}
