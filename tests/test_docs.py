@@ -420,3 +420,20 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
     install, tests = commands(readme[0].text)[0], commands(readme[1].text)[0]
     assert install.startswith("pip install") and tests == "python -m pytest"
     assert install in ci and f"\n{tests}\n" in ci
+
+
+def test_readme_states_the_parity_tolerance_the_tool_checks() -> None:
+    from mmprompt.parity import RTOL
+
+    exact = (REPO / "README.md").read_text().split("* **Exact.**")[1].split("* **")[0]
+    assert f"{RTOL:g}" in " ".join(exact.split()) and "1e-5" not in exact
+
+
+def test_default_output_folders_are_git_ignored() -> None:
+    """``mmprompt demo`` and ``mmprompt reproduce`` write ./mmprompt-demo and ./mmprompt-reproduce by default."""
+    from mmprompt.cli import build_parser
+
+    ignored = (REPO / ".gitignore").read_text().split()
+    for argv in (["demo"], ["reproduce", "maple"]):
+        default = build_parser([argv[0]]).parse_args(argv).output
+        assert f"/{default}/" in ignored, default
