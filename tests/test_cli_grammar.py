@@ -273,3 +273,10 @@ def test_import_official_bad_set_is_a_one_line_usage_error(tmp_path: Path, capsy
     assert code == 2
     assert capsys.readouterr().err.startswith("mmprompt import-official: error (command line): --set expects "
                                               "KEY=VALUE, got 'n_ctx'")
+
+
+def test_reproduce_takes_the_list_grammar_and_says_where_curves_are(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "maple", "--dry-run", "--shots", "1", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmprompt reproduce: error (command line): reproduce runs one shot count")
+    assert "mmprompt benchmark few-shot --shots" in err

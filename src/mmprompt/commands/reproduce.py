@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base2novel (base-to-novel) cross-dataset domain-generalization "
                         "(domain-generalisation) few-shot (default: those with published numbers for the methods)")
     int_list(parser, "--seeds", default=[1, 2, 3], metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3)")
-    parser.add_argument("--shots", type=int, default=16)
+    int_list(parser, "--shots", default=[16], metavar="K",
+             help="images per class (default 16, the published numbers'; a few-shot curve over several counts is "
+             "'mmprompt benchmark few-shot --shots 1 2 4 8 16')")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda...")
@@ -49,12 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dry_run and (not args.clip or not args.data_root):
         raise UsageError("--clip and --data-root are needed (or --dry-run)")
+    if len(args.shots) > 1:
+        raise UsageError(f"reproduce runs one shot count (the published numbers are 16-shot), got "
+                         f"{' '.join(map(str, args.shots))}; for a curve: mmprompt benchmark few-shot --shots ...")
     try:
         launch = launch_options(args)
         plan = plan_reproduce(
             args.methods, args.data_root or ".", args.clip or "ViT-B/16", args.output, datasets=args.datasets,
             seeds=args.seeds, protocols=args.protocols, overrides=args.overrides,
-            shots=args.shots, clip_activation=args.clip_activation, device=args.device,
+            shots=args.shots[0], clip_activation=args.clip_activation, device=args.device,
         )
     except (ValueError, KeyError, ConfigError) as exc:
         if isinstance(exc, ConfigError):
