@@ -280,3 +280,11 @@ def test_reproduce_takes_the_list_grammar_and_says_where_curves_are(capsys: pyte
     err = capsys.readouterr().err
     assert err.startswith("mmprompt reproduce: error (command line): reproduce runs one shot count")
     assert "mmprompt benchmark few-shot --shots" in err
+
+
+@pytest.mark.parametrize("command", [["demo"], ["reproduce", "maple"], ["train"], ["import-official", "d", "--method",
+                                                                                    "coop", "-o", "o"]])
+def test_set_is_repeatable_everywhere(command: list[str]) -> None:
+    args = _parse(*command, "--set", "a=1", "b=2", "--set", "c=3")
+    values = getattr(args, "overrides", None) or getattr(args, "set", None)
+    assert values == ["a=1", "b=2", "c=3"]

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     int_list(parser, "--seeds", default=None, metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3; --quick: 1)")
     parser.add_argument("--output", default="mmprompt-demo", help="output folder (default ./mmprompt-demo)")
     parser.add_argument("--data-root", default=None, help="where to generate the demo data (default OUTPUT/data)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=1,

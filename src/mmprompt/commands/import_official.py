@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-name", default=None, help="name or path of the CLIP weights, recorded in the checkpoint")
     parser.add_argument("--classnames", default=None,
                         help="class names the prompts were trained on: comma-separated, or a file with one per line")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="method options the tensors do not fix (e.g. ctx_init='a photo of a')")
 
 
