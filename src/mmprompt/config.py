@@ -431,26 +431,9 @@ def _presets_dir() -> Path:
 def list_presets() -> list[str]:
     """Names of the YAML presets: shipped with the package, and those of plugin methods (their table rows'
     preset files, named by the file's stem: ``clip_adapter_b2n``)."""
+    from .methods.table import plugin_presets
+
     return sorted({p.stem for p in _presets_dir().glob("*.yaml")} | set(plugin_presets()))
-
-
-def plugin_presets() -> dict[str, Path]:
-    """Preset name -> YAML file, for the preset files that methods outside the package name in their rows."""
-    try:
-        from .methods import all_methods
-        from .methods.builtin import BUILTIN
-    except ImportError:  # pragma: no cover - a partial install
-        return {}
-    out: dict[str, Path] = {}
-    for name, spec in all_methods().items():
-        if name in BUILTIN:
-            continue
-        values = [*spec.presets.values(), *(v for p in spec.alias_presets.values() for v in p.values())]
-        for value in values:
-            path = Path(value)
-            if path.suffix in (".yaml", ".yml") and path.is_file():
-                out.setdefault(path.stem, path)
-    return out
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -462,6 +445,8 @@ def preset_path(name_or_path: str | Path) -> Path:
         return path
     candidate = _presets_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
+        from .methods.table import plugin_presets
+
         plugin = plugin_presets().get(str(name_or_path))
         if plugin is not None:
             return plugin
