@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +50,7 @@ MACHINE_FIELDS = {
 
 
 def test_bench_command_prints_the_documented_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--steps", "2", "--json"])
+    code = main(["speed", "--random-weights", "--clip", "tiny", "--classes", "3", "--steps", "2", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     assert doc["schema"] == "mmprompt.bench/1"
@@ -78,7 +80,7 @@ def test_bench_command_prints_the_documented_json(capsys: pytest.CaptureFixture[
 
 
 def test_bench_in_bf16_also_times_fp32(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--steps", "1", "--warmup", "0"]
+    args = ["speed", "--random-weights", "--clip", "tiny", "--classes", "3", "--steps", "1", "--warmup", "0"]
     assert main([*args, "--precision", "bf16", "--eval-images", "2", "--no-isolate", "--json"]) == 0
     [entry] = json.loads(capsys.readouterr().out)["results"]
     base = entry["fp32_default"]
@@ -89,13 +91,44 @@ def test_bench_in_bf16_also_times_fp32(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_bench_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--random-weights", "--arch", "tiny", "--method", "nope", "--classes", "3"]) == 2
-    assert "unknown method" in capsys.readouterr().err
-    assert main(["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--option", "depth=9"]) == 2
+    assert main(["speed", "--random-weights", "--clip", "tiny", "--method", "nope", "--classes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method" in err and err.startswith("mmprompt speed: error (")
+    assert main(["speed", "--random-weights", "--clip", "tiny", "--classes", "3", "--set", "method.depth=9"]) == 2
+    assert main(["speed", "--random-weights", "--clip", "tiny", "--classes", "3", "--set", "optim.lr=1"]) == 2
+    assert "only method.FIELD=VALUE" in capsys.readouterr().err
     with pytest.raises(ValueError):
         BenchSettings(precision="fp8")
     with pytest.raises(SystemExit):
         main(["bench", "--classes", "0"])
+
+
+def test_speed_old_spellings_warn_once_and_still_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """--arch / --weights / --option are deprecated spellings of --clip / --set: one warning line each."""
+    code = main(["bench", "--random-weights", "--arch", "tiny", "--classes", "3", "--steps", "1", "--warmup", "0",
+                 "--eval-images", "2", "--no-isolate", "--option", "depth=2", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    warnings = [line for line in captured.err.splitlines() if "deprecated" in line]
+    assert warnings == ["mmprompt speed: warning: --arch is deprecated, use --clip (an architecture name with "
+                        "--random-weights)", "mmprompt speed: warning: --option is deprecated, use --set "
+                        "method.FIELD=VALUE"]
+    [entry] = json.loads(captured.out)["results"]
+    assert entry["default"]["config"]["depth"] == 2
+
+
+def test_speed_runs_on_the_demo_clip_and_fails_fast_on_missing_weights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["speed", "--clip", "demo", "--classes", "3", "--steps", "1", "--warmup", "0", "--eval-images", "2",
+                 "--no-isolate", "--device", "cpu", "--json"])
+    assert code == 0, capsys.readouterr().err
+    [entry] = json.loads(capsys.readouterr().out)["results"]
+    assert entry["default"]["error"] == "" and entry["default"]["train_step_s"] > 0
+    start = time.perf_counter()
+    assert main(["speed", "--clip", str(tmp_path / "missing.pt"), "--classes", "3"]) == 4
+    err = capsys.readouterr().err
+    assert time.perf_counter() - start < 20  # checked before any child process starts
+    assert "Traceback" not in err and err.startswith("mmprompt speed: error (weights): CLIP weights not found")
 
 
 def test_synthetic_classnames_are_realistic_and_reproducible() -> None:

@@ -146,3 +146,19 @@ def test_import_official_missing_checkpoint_names_expected_path(tmp_path: Path) 
 
     with pytest.raises(FileNotFoundError, match="MultiModalPromptLearner/model.pth.tar-<epoch>"):
         find_official_checkpoint(tmp_path, "maple")
+
+
+def test_import_official_on_another_architecture_says_which_arch(tmp_path: Path, capsys) -> None:
+    """CoOp prompts of a ViT-L/14 (text width 768) imported with the default --arch ViT-B/16: one line that
+    names --arch, instead of a list of shape mismatches."""
+    folder = tmp_path / "official" / "prompt_learner"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {"ctx": torch.zeros(16, 768)}, "epoch": 5}, folder / "model.pth.tar-5")
+    code = main(["import-official", str(tmp_path / "official"), "--method", "coop", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("mmprompt import-official: error (checkpoint): ")
+    assert "trained on another CLIP architecture" in first and "pass --arch ViT-L/14" in first
+    assert "checkpoint (16, 768) vs (16, 512)" in first
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # the message and the --debug hint

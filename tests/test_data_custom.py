@@ -56,7 +56,7 @@ def test_custom_fewshot_and_base_new(tmp_path: Path) -> None:
     assert base.classnames == ["class0", "class1", "class2"] and new.classnames == ["class3", "class4"]
     assert len(base.train) == 6 and len(new.train) == 4
     assert len(base.val) == 6  # min(2, 4) per class
-    assert (tmp_path / "c" / "fewshot" / "custom_d" / "shot_2-seed_1.json").is_file()
+    assert len(list((tmp_path / "c" / "fewshot" / "custom_d").glob("split-*/shot_2-seed_1.json"))) == 1
 
 
 def test_classnames_file_sets_order_and_names(tmp_path: Path) -> None:
@@ -144,3 +144,12 @@ def test_custom_split_file_and_errors(tmp_path: Path) -> None:
     _class_folders(tmp_path / "tiny", {"a": 2})
     with pytest.raises(SplitFileError, match="too few"):
         build_custom_dataset(tmp_path / "tiny", cache_dir=tmp_path / "c")
+
+
+def test_folder_names_become_prompt_names_without_underscores(tmp_path: Path) -> None:
+    """``blue_circle/`` is the class "blue circle" ("a photo of a blue circle."), as CoOp's names are written."""
+    data = tmp_path / "shapes"
+    _class_folders(data, {"blue_circle": 4, "red__star ": 4, "plain": 4})
+    splits = build_dataset("custom", data, cache_dir=tmp_path / "cache")
+    assert splits.classnames == ["blue circle", "plain", "red star"]
+    assert splits.template.format(splits.classnames[0]) == "a photo of a blue circle."

@@ -198,8 +198,9 @@ def test_cache_is_written_outside_the_dataset_and_reused(
     root, _ = shuffled_caltech
     monkeypatch.setenv("MMPROMPT_CACHE", str(tmp_path / "envcache"))
     first = build_dataset("caltech101", root, shots=2, seed=5)
-    path = tmp_path / "envcache" / "fewshot" / "caltech101" / "shot_2-seed_5.json"
-    assert path.is_file() and fewshot_cache_path(None, "caltech101", 2, 5) == path
+    [path] = (tmp_path / "envcache" / "fewshot" / "caltech101").glob("split-*/shot_2-seed_5.json")
+    key = path.parent.name.removeprefix("split-")
+    assert path.is_file() and fewshot_cache_path(None, "caltech101", 2, 5, key) == path
     assert not (root / "caltech-101" / "split_fewshot").exists()
     cached = json.loads(path.read_text())
     assert cached["train"] == [[s.path, s.label, s.classname] for s in first.train]
@@ -250,3 +251,25 @@ def test_property_equal_to_official(train_labels, val_labels, shots, seed, subsa
     train, val = sample_fewshot(train, val, shots, seed)
     got = lib_subsample_classes(train, val, test, subsample=subsample)
     assert [[(s.path, s.label, s.classname) for s in part] for part in got] == expected
+
+
+def test_two_split_files_keep_their_own_few_shot_selections(tmp_path: Path, caplog) -> None:
+    """The cache is keyed by the split sampled from: switching between two split files reuses both caches
+    instead of sampling again each time."""
+    import logging
+
+    from mmprompt.data import select_fewshot
+
+    def split(prefix: str) -> list[Sample]:
+        return [Sample(f"{prefix}/{c}/{i}.jpg", c, f"class{c}") for c in range(3) for i in range(6)]
+
+    cache = tmp_path / "cache"
+    first = select_fewshot("custom_x", None, split("a"), None, 2, 1, cache_dir=cache)
+    second = select_fewshot("custom_x", None, split("b"), None, 2, 1, cache_dir=cache)
+    assert len(list((cache / "fewshot" / "custom_x").glob("split-*/shot_2-seed_1.json"))) == 2
+    with caplog.at_level(logging.INFO, logger="mmprompt.data.fewshot"):
+        again_first = select_fewshot("custom_x", None, split("a"), None, 2, 1, cache_dir=cache)
+        again_second = select_fewshot("custom_x", None, split("b"), None, 2, 1, cache_dir=cache)
+    assert again_first[2].startswith("cache ") and again_second[2].startswith("cache ")
+    assert again_first[0] == first[0] and again_second[0] == second[0]
+    assert "sampling again" not in caplog.text

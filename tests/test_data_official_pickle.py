@@ -85,7 +85,7 @@ def test_official_pickle_is_read_and_mapped(tmp_path: Path, monkeypatch, caplog,
     assert any("restricted unpickler" in r.getMessage() for r in caplog.records)
 
     # the command line reads it too, unless told not to
-    argv = ["data", "inspect", "--dataset", "caltech101", "--root", str(tmp_path / "data"), "--shots", "2",
+    argv = ["data", "inspect", "--dataset", "caltech101", "--data-root", str(tmp_path / "data"), "--shots", "2",
             "--cache-dir", str(tmp_path / "c"), "--json"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["train"] == [

@@ -215,4 +215,4 @@ def test_wrong_root_error_suggests_the_parent(tmp_path: Path) -> None:
     dataset_dir = make_fake_dataset("caltech101", tmp_path / "data")
     with pytest.raises(DatasetNotFoundError) as err:
         build_dataset("caltech101", dataset_dir, cache_dir=tmp_path / "cache")
-    assert f"--root {tmp_path / 'data'}" in str(err.value)
+    assert f"--data-root {tmp_path / 'data'}" in str(err.value)

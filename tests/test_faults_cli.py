@@ -148,13 +148,18 @@ def test_bug_keeps_its_traceback_and_debug_shows_all(env, tmp_path: Path, monkey
     with pytest.raises(TypeError, match="a bug"):
         main(env["argv"](tmp_path / "r"))
     monkeypatch.undo()
-    with pytest.raises(ConfigError):
-        main(["--debug", *env["argv"](tmp_path / "r"), "optim.lrr=1"])
-    with pytest.raises(ConfigError):
-        main([*env["argv"](tmp_path / "r"), "--debug", "--set", "optim.lrr=1"])
+    capsys.readouterr()
+    plain = main([*env["argv"](tmp_path / "r"), "optim.lrr=1"])
+    assert "Traceback" not in capsys.readouterr().err
+    # --debug (anywhere on the line) and MMPROMPT_DEBUG=1 add the traceback and keep the exit code
+    assert main(["--debug", *env["argv"](tmp_path / "r"), "optim.lrr=1"]) == plain == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err and "error (config)" in err
+    assert main([*env["argv"](tmp_path / "r"), "--debug", "--set", "optim.lrr=1"]) == plain
+    assert "Traceback" in capsys.readouterr().err
     monkeypatch.setenv("MMPROMPT_DEBUG", "1")
-    with pytest.raises(ConfigError):
-        main([*env["argv"](tmp_path / "r"), "optim.lrr=1"])
+    assert main([*env["argv"](tmp_path / "r"), "optim.lrr=1"]) == plain
+    assert "Traceback" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -447,6 +452,7 @@ def interrupted(args):
     raise KeyboardInterrupt
 cmd.run = interrupted
 from mmprompt.cli import main
+from mmprompt.config import ConfigError
 sys.exit(main(["data", "list"]))
 """
 

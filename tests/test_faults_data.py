@@ -147,7 +147,7 @@ def test_data_check_warns_and_fails_on_empty_split(tmp_path: Path, capsys) -> No
     split.write_text(json.dumps({
         "train": [["a.png", 0, "cat"], ["a.png", 0, "cat"], ["b.png", 0, "cat"]],
         "val": [], "test": [["b.png", 0, "cat"], ["c.png", 1, "dog"]]}))
-    assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path), "--split-file", str(split),
+    assert main(["data", "check", "--dataset", "custom", "--data-root", str(tmp_path), "--split-file", str(split),
                  "--verify-images"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: 1 image(s) listed more than once in train: a.png" in out
@@ -155,7 +155,7 @@ def test_data_check_warns_and_fails_on_empty_split(tmp_path: Path, capsys) -> No
     assert "WARNING: 1 class(es) have no training image: 'dog' (label 1)" in out
     assert "image modes: RGB 5" in out
     split.write_text(json.dumps({"train": [["a.png", 0, "cat"]], "val": [], "test": []}))
-    assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path), "--split-file", str(split)]) == 1
+    assert main(["data", "check", "--dataset", "custom", "--data-root", str(tmp_path), "--split-file", str(split)]) == 1
     assert "PROBLEM: the test split is empty" in capsys.readouterr().out
 
 
@@ -212,7 +212,7 @@ def test_data_check_flags_a_likely_label_typo(tmp_path: Path, capsys) -> None:
         _img(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{'cat' if i < 6 else 'dog' if i < 12 else 'dgo'},{'test' if i % 3 == 0 else 'train'}")
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    assert main(["data", "check", "--dataset", "custom", "--root", str(tmp_path / "data.csv")]) == 0
+    assert main(["data", "check", "--dataset", "custom", "--data-root", str(tmp_path / "data.csv")]) == 0
     assert "single image in all splits (a label typo?): 'dgo' (label 1)" in capsys.readouterr().out
 
 

@@ -207,3 +207,16 @@ def test_ctrl_c_cancels_the_sweep_and_the_same_command_finishes_it(cluster: Any,
     # the same command finishes the sweep: the same table as the sequential launcher
     assert _cli(argv)[0] == 0
     assert _without_costs(out) == _without_costs(sequential)
+
+
+def test_ray_sweep_with_the_presets_null_loader_workers(cluster: Any, demo_root: Path, tmp_path: Path) -> None:
+    """The presets leave data.num_workers null (what the machine has): the Ray launcher used to crash on it."""
+    from mmprompt.protocols.ray_launcher import loader_workers
+
+    assert loader_workers({"data": {"num_workers": None}}) >= 0
+    assert loader_workers({"data": {"num_workers": 3}}) == 3
+    out = tmp_path / "ray-null-workers"
+    overrides = [o for o in FAST if not o.startswith(("data.num_workers", "maple:"))]
+    code, printed = _cli(_argv(demo_root, out, "--launcher", "ray", methods=["zeroshot"], overrides=overrides))
+    assert code == 0, printed
+    assert (out / "results.json").is_file()

@@ -31,7 +31,10 @@ def test_dry_run_lists_every_run_of_the_papers_tables(tmp_path: Path) -> None:
     rows = re.findall(r"^(base2novel|few-shot|transfer) +(\w+) +(\w+) +(\d) +(\d+) +to run +([\d.]+)  (.*)$", out, re.M)
     b2n = {(d, int(s)) for p, m, d, s, *_ in rows if p == "base2novel"}
     assert b2n == {(d, s) for d in PAPER_DATASETS for s in (1, 2, 3)}
-    assert {(d, int(s)) for p, _, d, s, *_ in rows if p == "few-shot"} == b2n
+    # few-shot has no published numbers: not planned by default, and said so
+    assert not [r for r in rows if r[0] == "few-shot"]
+    assert "few-shot: not planned (no published numbers for maple); run it with --protocols base2novel " \
+           "cross-dataset domain-generalization few-shot" in out
     transfer = [r for r in rows if r[0] == "transfer"]
     assert [(r[2], int(r[3]), int(r[4])) for r in transfer] == [("imagenet", s, 2) for s in (1, 2, 3)]  # maple_xd: 2 epochs
     targets = transfer[0][6].split("+")
@@ -43,6 +46,24 @@ def test_dry_run_lists_every_run_of_the_papers_tables(tmp_path: Path) -> None:
     hours = {(r[0], r[2], int(r[3])): float(r[5]) for r in rows}
     assert hours[("base2novel", "imagenet", 1)] == pytest.approx(1.0, abs=0.005)
     assert "base2novel 7.0" in out and "one A100" in out
+
+
+def test_dry_run_prices_zero_shot_as_evaluation_and_names_unpublished_protocols(tmp_path: Path) -> None:
+    code, out = _cli(["reproduce", "maple-table", "--protocols", "base-to-novel", "few-shot", "--datasets", "dtd",
+                      "--dry-run", "--output", str(tmp_path / "r")])
+    assert code == 0
+    rows = {(p, m, int(s)): (int(e), float(h)) for p, m, s, e, h in re.findall(
+        r"^(base2novel|few-shot) +(\w+) +dtd +(\d) +(\d+) +to run +([\d.]+)", out, re.M)}
+    zs_epochs, zs_hours = rows[("base2novel", "zeroshot", 1)]
+    maple_epochs, maple_hours = rows[("base2novel", "maple", 1)]
+    assert zs_epochs == 0 and maple_epochs == 5
+    # evaluation only: DTD's 1,692 test images at the fitted test-image rate, far below a trained run
+    from mmprompt.protocols.reproduce import _rates
+
+    assert zs_hours == pytest.approx(1692 * _rates()[1] / 3600, abs=0.006)
+    assert zs_hours < maple_hours / 3
+    assert rows[("few-shot", "maple", 1)][0] == 5  # asked for: planned
+    assert "few-shot: no published numbers for zeroshot, coop, cocoop, vpt, language_only, ivlp, maple" in out
 
 
 def test_dry_run_of_the_table_lists_methods_not_yet_implemented(tmp_path: Path) -> None:
@@ -67,6 +88,31 @@ def test_dept_variants_are_planned_apart_with_their_published_rows(tmp_path: Pat
     assert published["dept_coop"]["average"] != published["dept_maple"]["average"]
 
 
+STATUSES = ("verified", "paper", "recalled")
+
+
+def _sources(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k.endswith("source") and isinstance(v, str)] + [
+            s for v in node.values() for s in _sources(v)]
+    return []
+
+
+def test_published_sources_are_papers_and_repositories_a_user_can_read() -> None:
+    """No source names a file or an issue of this project's development (SPEC.md, successors/*.md, issue N)."""
+    published = published_results()
+    sources = _sources(published)
+    assert len(sources) > 20
+    for source in sources:
+        assert not re.search(r"SPEC|successors/|issue \d|\.md\b", source), source
+        assert re.search(r"paper|README|official", source), source
+    # the MaPLe README's two tables verify the seven averages of the paper's base-to-novel table
+    for method in PAPER_METHODS:
+        avg = published["base2novel"][method]["average"]
+        assert avg["status"] == "verified" and "muzairkhattak/multimodal-prompt-learning @ 0d62419" in avg["source"]
+    assert published["base2novel"]["maple"]["datasets_status"] == "paper"
+
+
 def test_published_numbers_are_consistent_with_their_averages() -> None:
     """Each transcribed table: HM = 2BN/(B+N) per row, and the per-dataset means give the published average."""
     published = published_results()
@@ -77,12 +123,12 @@ def test_published_numbers_are_consistent_with_their_averages() -> None:
     assert [b2n["maple"]["average"][k] for k in ("base", "novel", "hm")] == [82.28, 75.14, 78.55]
     for method, entry in b2n.items():
         avg = entry["average"]
-        assert avg["status"] in ("verified", "spec", "recalled") and avg["source"], method
+        assert avg["status"] in STATUSES and avg["source"], method
         if "base" in avg or "novel" in avg:  # an entry may give the HM alone (MMA++'s README)
             assert avg["hm"] == pytest.approx(harmonic_mean(avg["base"], avg["novel"]), abs=0.011), method
         if "datasets" in entry:
             assert set(entry["datasets"]) == set(PAPER_DATASETS)
-            assert entry["datasets_status"] in ("verified", "spec", "recalled")
+            assert entry["datasets_status"] in STATUSES
             odd = set((entry.get("hm_not_from_base_novel") or {}).get("datasets", []))  # documented in the file
             for d, v in entry["datasets"].items():
                 if d not in odd:
@@ -123,8 +169,8 @@ def test_reproduce_on_the_demo_world_writes_the_side_by_side_report(tmp_path: Pa
     assert code == 0
     report = (out / "report.md").read_text()
     assert printed.startswith(report)
-    for protocol in ("base2novel", "few-shot"):
-        assert (out / protocol / "results.json").is_file()
+    assert (out / "base2novel" / "results.json").is_file()
+    assert not (out / "few-shot").exists()  # no published few-shot numbers: not run unless asked for
     b2n = json.loads((out / "base2novel" / "results.json").read_text())
     ours = b2n["methods"]["maple"]["datasets"]["mmprompt_demo"]
     row = re.search(r"^\| maple \| Demo \| ([\d.]+) \| - \| - \| ([\d.]+) \| - \| - \| ([\d.]+) \| - \| - \| - \| "
@@ -135,12 +181,12 @@ def test_reproduce_on_the_demo_world_writes_the_side_by_side_report(tmp_path: Pa
     assert int(row.group(7).replace(",", "")) == b2n["costs"]["maple"]["mmprompt_demo"]["trainable_parameters"] > 0
     # the paper's numbers beside ours, with their status; transfer not run without ImageNet, and said so
     assert re.search(r"^\| maple \| Average \(ours over 1 dataset\) \| [\d.]+ \| 82\.28 \| - \|", report, re.M)
-    assert "| maple | DTD | - | 80.36 | - |" in report and "| spec |" in report
+    assert "| maple | DTD | - | 80.36 | - |" in report and "| paper |" in report
     assert "not run: its source (imagenet) is not among --datasets" in report
     assert "| maple | ImageNet-R | - | 76.98 | - |" in report
     data = json.loads((out / "report.json").read_text())
     assert data["failed"] == [] and [s["protocol"] for s in data["sections"]] == [
-        "base2novel", "cross-dataset", "domain-generalization", "few-shot"]
+        "base2novel", "cross-dataset", "domain-generalization"]
     # the same command again runs nothing (every run is finished) and writes the same accuracies
     before = (out / "base2novel" / "maple" / "mmprompt_demo" / "base2novel-4shots" / "seed1" / "metrics.json").stat()
     assert _cli(argv)[0] == 0
@@ -174,4 +220,4 @@ def test_reproduce_transfer_trains_one_source_run_per_seed_for_both_protocols(tm
     accuracy = json.loads((source / "eval" / "imagenet_a.json").read_text())["accuracy"]
     assert dg["methods"]["maple"]["datasets"]["imagenet_a"]["mean"]["accuracy"] == accuracy
     report = (out / "report.md").read_text()
-    assert re.search(r"^\| maple \| ImageNet-A \| [\d.]+ \| 50\.90 \| [+-][\d.]+ \| spec \|", report, re.M)
+    assert re.search(r"^\| maple \| ImageNet-A \| [\d.]+ \| 50\.90 \| [+-][\d.]+ \| paper \|", report, re.M)

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 # subcommand name -> (module under mmprompt.commands, one-line help)
@@ -26,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "evaluate prompts (or zero-shot CLIP) on one dataset"),
     "predict": ("predict", "classify images with trained prompts and class names given now"),
     "benchmark": ("benchmark", "run a paper protocol over datasets and seeds"),
-    "reproduce": ("reproduce", "run every protocol of the paper for methods; report beside the published numbers"),
+    "reproduce": ("reproduce", "run the paper's protocols for methods; report beside the published numbers"),
     "demo": ("demo", "run base-to-novel on the built-in offline demo world"),
     "weights": ("weights", "list the CLIP weights known by name (OpenAI releases, Hugging Face Hub names)"),
     "speed": ("bench", "measure training-step time, evaluation throughput and memory (alias: bench)"),
@@ -38,9 +39,10 @@ def build_parser(with_subcommands: Sequence[str] | None = None) -> argparse.Argu
     parser = argparse.ArgumentParser(prog="mmprompt", description="Multi-modal prompt learning on CLIP.")
     from . import __version__
 
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (anywhere on the line)")
     parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of every error (also: environment variable MMPROMPT_DEBUG=1)")
+                        help="also show the traceback of an error, same exit code (anywhere on the line; also: "
+                        "environment variable MMPROMPT_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"mmprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     aliases_of = {target: [a for a, t in ALIASES.items() if t == target] for target in COMMANDS}
@@ -76,20 +78,36 @@ def _exit_on_next_interrupt() -> None:
         signal.signal(signal.SIGINT, _exit_now)
 
 
+class _ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines written through ``tqdm.write``: a line never lands on a progress bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = _ProgressAwareHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see :mod:`mmprompt.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug_flag = "--debug" in argv  # accepted anywhere on the line, also after the subcommand
-    argv = [a for a in argv if a != "--debug"]
+    # accepted anywhere on the line, also after the subcommand (no subcommand has options of these names)
+    debug_flag = "--debug" in argv
+    verbose_flag = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("--debug", "-v", "--verbose")]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     chosen = ALIASES.get(chosen, chosen)
     parser = build_parser([chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _setup_logging(verbose_flag)
     if args.command is None:
         parser.print_help()
         return 2
@@ -100,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _exit_on_next_interrupt()
         if debug:
-            raise
+            traceback.print_exc()
         print("mmprompt: interrupted", file=sys.stderr)
         from .errors import EXIT_INTERRUPTED
 
@@ -109,10 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .errors import classify_error
 
         info = classify_error(exc)
-        if info is None or debug:
+        if info is None:
             raise
+        if debug:  # the traceback too, and the same exit code as without --debug
+            traceback.print_exc()
         print(f"mmprompt {args.command}: error ({info.category}): {info.message}", file=sys.stderr)
-        print("(run with --debug or MMPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
+        if not debug:
+            print("(run with --debug or MMPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
         return info.code
 
 

@@ -185,10 +185,19 @@ class ClipSection:
     """A registry name (``ViT-B/16``) or a path to a checkpoint file or folder."""
     activation: str | None = None
     """MLP activation for files that do not say it (``quick_gelu`` for OpenAI weights, ``gelu``)."""
+    config: str | None = None
+    """For bare weights without their config: the path of their ``config.json`` / ``open_clip_config.json``
+    (``load(config=...)``, ``--clip-config``)."""
+    architecture: str | None = None
+    """For bare weights: a named architecture giving every field (``load(architecture=...)``, ``--clip-arch``)."""
 
     def __post_init__(self) -> None:
         if self.activation not in (None, "quick_gelu", "gelu"):
             raise ConfigError(f"clip.activation must be quick_gelu, gelu or null, got {self.activation!r}")
+        for name in ("config", "architecture"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"clip.{name} must be a non-empty string or null, got {value!r}")
         if not isinstance(self.weights, str) or not self.weights:
             raise ConfigError(f"clip.weights must name weights or a path, got {self.weights!r}")
 
@@ -467,8 +476,11 @@ def _presets_dir() -> Path:
 
 
 def list_presets() -> list[str]:
-    """Names of the YAML presets shipped with the package."""
-    return sorted(p.stem for p in _presets_dir().glob("*.yaml"))
+    """Names of the YAML presets: shipped with the package, and those of plugin methods (their table rows'
+    preset files, named by the file's stem: ``clip_adapter_b2n``)."""
+    from .methods.table import plugin_presets
+
+    return sorted({p.stem for p in _presets_dir().glob("*.yaml")} | set(plugin_presets()))
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -480,6 +492,11 @@ def preset_path(name_or_path: str | Path) -> Path:
         return path
     candidate = _presets_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
+        from .methods.table import plugin_presets
+
+        plugin = plugin_presets().get(str(name_or_path))
+        if plugin is not None:
+            return plugin
         raise ConfigError(f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())}")
     return candidate
 

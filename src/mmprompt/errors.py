@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "DeviceError",
     "MemoryLimitError",
+    "UsageError",
     "UserErrorInfo",
     "classify_error",
     "is_out_of_memory",
@@ -83,6 +84,10 @@ def raise_if_out_of_memory(exc: BaseException, doing: str, lower: str) -> None:
         raise MemoryLimitError(f"out of memory {doing}: lower {lower}") from None
 
 
+class UsageError(ValueError):
+    """The command line is incomplete or inconsistent (a missing or conflicting option): exit code 2."""
+
+
 class UserErrorInfo(NamedTuple):
     """How to report an error: its category (shown) and the exit code."""
 
@@ -112,6 +117,7 @@ def classify_error(exc: BaseException) -> UserErrorInfo | None:
     msg = _message(exc)
     checks: list[tuple[type | None, str, int]] = [
         (RunLockedError, "output folder in use", EXIT_BUSY),
+        (UsageError, "command line", EXIT_CONFIG),
         (ConfigError, "config", EXIT_CONFIG),
         (DataError, "data", EXIT_DATA),
         (DeviceError, "device", EXIT_DEVICE),

@@ -127,6 +127,10 @@ def import_official(
         if spec.learner.needs_descriptions(cfg) else None
     teacher = _shape_teacher(spec.learner, cfg, teacher_arch) if spec.learner.needs_teacher else None
     learner = create_learner(method, clip, names or ["object"], cfg, dataset=placeholder, teacher=teacher)
+    own = {n: tuple(p.shape) for n, p in learner.prompt_state_dict().items()}
+    wrong = [n for n in own if n in state and tuple(state[n].shape) != own[n]]
+    if wrong:
+        raise _arch_mismatch(path, method, cfg, names, state, own, wrong)
     learner.load_prompt_state_dict(state)
     if placeholder is not None:
         learner.dataset = DatasetContext()
@@ -148,3 +152,38 @@ def _shape_teacher(learner: Any, config: Any, arch: str | CLIPConfig) -> Teacher
     with torch.device("meta"):
         clip = CLIP(get_config(arch) if isinstance(arch, str) else arch)
     return Teacher(create_learner(method, clip, ["object"], options), {"source": f"(shape only: {arch})"})
+
+
+def _fitting_architectures(method: str, cfg: Any, names: Sequence[str], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The named (non-test) architectures whose learner has exactly the checkpoint's prompt shapes."""
+    from .clip.config import get_config, list_models
+
+    fits = []
+    for arch, description in list_models().items():
+        if "test" in description.lower():
+            continue
+        try:
+            with torch.device("meta"):
+                learner = create_learner(method, CLIP(get_config(arch)), list(names) or ["object"], cfg)
+            shapes = {n: tuple(p.shape) for n, p in learner.prompt_state_dict().items()}
+        except Exception:  # noqa: BLE001 - an architecture this method cannot be built on is not a fit
+            continue
+        if shapes and all(n in state and tuple(state[n].shape) == shp for n, shp in shapes.items()):
+            fits.append(arch)
+    return fits
+
+
+def _arch_mismatch(path: Path, method: str, cfg: Any, names: Sequence[str], state: Mapping[str, torch.Tensor],
+                   own: Mapping[str, tuple[int, ...]], wrong: Sequence[str]) -> Exception:
+    """One message for prompts trained on another CLIP: the first differing tensor, and the architectures
+    they fit (the command line's ``--arch``)."""
+    from .errors import CheckpointError
+
+    first = wrong[0]
+    fits = _fitting_architectures(method, cfg, names, state)
+    hint = (f"they fit {', '.join(fits)}: pass --arch {fits[0]}" if fits else
+            "pass --arch with the CLIP they were trained on (mmprompt.clip.list_models() names them)")
+    return CheckpointError(
+        f"{path}: the {method} prompts were trained on another CLIP architecture ({len(wrong)} tensors differ, "
+        f"e.g. {first}: checkpoint {tuple(state[first].shape)} vs {own[first]}); {hint} "
+        "(Python: clip_config=mmprompt.clip.config.get_config(NAME))")

@@ -95,6 +95,8 @@ class Predictor:
         allow_torchscript: bool = False,
         teacher: str | Path | None = None,
         teacher_clip: str = "ViT-L/14",
+        clip_config: str | Path | None = None,
+        clip_architecture: str | None = None,
     ) -> Predictor:
         """Load prompts saved by :func:`mmprompt.checkpoint.save_prompts`.
 
@@ -102,7 +104,8 @@ class Predictor:
         prompt checkpoint or official checkpoint) or the one the checkpoint records (same SHA-256).
 
         The CLIP is the one recorded in the checkpoint (``clip_info``: registry name or path, checked
-        against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path.
+        against its SHA-256 unless ``verify=False``) unless ``clip`` gives a model, a name or a path
+        (``clip_config`` / ``clip_architecture`` describe bare weights, as ``load(config=, architecture=)``).
         The classes are the trained ones until :meth:`set_classes` is called.
         """
         from .checkpoint import load_prompts, read_prompt_meta, warn_if_other_weights
@@ -112,7 +115,8 @@ class Predictor:
         if clip is None:
             model = load_clip_from_info(meta.get("clip") or {}, device="cpu", verify=verify)
         else:
-            model, info = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+            model, info = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript,
+                                       config=clip_config, architecture=clip_architecture)
             warn_if_other_weights(meta, info, directory)
         from .engine.teacher import teacher_for_checkpoint
 
@@ -133,6 +137,8 @@ class Predictor:
         clip_activation: str | None = None,
         precision: str = "fp32",
         allow_torchscript: bool = False,
+        clip_config: str | Path | None = None,
+        clip_architecture: str | None = None,
     ) -> Predictor:
         """Zero-shot CLIP with hand-written ``templates`` (their normalised features are averaged)."""
         from .engine.clip_source import resolve_clip
@@ -142,7 +148,8 @@ class Predictor:
         if not names or not all(names):
             raise ValueError("zero-shot prediction needs the class names to choose from (classnames=[...]); "
                              f"got {list(classnames or [])!r}")
-        model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript)
+        model, _ = resolve_clip(clip, clip_activation, "cpu", allow_torchscript=allow_torchscript,
+                                config=clip_config, architecture=clip_architecture)
         learner = create_learner("zeroshot", model, names, {"templates": list(templates)})
         return cls(learner.to(device), precision=precision)
 

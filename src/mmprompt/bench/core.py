@@ -283,7 +283,12 @@ def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
                 f"pretrained weights need mmprompt.clip.weights.load, which cannot be imported ({exc}); "
                 "use --random-weights to benchmark with random weights (the speed is the same)"
             ) from exc
-        model = load(settings.weights or settings.arch)
+        if (settings.weights or "").lower() == "demo":
+            from ..engine.clip_source import resolve_clip
+
+            model = resolve_clip("demo")[0]
+        else:
+            model = load(settings.weights or settings.arch)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -336,7 +341,10 @@ def check_settings(settings: BenchSettings) -> None:
     """Fail early (in the parent) on an unknown method or architecture or an invalid method config."""
     from ..methods import make_config
 
-    clip_config = get_config(settings.arch)
+    if settings.random_weights:
+        clip_config = get_config(settings.arch)
+    else:  # the weights load here once, so that a missing file fails now, not in every child process
+        clip_config = build_clip(settings, torch.device("cpu")).config
     with torch.device("meta"):
         clip = CLIP(clip_config)
     for path in PATHS:

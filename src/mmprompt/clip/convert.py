@@ -167,6 +167,13 @@ def _load_sharded(folder: Path, index_file: str) -> StateDict:
 
 def _read_folder(folder: Path) -> CheckpointFile:
     beside = _beside(folder)
+    if beside["hf_config"] is None and beside["open_clip_config"] is not None:
+        # a hub folder with open_clip's files beside another library's (timm's model.safetensors + config.json)
+        for name in OPEN_CLIP_WEIGHT_FILES:
+            if (folder / name).is_file():
+                reader = _load_safetensors if name.endswith(".safetensors") else _load_torch
+                fmt = "safetensors" if name.endswith(".safetensors") else "torch"
+                return CheckpointFile(reader(folder / name), fmt, folder / name, **beside)
     for name in HF_WEIGHT_FILES:
         if (folder / name).is_file():
             reader = _load_safetensors if name.endswith(".safetensors") else _load_torch

@@ -178,9 +178,10 @@ def assemble(
     missing = [k for k in needed if values.get(k) is None]
     if missing:
         wanted = sorted({FIELD_ARGUMENTS[k] for k in missing})
+        why = ("its config leaves it null or unset" if stated else
+               "it has no config.json or open_clip_config.json beside it and is not a registered release")
         raise MissingFieldError(
-            f"{source}: {', '.join(missing)} cannot be read from this checkpoint (it has no config.json or "
-            "open_clip_config.json beside it and is not a registered release). Pass "
+            f"{source}: {', '.join(missing)} cannot be read from this checkpoint ({why}). Pass "
             + "; ".join(wanted)
             + " to load(), or architecture='<name>' (e.g. 'ViT-B/16', 'ViT-H/14') for every field of a "
             "named architecture, or config=<path of its config.json / open_clip_config.json>. On the command "

@@ -9,13 +9,16 @@ overrides ``*_config``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from .config import OPENAI_MEAN, OPENAI_STD, Preprocess
 from .describe import Stated, UnsupportedCheckpointError, square_size
 
-__all__ = ["HF_DEFAULTS", "hf_preprocess", "hf_tower", "read_hf_config"]
+__all__ = ["HF_DEFAULTS", "hf_preprocess", "hf_tower", "read_hf_config", "refuse_unsupported_type"]
+
+logger = logging.getLogger(__name__)
 
 _CLIP_TEXT = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
               "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
@@ -39,6 +42,40 @@ HF_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 _ARCHITECTURE_TYPES = {"CLIPModel": "clip", "MetaClip2Model": "metaclip_2", "SiglipModel": "siglip"}
+_REFUSED_TYPES = {
+    "siglip2": "Siglip2Model, NaFlex variable resolution; the fixed-resolution SigLIP 2 releases are SiglipModel "
+               "folders (model_type 'siglip') and load",
+    "altclip": "AltCLIP: an XLM-RoBERTa text tower, not CLIP's",
+    "chinese_clip": "ChineseCLIP: a BERT text tower, not CLIP's",
+    "clip_vision_model": "a vision-only model (CLIPVisionModel): prompt learning needs the text tower too",
+    "clip_text_model": "a text-only model (CLIPTextModel): prompt learning needs the image tower too",
+    "siglip_vision_model": "a vision-only model (SiglipVisionModel): prompt learning needs the text tower too",
+    "siglip_text_model": "a text-only model (SiglipTextModel): prompt learning needs the image tower too",
+    "clipseg": "CLIPSeg: a segmentation model",
+    "x_clip": "X-CLIP: a video model",
+    "owlvit": "OWL-ViT: a detection model",
+    "owlv2": "OWLv2: a detection model",
+    "blip": "BLIP: not a CLIP two-tower model",
+}
+"""Hugging Face model types refused by name (before their tensors are read)."""
+
+
+def refuse_unsupported_type(config: Mapping[str, Any] | None, name: str) -> None:
+    """Refuse a ``config.json`` whose ``model_type`` (or ``architectures``) names a model mmprompt does not
+    load, saying which it is; a config without either says nothing (another library's config)."""
+    if not config:
+        return
+    model_type = config.get("model_type")
+    archs = list(config.get("architectures") or [])
+    if model_type is None and not archs:
+        return
+    if model_type in _REFUSED_TYPES:
+        raise UnsupportedCheckpointError(f"{name}: model_type {model_type!r} is not supported "
+                                         f"({_REFUSED_TYPES[model_type]}); supported: {', '.join(HF_DEFAULTS)}")
+    if model_type is not None and model_type not in HF_DEFAULTS:
+        what = f" ({archs[0]})" if archs else ""
+        raise UnsupportedCheckpointError(f"{name}: model_type {model_type!r}{what} is not supported (supported: "
+                                         f"{', '.join(HF_DEFAULTS)}: CLIPModel, MetaClip2Model, SiglipModel)")
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
@@ -49,11 +86,7 @@ def _model_type(config: Mapping[str, Any], name: str) -> str:
         if not archs:
             raise UnsupportedCheckpointError(f"{name}: no model_type and no known architectures entry")
         model_type = _ARCHITECTURE_TYPES[archs[0]]
-    if model_type == "siglip2":
-        raise UnsupportedCheckpointError(
-            f"{name}: model_type 'siglip2' (Siglip2Model, NaFlex variable resolution) is not supported; the "
-            "fixed-resolution SigLIP 2 releases are SiglipModel folders (model_type 'siglip') and load"
-        )
+    refuse_unsupported_type({**config, "model_type": model_type}, name)
     if model_type not in HF_DEFAULTS:
         raise UnsupportedCheckpointError(
             f"{name}: model_type {model_type!r} is not supported (supported: {', '.join(HF_DEFAULTS)})"
@@ -112,7 +145,10 @@ def read_hf_config(config: Mapping[str, Any], name: str = "config.json") -> tupl
         eos = text["eos_token_id"]
         if isinstance(eos, list):
             raise UnsupportedCheckpointError(f"{name}: text_config.eos_token_id = {eos} (a list) is not supported")
-        if model_type == "clip" and eos == 2:
+        if eos is None:  # pooled at an end-of-text id the config does not give: the eos_id= argument
+            stated["text.pool"] = ("eos", arch + ": the first end-of-text token")
+            logger.info("%s: text_config.eos_token_id is null; the end-of-text id must be given (eos_id=...)", name)
+        elif model_type == "clip" and eos == 2:
             stated["text.pool"] = ("argmax", where("text", "eos_token_id") + " = 2: transformers pools at argmax(ids)")
         else:
             stated["text.pool"] = ("eos", where("text", "eos_token_id") + ": the first eos_token_id")

@@ -69,6 +69,25 @@ class WeightsInfo:
     """``hf-hub:ORG/NAME@COMMIT`` when the weights came from the Hugging Face Hub by name."""
 
 
+def _refuse_by_config(ckpt: CheckpointFile, path: Path) -> None:
+    """What the configs beside the weights say is unsupported, said before the tensors are converted (whose
+    layout would otherwise only be "unrecognised"): Hugging Face model types, open_clip ResNet towers."""
+    from .convert import _read_json
+    from .hf import refuse_unsupported_type
+
+    folder = path if path.is_dir() else path.parent
+    raw = ckpt.hf_config or _read_json(folder / "config.json")
+    if raw is not None and ckpt.weights_path.name not in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        refuse_unsupported_type(raw, str(folder / "config.json"))
+    vision = ((ckpt.open_clip_config or {}).get("model_cfg") or {}).get("vision_cfg") or {}
+    if isinstance(vision.get("layers"), (list, tuple)):
+        from .describe import UnsupportedCheckpointError
+
+        raise UnsupportedCheckpointError(
+            f"{folder / 'open_clip_config.json'}: model_cfg.vision_cfg.layers = {list(vision['layers'])} is a "
+            "ResNet image tower; ResNet towers are not supported (ViT only)")
+
+
 def _read_config_file(ckpt: CheckpointFile, config: str | Path) -> None:
     """An explicitly given ``config.json`` or ``open_clip_config.json`` replaces what was found beside the file."""
     path = Path(config)
@@ -134,6 +153,7 @@ def load_state_dict_any(
     ckpt = read_checkpoint(path, allow_torchscript=trusted)
     if config is not None:
         _read_config_file(ckpt, config)
+    _refuse_by_config(ckpt, path)
     sd, conversions = convert_to_openai(ckpt.state_dict, source=str(path))
     is_hf = "hf_to_openai" in conversions
     shapes = shapes_from_state_dict(sd)

@@ -195,6 +195,11 @@ def _set_aside(path: Path, digest: str) -> Path:
     return aside
 
 
+OFFLINE_ENV = "MMPROMPT_OFFLINE"
+"""Set (``MMPROMPT_OFFLINE=1``) to never download: a registry name not in the cache is then the usual
+"weights unavailable" error naming the file to fetch and where to put it (the docs tests use it)."""
+
+
 def _download(url: str, dest: Path, expected: str | None, progress: bool) -> None:
     """Stream ``url`` to a ``.partial`` file beside ``dest``, check it, and rename it to ``dest``."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".partial")
@@ -259,6 +264,8 @@ def fetch_pretrained(
         note = f" The cached copy had SHA-256 {digest} and was moved to {aside}."
         logger.warning("%s does not match its SHA-256; moved to %s and downloading again", dest, aside)
     try:
+        if os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+            raise OSError(f"{OFFLINE_ENV} is set: no download")
         cache.mkdir(parents=True, exist_ok=True)
         logger.info("downloading %s to %s", entry.url, dest)
         _download(entry.url, dest, entry.sha256 if verify else None, progress)

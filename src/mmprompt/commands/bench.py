@@ -21,11 +21,17 @@ def _counts(text: str) -> list[int]:
 
 
 def _options(items: list[str]) -> dict[str, Any]:
+    """``method.FIELD=VALUE`` (or the old ``FIELD=VALUE``) items as method config values (JSON values)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set expects method.FIELD=VALUE, got {item!r}")
+        key = key.strip()
+        if key.startswith("method."):
+            key = key[len("method."):]
+        elif "." in key:
+            raise ValueError(f"--set {item!r}: speed measures a method's step; only method.FIELD=VALUE applies")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -34,16 +40,21 @@ def _options(items: list[str]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grammar import add_deprecated_alias
+
     parser.add_argument("--method", default="maple", help="prompt learner (default: maple)")
-    parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture (default: ViT-B/16)")
-    parser.add_argument("--weights", default="", help="pretrained weights name or path (default: --arch)")
+    parser.add_argument("--clip", metavar="WEIGHTS", default=None,
+                        help="CLIP weights: a registry name (default ViT-B/16), a path, or \"demo\" (the built-in "
+                        "demo CLIP); with --random-weights, an architecture name")
+    add_deprecated_alias(parser, "--weights", "--clip", dest="clip")
+    add_deprecated_alias(parser, "--arch", "--clip (an architecture name with --random-weights)", dest="arch")
     parser.add_argument("--teacher-arch", default="",
                         help="methods with a teacher (promptkd): the teacher's architecture, random weights (default: "
-                        "ViT-L/14 for a ViT-B student, else --arch)")
+                        "ViT-L/14 for a ViT-B student, else the student's)")
     parser.add_argument(
         "--random-weights",
         action="store_true",
-        help="randomly initialised CLIP of --arch (same speed, nothing to download)",
+        help="randomly initialised CLIP of the --clip architecture (same speed, nothing to download)",
     )
     parser.add_argument(
         "--classes",
@@ -68,13 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="default path: classes per text chunk (0: the learner's automatic chunking)",
     )
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method config field for both paths, e.g. depth=3 (repeatable; JSON values)",
-    )
+    parser.add_argument("--set", dest="option", nargs="+", action="extend", default=[], metavar="method.FIELD=VALUE",
+                        help="method config fields for both paths, e.g. method.depth=3 (JSON values)")
+    add_deprecated_alias(parser, "--option", "--set method.FIELD=VALUE", dest="option", nargs="+")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -172,19 +179,25 @@ def print_table(doc: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, run_benchmark
+    from ..errors import UsageError, classify_error
 
+    clip = args.clip or ""
+    arch = getattr(args, "arch", None) or clip or "ViT-B/16"  # recorded; built only with --random-weights
     try:
-        same_name = {f.name for f in dataclasses.fields(BenchSettings)} & set(vars(args))
+        same_name = {f.name for f in dataclasses.fields(BenchSettings)} & set(vars(args)) - {"arch"}
         settings = BenchSettings(
             **{name: getattr(args, name) for name in same_name},
+            arch=arch,
+            weights="" if args.random_weights else clip,
             method_options=_options(args.option),
             isolate=not args.no_isolate,
             fp32_baseline=not args.no_fp32_baseline,
         )
         doc = run_benchmark(settings)
     except (ValueError, KeyError, RuntimeError) as exc:
-        print(f"mmprompt bench: {exc}", file=sys.stderr)
-        return 2
+        if classify_error(exc) is not None and not isinstance(exc, (KeyError, RuntimeError)):
+            raise
+        raise UsageError(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)) from None
     doc["command"] = "mmprompt " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "mmprompt bench"
     text = json.dumps(doc, indent=2)
     if args.output:

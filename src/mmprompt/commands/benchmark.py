@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+from .grammar import int_list, protocol_name
 from .train import add_config_arguments
 
 logger = logging.getLogger(__name__)
@@ -25,13 +28,15 @@ PROTOCOLS = ("base2novel", "cross-dataset", "domain-generalization", "few-shot")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("protocol", choices=PROTOCOLS)
-    add_config_arguments(parser, with_method=False)
+    parser.add_argument("protocol", type=protocol_name, metavar="PROTOCOL",
+                        help="base2novel (base-to-novel), cross-dataset, domain-generalization "
+                        "(domain-generalisation) or few-shot")
+    add_config_arguments(parser, with_method=False, shots_list=True)
     parser.add_argument("--method", nargs="+", action="extend", dest="methods", default=[], metavar="METHOD",
                         help="methods to run (default: the --config's method)")
     parser.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
                         help="datasets (cross-dataset / domain generalisation: the targets; default: the paper's)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    int_list(parser, "--seeds", default=[1, 2, 3], metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3)")
     parser.add_argument("--output", required=True, help="sweep folder")
     parser.add_argument("--source", default="imagenet", help="source dataset of the transfer protocols")
     parser.add_argument("--source-runs", help="sweep folder holding already trained source runs (transfer)")
@@ -90,36 +95,40 @@ def run(args: argparse.Namespace) -> int:
         presets[preset_method] = args.config
         methods = methods or [preset_method]
     if not methods:
-        logger.error("give --method (one or more) or --config")
-        return 2
+        raise UsageError("give --method (one or more) or --config")
     if not args.clip or not args.data_root:
-        logger.error("--clip and --data-root are needed")
-        return 2
+        raise UsageError("--clip and --data-root are needed")
     extra = shortcut_overrides(args)
+    if "clip.config" in extra or "clip.architecture" in extra:
+        raise UsageError("--clip-config / --clip-arch apply to train, eval and predict; a sweep loads its CLIP "
+                         "once from --clip: give bare weights a folder with their config.json beside them")
     for key in ("clip.weights", "clip.activation", "data.root", "data.shots", "output", "device"):
         extra.pop(key, None)  # passed as the protocol's own arguments
     overrides = {**dict(parse_override(o) for o in args.overrides), **extra}
     try:
         launch = launch_options(args)
     except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise UsageError(str(exc)) from None
+    shots = list(args.shots or [16])
+    if len(shots) > 1 and args.protocol != "few-shot":
+        raise UsageError(f"several --shots ({' '.join(map(str, shots))}) are for the few-shot protocol; "
+                         f"{args.protocol} takes one")
     ctx = init_distributed(args.device or "auto")
     quiet_other_ranks(ctx)
     common = dict(
-        presets=presets, overrides=overrides, progress=not args.no_progress, shots=args.shots or 16,
+        presets=presets, overrides=overrides, progress=not args.no_progress,
+        shots=shots if len(shots) > 1 else shots[0],
         clip_activation=args.clip_activation, device=args.device or "auto", ctx=ctx, launch=launch,
     )
     if args.protocol in ("base2novel", "few-shot") and not args.datasets:
-        logger.error("--datasets is needed for %s", args.protocol)
-        return 2
+        raise UsageError(f"--datasets is needed for {args.protocol}")
     try:
         results = run_protocol(args.protocol, methods, args.datasets or (), args.seeds, args.data_root, args.clip,
                                args.output, source=args.source, source_runs=args.source_runs, **common)
     except LaunchError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise UsageError(str(exc)) from None
     if ctx.is_main:
         print(format_table(results, with_std=True))
-        print(f"results in {args.output}/results.{{json,md,csv,png}}")
+        written = ",".join(k for k in ("json", "md", "csv", "png") if (Path(args.output) / f"results.{k}").is_file())
+        print(f"results in {args.output}/results.{{{written}}}")
     return 1 if results.get("failed") else 0

@@ -1,9 +1,11 @@
 """``mmprompt data``: list, inspect and check datasets.
 
 mmprompt data list
-mmprompt data inspect --dataset caltech101 --root /data --shots 16 --seed 1 --subsample base --json
-mmprompt data check --dataset caltech101 --root /data
+mmprompt data inspect --dataset caltech101 --data-root /data --shots 16 --seed 1 --subsample base --json
+mmprompt data check --dataset caltech101 --data-root /data
 mmprompt data download all --data-root /data --dry-run   (commands/data_download.py)
+
+(``--root`` is the old, deprecated spelling of ``--data-root``.)
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset_arguments(p: argparse.ArgumentParser) -> None:
+    from .grammar import add_deprecated_alias
+
     p.add_argument("--dataset", required=True, help="dataset name (see 'mmprompt data list'), or 'custom'")
     p.add_argument(
-        "--root",
-        required=True,
+        "--data-root",
+        dest="root",
         help="the data root that holds the dataset folders (e.g. DIR/caltech-101/); for 'custom', the dataset "
         "folder or CSV file",
     )
+    add_deprecated_alias(p, "--root", "--data-root", dest="root")
     p.add_argument(
         "--classnames", default=None, help="custom datasets: class-names file (label order and names)"
     )
@@ -154,6 +159,10 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command != "list" and not getattr(args, "root", None):
+        from ..errors import UsageError
+
+        raise UsageError(f"data {args.data_command} needs --data-root DIR (the folder holding the datasets)")
     if args.data_command == "list":
         return _list()
     if args.data_command == "inspect":

@@ -7,15 +7,18 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grammar import int_list
+
     parser.add_argument("--quick", action="store_true",
-                        help="a reduced run (one seed, fewer CoOp epochs): under 2 minutes on 2 CPU cores")
+                        help="a reduced run (seed 1, CoOp 50 epochs): about 20 s on 2 CPU cores")
     parser.add_argument("--all-methods", action="store_true",
-                        help="also CoCoOp, VPT-deep, language-only and IVLP (default: zero-shot, CoOp, MaPLe)")
+                        help="every method of the method table (the paper's 7, the successors and installed "
+                        "plugins), each with its recipe scaled to the demo CLIP (default: zero-shot, CoOp, MaPLe)")
     parser.add_argument("--methods", nargs="+", default=None, help="explicit list of methods")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 1 2 3; --quick: 1)")
+    int_list(parser, "--seeds", default=None, metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3; --quick: 1)")
     parser.add_argument("--output", default="mmprompt-demo", help="output folder (default ./mmprompt-demo)")
     parser.add_argument("--data-root", default=None, help="where to generate the demo data (default OUTPUT/data)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=1,

@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..errors import UsageError
 from .train import (
+    add_clip_description_arguments,
     add_custom_data_arguments,
     add_descriptions_argument,
     add_teacher_argument,
+    add_threads_argument,
     add_torchscript_argument,
 )
 
@@ -38,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights (default: those recorded in the checkpoint)")
     parser.add_argument("--clip-activation", choices=("quick_gelu", "gelu"))
     add_teacher_argument(parser)
+    add_clip_description_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=100, help="test batch size (default 100)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", default="auto")
@@ -48,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE", help="also write the metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
     add_descriptions_argument(parser)
+    add_threads_argument(parser)
     add_custom_data_arguments(parser)
     add_torchscript_argument(parser)
 
@@ -79,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.teacher import teacher_for_checkpoint
     from ..fileio import atomic_write_json
     from ..methods import canonical_method, create_learner
-    from .train import quiet_other_ranks
+    from .train import apply_threads, quiet_other_ranks
 
+    apply_threads(args.threads)
     zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
     if zero_shot == (args.checkpoint is not None):
-        logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
-        return 2
+        raise UsageError("give either --checkpoint DIR or --method zeroshot (with --clip)")
     if zero_shot and args.path is not None:
         logger.error("--path %s: zero-shot CLIP has a single inference path", args.path)
         return 2
@@ -94,24 +99,25 @@ def run(args: argparse.Namespace) -> int:
             logger.error("%s", error)
             return 2
     if zero_shot and not args.clip:
-        logger.error("--method zeroshot needs --clip WEIGHTS")
-        return 2
+        raise UsageError("--method zeroshot needs --clip WEIGHTS")
     meta = read_prompt_meta(args.checkpoint) if args.checkpoint else None
     if meta is not None:
         check_method_matches(meta, args.method, args.checkpoint)
     ctx = init_distributed(args.device)
     quiet_other_ranks(ctx)
     if args.clip:
-        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript)
+        clip, info = resolve_clip(args.clip, args.clip_activation, ctx.device, allow_torchscript=args.allow_torchscript,
+                                  config=args.clip_config, architecture=args.clip_arch)
         if meta is not None:
             warn_if_other_weights(meta, info, args.checkpoint)
+    elif args.clip_config or args.clip_arch:
+        raise UsageError("--clip-config / --clip-arch describe the weights given with --clip")
     else:
         info = read_prompt_meta(args.checkpoint).get("clip") or {}
         clip = load_clip_from_info(info, device=ctx.device)
     custom = {"classnames_file": args.classnames, "split_file": args.split_file} if args.dataset == "custom" else {}
     if args.dataset != "custom" and (args.classnames or args.split_file):
-        logger.error("--classnames and --split-file apply to --dataset custom only")
-        return 2
+        raise UsageError("--classnames and --split-file apply to --dataset custom only")
     splits = build_dataset(args.dataset, args.data_root, shots=0, seed=args.seed, subsample=args.subsample, **custom)
     _, checked, data_check = check_run_images(splits, {"test": splits}, check_train=False,
                                               skip_corrupt=args.skip_corrupt, write_cache=ctx.is_main)

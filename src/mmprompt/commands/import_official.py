@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "projector width (default ViT-L/14); pass the teacher itself with --teacher to eval/predict")
     parser.add_argument("--classnames", default=None,
                         help="class names the prompts were trained on: comma-separated, or a file with one per line")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="method options the tensors do not fix (e.g. ctx_init='a photo of a')")
 
 
@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {}
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            from ..errors import UsageError
+
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
     out = import_official(

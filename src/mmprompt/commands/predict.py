@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from .train import add_torchscript_argument
+from .train import add_clip_description_arguments, add_torchscript_argument
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .train import add_teacher_argument
 
     add_teacher_argument(parser)
+    add_clip_description_arguments(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images decoded and classified at a time (default 64; lower it on little memory)")
@@ -79,14 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data.errors import CorruptImageError
     from ..data.images import load_image
     from ..engine.distributed import resolve_device
-    from ..errors import EXIT_FAILED, raise_if_out_of_memory
+    from ..errors import EXIT_FAILED, UsageError, raise_if_out_of_memory
     from ..methods import canonical_method
     from ..predict import Predictor
 
     zero_shot = args.method is not None and canonical_method(args.method) == "zeroshot"
     if zero_shot == (args.checkpoint is not None):
-        logger.error("give either --checkpoint DIR or --method zeroshot (with --clip)")
-        return 2
+        raise UsageError("give either --checkpoint DIR or --method zeroshot (with --clip)")
     if args.path is not None:
         if zero_shot:
             logger.error("--path %s: zero-shot CLIP has a single inference path", args.path)
@@ -101,19 +102,22 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if zero_shot:
         if not args.clip or not classes:
-            logger.error("--method zeroshot needs --clip WEIGHTS and --classes")
-            return 2
+            raise UsageError("--method zeroshot needs --clip WEIGHTS and --classes")
         predictor = Predictor.zero_shot(args.clip, classes, args.template or ["a photo of a {}."], device,
                                         clip_activation=args.clip_activation, precision=args.precision,
-                                        allow_torchscript=args.allow_torchscript)
+                                        allow_torchscript=args.allow_torchscript, clip_config=args.clip_config,
+                                        clip_architecture=args.clip_arch)
     else:
         from ..checkpoint import check_method_matches, read_prompt_meta
 
         check_method_matches(read_prompt_meta(args.checkpoint), args.method, args.checkpoint)
+        if (args.clip_config or args.clip_arch) and not args.clip:
+            raise UsageError("--clip-config / --clip-arch describe the weights given with --clip")
         predictor = Predictor.from_checkpoint(args.checkpoint, clip=args.clip, device=device,
                                               clip_activation=args.clip_activation, precision=args.precision,
                                               allow_torchscript=args.allow_torchscript, teacher=args.teacher,
-                                              teacher_clip=args.teacher_clip)
+                                              teacher_clip=args.teacher_clip,
+                                              clip_config=args.clip_config, clip_architecture=args.clip_arch)
         if classes or args.descriptions:
             predictor.set_classes(classes, descriptions=args.descriptions)
         predictor.path = args.path
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             for name, prob in predicted[i]:
                 print(f"  {prob:7.2%}  {name}")
     if errors:
-        logger.error("%d of %d image(s) could not be read; the others were predicted", len(errors), len(args.images))
+        print(f"mmprompt predict: error (data): {len(errors)} of {len(args.images)} image(s) could not be read; "
+              "the others were predicted", file=sys.stderr)
         return EXIT_FAILED
     return 0

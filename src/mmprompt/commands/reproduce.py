@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..errors import UsageError
 from .benchmark import add_launcher_arguments, launch_options
+from .grammar import int_list, protocol_name
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="mmprompt-reproduce", help="output folder (default ./mmprompt-reproduce)")
     parser.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
                         help="only these datasets (default: the paper's 11, and the 4 ImageNet variants)")
-    parser.add_argument("--protocols", nargs="+", default=None, metavar="PROTOCOL",
-                        help="base2novel cross-dataset domain-generalization few-shot (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--protocols", nargs="+", type=protocol_name, default=None, metavar="PROTOCOL",
+                        help="base2novel (base-to-novel) cross-dataset domain-generalization "
+                        "(domain-generalisation) few-shot (default: those with published numbers for the methods)")
+    int_list(parser, "--seeds", default=[1, 2, 3], metavar="SEED", help="seeds: 1 2 3 or 1,2,3 (default 1 2 3)")
+    int_list(parser, "--shots", default=[16], metavar="K",
+             help="images per class (default 16, the published numbers'; a few-shot curve over several counts is "
+             "'mmprompt benchmark few-shot --shots 1 2 4 8 16')")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides for every run, or METHOD:KEY=VALUE for one method")
     parser.add_argument("--descriptions", metavar="DIR",
@@ -55,22 +60,25 @@ def descriptions_override(path: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from ..protocols.reproduce import REPRODUCE_PROTOCOLS, format_dry_run, plan_reproduce, run_reproduce
+    from ..protocols.reproduce import format_dry_run, plan_reproduce, run_reproduce
 
     if not args.dry_run and (not args.clip or not args.data_root):
-        logger.error("--clip and --data-root are needed (or --dry-run)")
-        return 2
+        raise UsageError("--clip and --data-root are needed (or --dry-run)")
+    if len(args.shots) > 1:
+        raise UsageError(f"reproduce runs one shot count (the published numbers are 16-shot), got "
+                         f"{' '.join(map(str, args.shots))}; for a curve: mmprompt benchmark few-shot --shots ...")
     try:
         launch = launch_options(args)
         plan = plan_reproduce(
             args.methods, args.data_root or ".", args.clip or "ViT-B/16", args.output, datasets=args.datasets,
-            seeds=args.seeds, protocols=args.protocols or REPRODUCE_PROTOCOLS,
+            seeds=args.seeds, protocols=args.protocols,
             overrides=[*args.overrides, *descriptions_override(args.descriptions)],
-            shots=args.shots, clip_activation=args.clip_activation, device=args.device,
+            shots=args.shots[0], clip_activation=args.clip_activation, device=args.device,
         )
     except (ValueError, KeyError, ConfigError) as exc:
-        logger.error("%s", exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        return 2
+        if isinstance(exc, ConfigError):
+            raise
+        raise UsageError(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)) from None
     if args.dry_run:
         print(format_dry_run(plan), end="")
         return 0
@@ -79,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_reproduce(plan, args.clip, args.clip_activation, launch=launch)
     except LaunchError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise UsageError(str(exc)) from None
     print((plan.output / "report.md").read_text(encoding="utf-8"), end="")
     print(f"\nreport: {plan.output / 'report.md'} (+ report.json); results per protocol in {plan.output}/<protocol>/")
     return 1 if report["failed"] else 0

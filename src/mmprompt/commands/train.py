@@ -18,8 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- shared by commands
-def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
-    """``--config``, ``--set`` and the usual shortcuts (also used by ``benchmark``)."""
+def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = True, shots_list: bool = False) -> None:
+    """``--config``, ``--set`` and the usual shortcuts (also used by ``benchmark``, where ``--shots`` takes
+    several values for a few-shot curve)."""
+    from .grammar import int_list
+
     g = parser.add_argument_group("configuration")
     g.add_argument("--config", metavar="PRESET", help="preset name (see --list-presets) or a YAML file")
     if with_method:
@@ -30,8 +33,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, with_method: bool = Tr
     g.add_argument("--clip", metavar="WEIGHTS", help="CLIP weights: a registry name (ViT-B/16), a path, or \"demo\" (the built-in demo CLIP)")
     g.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
                    help="MLP activation for weight files that do not say it (OpenAI: quick_gelu)")
+    add_clip_description_arguments(g)
     g.add_argument("--data-root", help="folder holding the datasets in their official layout")
-    g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
+    if shots_list:
+        int_list(g, "--shots", metavar="K", help="images per class (default 16); few-shot: several for a curve, "
+                 "e.g. 1 2 4 8 16")
+    else:
+        g.add_argument("--shots", type=int, help="images per class (default: the preset's, 16)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1...")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training / evaluation precision")
     g.add_argument("--num-workers", type=int, help="data-loader workers (default: what the machine has)")
@@ -47,11 +55,21 @@ def add_descriptions_argument(parser: Any) -> None:
                         "(MMA++ cupl): JSON {class name: [sentence, ...]}, or a folder of <dataset>.json files")
 
 
+def add_clip_description_arguments(parser: Any) -> None:
+    """``--clip-config FILE`` and ``--clip-arch NAME``: what bare weights (no config beside them) are."""
+    parser.add_argument("--clip-config", metavar="FILE",
+                        help="for bare CLIP weights: their config.json / open_clip_config.json")
+    parser.add_argument("--clip-arch", metavar="NAME",
+                        help="for bare CLIP weights: a named architecture giving every field (e.g. ViT-H/14; "
+                        "python -c 'import mmprompt.clip; print(mmprompt.clip.list_models())' lists them)")
+
+
 def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--clip``, ``--data-root``... flags as dotted overrides (applied after ``--set``)."""
     out: dict[str, Any] = {}
     pairs: list[tuple[str, Any]] = [
         ("clip.weights", getattr(args, "clip", None)), ("clip.activation", getattr(args, "clip_activation", None)),
+        ("clip.config", getattr(args, "clip_config", None)), ("clip.architecture", getattr(args, "clip_arch", None)),
         ("data.root", getattr(args, "data_root", None)), ("data.shots", getattr(args, "shots", None)),
         ("device", getattr(args, "device", None)), ("precision", getattr(args, "precision", None)),
         ("data.num_workers", getattr(args, "num_workers", None)), ("data.seed", getattr(args, "seed", None)),
@@ -103,9 +121,16 @@ def resolve_config(args: argparse.Namespace, dataset: str | None, protocol: str 
 
     preset = args.config
     method = getattr(args, "method", None)
+    overrides = list(args.overrides)
     if preset is None:
+        # the method's preset for the protocol, trained as the protocol trains it (base-to-novel: on the base
+        # classes, evaluated on base and novel; a shared preset such as coop's says subsample: all)
         preset = default_preset(method or "maple", protocol)
-    cfg = load_config(preset, list(args.overrides), dataset=dataset)
+        if protocol == "base2novel":
+            overrides = ["data.subsample=base", *overrides]
+        logger.info("no --config: %s's %s preset %s%s", method or "maple", protocol, preset,
+                    " with data.subsample=base" if protocol == "base2novel" else "")
+    cfg = load_config(preset, overrides, dataset=dataset)
     if method:
         from ..methods import canonical_method
 
@@ -128,9 +153,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although settings that change results differ (e.g. a lower "
                         "optim.lr after a NaN stop); the changes are recorded in log.jsonl and metrics.json")
+    add_threads_argument(parser)
     add_custom_data_arguments(parser)
     add_teacher_argument(parser, train=True)
     add_torchscript_argument(parser)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for this process (as ``demo``, ``benchmark`` and ``reproduce``)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, i.e. every core; on a shared machine give a "
+                        "small number, and the same number to repeat a run's digits)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU threads when ``--threads`` was given."""
+    if threads is not None:
+        if threads < 1:
+            from ..errors import UsageError
+
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def add_custom_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,24 +214,26 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.fit import refuse_explicit_depths
     from ..engine.run import is_done, load_splits, run_experiment
     from ..engine.teacher import require_teacher
+    from ..errors import UsageError
     from ..runlock import check_unlocked
 
+    apply_threads(args.threads)
     cfg = resolve_config(args, args.dataset)
     if not cfg.data.dataset or not cfg.data.root or not cfg.output:
-        logger.error("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in the config)")
-        return 2
+        raise UsageError("--dataset, --data-root and --output are needed (or data.dataset, data.root, output in "
+                         "the config)")
     require_teacher(cfg)  # before any weights or data are read
     output = Path(cfg.output)
     check_unlocked(output)  # a run in progress there: say so, not "pass --resume"
     started = output.exists() and any((output / f).exists() for f in ("checkpoint", "metrics.json", "prompts.json"))
     if started and not args.resume:
         state = "a finished run" if is_done(output) else "an unfinished run"
-        logger.error("%s holds %s; pass --resume to continue it, or choose another --output", output, state)
-        return 2
+        raise UsageError(f"{output} holds {state}; pass --resume to continue it, or choose another --output")
     ctx = init_distributed(cfg.device)
     quiet_other_ranks(ctx)
     clip, info = resolve_clip(cfg.clip.weights, cfg.clip.activation, ctx.device,
-                              allow_torchscript=args.allow_torchscript)
+                              allow_torchscript=args.allow_torchscript, config=cfg.clip.config,
+                              architecture=cfg.clip.architecture)
     refuse_explicit_depths(cfg, clip, args.overrides)
     splits = load_splits(cfg, ctx=ctx)
     evals: dict[str, Any] = {"test": splits}

@@ -26,7 +26,7 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
     expected = root / info.folder
     if not root.is_dir():
         return (
-            f"the data root {root} does not exist or is not a folder. --root must be the folder that holds the "
+            f"the data root {root} does not exist or is not a folder. --data-root must be the folder that holds the "
             f"dataset folders, e.g. {root}/{info.folder}/. To get {info.coop_name}: {info.download}"
         )
     # signs that root is the dataset folder itself: its name, its split file, a distinctive image folder
@@ -36,13 +36,13 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
     distinctive = {info.split_file, info.image_subdir} - {None, "", "images"}
     if root.name == info.folder or present & distinctive or len(present) >= 2:
         return (
-            f"--root points at the {info.coop_name} folder itself ({root}). --root must be its parent, the data "
-            f"root that holds all dataset folders: use --root {root.parent}"
+            f"--data-root points at the {info.coop_name} folder itself ({root}). --data-root must be its parent, the data "
+            f"root that holds all dataset folders: use --data-root {root.parent}"
         )
     if info.image_subdir and root.name == Path(info.image_subdir).name and root.parent.name == info.folder:
         return (
-            f"--root points at the image folder of {info.coop_name} ({root}). --root must be the data root: "
-            f"use --root {root.parent.parent}"
+            f"--data-root points at the image folder of {info.coop_name} ({root}). --data-root must be the data root: "
+            f"use --data-root {root.parent.parent}"
         )
     wanted = {name_key(n) for n in (info.folder, info.key, info.coop_name, *info.aliases)}
     children = sorted(p for p in root.iterdir() if p.is_dir())
@@ -54,7 +54,7 @@ def diagnose_root(info: DatasetInfo, root: str | os.PathLike[str]) -> str:
             )
     for child in children:
         if (child / info.folder).is_dir():
-            return f"{expected} does not exist, but {child / info.folder} does: use --root {child}"
+            return f"{expected} does not exist, but {child / info.folder} does: use --data-root {child}"
     return f"{expected} does not exist. To get {info.coop_name}: {info.download}"
 
 

@@ -89,11 +89,17 @@ def read_classnames_file(path: Path, keys: Sequence[str] | None, strict: bool = 
     return out
 
 
+def prompt_name(key: str) -> str:
+    """A class folder or label as a class name in a prompt: ``blue_circle`` -> ``blue circle`` (CoOp's own
+    class names have spaces; a class-names file states names exactly)."""
+    return " ".join(key.replace("_", " ").split()) or key
+
+
 def _label_map(keys: Sequence[str], classnames_file: Path | None) -> tuple[dict[str, int], dict[str, str]]:
     """key -> label and key -> name, from the class-names file's order or the sorted keys."""
-    if classnames_file is None:
+    if classnames_file is None:  # the folder or label is the name; its underscores are spaces in a prompt
         ordered = sorted(set(keys))
-        return {k: i for i, k in enumerate(ordered)}, {k: k for k in ordered}
+        return {k: i for i, k in enumerate(ordered)}, {k: prompt_name(k) for k in ordered}
     names = read_classnames_file(classnames_file, sorted(set(keys)))
     missing = sorted(set(keys) - set(names))
     if missing:

@@ -1,7 +1,8 @@
 """The few-shot selection of a run, with its caches.
 
 Order of sources: the official ``<dataset_dir>/split_fewshot/shot_K-seed_S.pkl`` if present (read with a
-restricted unpickler), else mmprompt's JSON cache ``<cache>/fewshot/<dataset>/shot_K-seed_S.json`` if it
+restricted unpickler), else mmprompt's JSON cache
+``<cache>/fewshot/<dataset>/split-<fingerprint>/shot_K-seed_S.json`` (one folder per split) if it
 was made from the same split, else the official algorithm (:func:`~mmprompt.data.samples.sample_fewshot`),
 whose result is then written to that JSON cache. Nothing is ever written into the dataset folder.
 """
@@ -30,10 +31,14 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mmprompt"
 
 
-def fewshot_cache_path(cache_dir: str | os.PathLike[str] | None, dataset: str, shots: int, seed: int) -> Path:
-    """``<cache>/fewshot/<dataset>/shot_K-seed_S.json``."""
+def fewshot_cache_path(cache_dir: str | os.PathLike[str] | None, dataset: str, shots: int, seed: int,
+                       split_key: str | None = None) -> Path:
+    """``<cache>/fewshot/<dataset>/<split_key>/shot_K-seed_S.json``: one folder per split (``split_key``, the
+    fingerprint of the samples the selection is drawn from), so two split files of one dataset keep their
+    own selections; without ``split_key``, the dataset's folder."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "fewshot" / dataset / f"shot_{shots}-seed_{seed}.json"
+    folder = root / "fewshot" / dataset
+    return (folder / f"split-{split_key}" if split_key else folder) / f"shot_{shots}-seed_{seed}.json"
 
 
 def official_fewshot_path(dataset_dir: str | os.PathLike[str], shots: int, seed: int) -> Path:
@@ -97,7 +102,7 @@ def select_fewshot(
             return new_train, new_val, f"official cache {pkl}"
 
     key = fingerprint(train, val or [])
-    path = fewshot_cache_path(cache_dir, dataset, shots, seed)
+    path = fewshot_cache_path(cache_dir, dataset, shots, seed, key)
     cached = _read_json_cache(path, key, train, val)
     if cached is not None:
         log.debug("read the few-shot selection from %s", path)

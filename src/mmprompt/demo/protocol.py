@@ -22,10 +22,11 @@ QUICK_SEEDS: tuple[int, ...] = (1,)
 
 
 def all_demo_methods() -> list[str]:
-    """Every built-in method, in the method table's order (``mmprompt demo --all-methods``)."""
-    from ..methods.builtin import BUILTIN
+    """Every method of the table, in its order: the built-in ones, then installed or registered plugins
+    (``mmprompt demo --all-methods``)."""
+    from ..methods import list_methods
 
-    return list(BUILTIN)
+    return list_methods()
 
 
 def demo_overrides(methods: Sequence[str], quick: bool) -> list[str]:

@@ -51,12 +51,17 @@ def resolve_clip(
     activation: str | None = None,
     device: str | torch.device = "cpu",
     allow_torchscript: bool = False,
+    config: str | Path | None = None,
+    architecture: str | None = None,
 ) -> tuple[CLIP, dict[str, Any]]:
     """The frozen CLIP described by ``spec`` on ``device``, and what to record about it.
 
     ``allow_torchscript`` reads a TorchScript archive that is not a registered OpenAI release (it runs
-    code stored in the file: only for files you trust).
+    code stored in the file: only for files you trust). ``config`` / ``architecture`` describe bare weights
+    without their config (see :func:`mmprompt.clip.load`); they are recorded so the prompts load again.
     """
+    if (config is not None or architecture is not None) and not isinstance(spec, (str, Path)):
+        raise ValueError("a CLIP config or architecture applies to weights given as a path")
     info: dict[str, Any]
     if isinstance(spec, CLIP):
         clip, info = spec, {"weights": None, "source": "model"}
@@ -83,12 +88,18 @@ def resolve_clip(
             entry = get_pretrained(str(spec)) if isinstance(spec, str) else None
         except KeyError:
             entry = None
-        clip = load(spec, device="cpu", activation=activation, allow_torchscript=allow_torchscript)
-        if entry is not None:
+        described = {k: v for k, v in (("config", None if config is None else str(config)),
+                                       ("architecture", architecture)) if v is not None}
+        clip = load(spec, device="cpu", activation=activation, allow_torchscript=allow_torchscript, **described)
+        if entry is not None and not described:
             info = {"weights": entry.name, "source": "registry", "sha256": entry.sha256}
         else:
             path = Path(spec).expanduser().absolute()
             info = {"weights": str(path), "source": "path", "sha256": _file_digest(path)}
+            if "config" in described:  # recorded as load() arguments (the info's "config" is the model's)
+                info["load_config"] = str(Path(described["config"]).expanduser().absolute())
+            if "architecture" in described:
+                info["load_architecture"] = described["architecture"]
     info.setdefault("activation", clip.config.activation)
     clip.requires_grad_(False)
     clip = clip.to(device).eval()
@@ -124,5 +135,6 @@ def load_clip_from_info(
                     f"{path} has SHA-256 {actual}, but the prompts were trained with weights whose SHA-256 is "
                     f"{expected}; pass the right weights with --clip"
                 )
-        return load(path, device=device, activation=info.get("activation"))
+        described = {k: info[f"load_{k}"] for k in ("config", "architecture") if info.get(f"load_{k}")}
+        return load(path, device=device, activation=info.get("activation"), **described)
     return load(str(weights), device=device, activation=info.get("activation"))

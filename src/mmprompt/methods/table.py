@@ -146,6 +146,23 @@ def all_methods() -> dict[str, MethodSpec]:
     return table
 
 
+def plugin_presets() -> dict[str, Path]:
+    """Preset name -> YAML file, for the preset files that methods outside the package name in their rows
+    (``mmprompt train --list-presets`` lists them, ``--config NAME`` takes them)."""
+    from .builtin import BUILTIN
+
+    out: dict[str, Path] = {}
+    for name, spec in all_methods().items():
+        if name in BUILTIN:
+            continue
+        values = [*spec.presets.values(), *(v for p in spec.alias_presets.values() for v in p.values())]
+        for value in values:
+            path = Path(value)
+            if path.suffix in (".yaml", ".yml") and path.is_file():
+                out.setdefault(path.stem, path)
+    return out
+
+
 def _lookup() -> dict[str, MethodSpec]:
     out: dict[str, MethodSpec] = {}
     for spec in all_methods().values():

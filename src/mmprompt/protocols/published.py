@@ -1,8 +1,8 @@
 """Published numbers (package data ``assets/published_results.json``) and the report that puts ours beside them.
 
 Every published entry carries its source and a status: ``verified`` (checked against an official
-repository), ``spec`` (as transcribed in the project's SPEC.md from the MaPLe paper) or ``recalled``
-(written from memory by a spec's author: not an exact target).
+repository at a commit), ``paper`` (transcribed from the paper's table named in the source) or ``recalled``
+(written from memory of the named paper: not an exact target).
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def format_report(sections: Sequence[Mapping[str, Any]], notes: Sequence[str] = 
     if notes:
         lines.append("")
     lines += ["Differences are ours minus published, in accuracy points. Status of the published number: "
-              "verified (checked against an official repository), spec (SPEC.md, from the MaPLe paper), "
-              "recalled (from memory, not an exact target). An average over fewer datasets than the paper's "
+              "verified (checked against the official repository named in the source), paper (transcribed from "
+              "the paper's table named in the source), recalled (from memory of the named paper, not an exact "
+              "target); each source is in src/mmprompt/assets/published_results.json. An average over fewer datasets than the paper's "
               "is not compared (-).", ""]
     for sec in sections:
         protocol, rows = sec["protocol"], sec["rows"]

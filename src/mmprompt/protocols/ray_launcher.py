@@ -128,6 +128,13 @@ def probe_address(address: str, timeout: float) -> None:
         time.sleep(1.0)
 
 
+def loader_workers(config: dict[str, Any]) -> int:
+    """The data-loader workers a run's config starts (``data.num_workers: null`` = what the machine has)."""
+    from ..data.loading import default_workers
+
+    value = (config.get("data") or {}).get("num_workers")
+    return default_workers(None if value is None else int(value))
+
 class RayLauncher:
     """Runs each spec as a Ray task asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs."""
 
@@ -178,7 +185,7 @@ class RayLauncher:
                 slots = min(slots, math.floor(resources.get("GPU", 0) / gpus))
             logger.info("%d runs as Ray tasks (%.3g CPU, %.3g GPU each; %d at a time on this cluster)",
                         len(specs), opts.cpus_per_run, gpus, slots)
-            workers = max(int(sp.config.get("data", {}).get("num_workers", 0)) for sp in specs)
+            workers = max(loader_workers(sp.config) for sp in specs)
             if workers + 1 > opts.cpus_per_run:
                 logger.warning("runs start up to %d data-loader workers but ask Ray for %.3g CPUs each: give "
                                "--cpus-per-run %d (or --set data.num_workers=...) to keep the CPUs from being "

@@ -70,7 +70,10 @@ class ReproducePlan:
     output: Path
     runs: list[PlannedRun] = field(default_factory=list)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """protocol -> {"methods", "datasets" (the table's), "specs", "skipped" (why not run)}."""
+    """protocol -> {"methods", "datasets" (the table's), "specs", "skipped" (why not run), "unpublished" (the
+    methods it runs that have no published number to compare with)}."""
+    left_out: list[str] = field(default_factory=list)
+    """Protocols not planned by default: no published numbers for any chosen method (``--protocols`` adds them)."""
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -123,14 +126,15 @@ def plan_reproduce(
     output: str | Path,
     datasets: Sequence[str] | None = None,
     seeds: Sequence[int] = (1, 2, 3),
-    protocols: Sequence[str] = REPRODUCE_PROTOCOLS,
+    protocols: Sequence[str] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     shots: int = 16,
     clip_activation: str | None = None,
     device: str = "auto",
     ctx: DistContext | None = None,
 ) -> ReproducePlan:
-    """Every run of the chosen protocols for ``methods`` (see the module docstring)."""
+    """Every run of the chosen protocols for ``methods`` (see the module docstring). ``protocols`` None: every
+    protocol with a published number for one of the methods (the others are listed in ``plan.left_out``)."""
     methods = resolve_methods(methods)
     output = Path(output).absolute()
     chosen = [canonical_dataset(d) for d in datasets] if datasets else None
@@ -138,6 +142,9 @@ def plan_reproduce(
     published = published_results()
     known = [m for m in methods if _known_method(m)]
     plan = ReproducePlan(methods, output)
+    if protocols is None:
+        protocols = [p for p in REPRODUCE_PROTOCOLS if any(m in published.get(p, {}) for m in methods)]
+        plan.left_out = [p for p in REPRODUCE_PROTOCOLS if p not in protocols]
     opts = (SweepOptions(known, table_datasets, seeds, data_root, clip_spec, output, {}, overrides, shots,
                          clip_activation, device, False, ctx) if known else None)
     for protocol in protocols:
@@ -153,7 +160,8 @@ def plan_reproduce(
                 entry["skipped"] = f"its source ({SOURCE}) is not among --datasets"
             plan.protocols[protocol] = entry
             continue
-        entry = {"methods": methods, "datasets": table_datasets, "specs": []}
+        entry = {"methods": methods, "datasets": table_datasets, "specs": [],
+                 "unpublished": [m for m in methods if m not in published.get(protocol, {})]}
         plan.protocols[protocol] = entry
         planner = plan_base2novel if protocol == "base2novel" else plan_few_shot
         specs = planner(_sub(opts, known, table_datasets, output / protocol)) if opts and known else []
@@ -184,7 +192,33 @@ def plan_reproduce(
 
 
 def _epochs(spec: RunSpec | None) -> int | None:
-    return None if spec is None else int(spec.config["optim"]["epochs"])
+    """The epochs a run trains: 0 for a method with nothing to train (zero-shot CLIP)."""
+    if spec is None:
+        return None
+    return int(spec.config["optim"]["epochs"]) if method_trains(spec.method, spec.config.get("method")) else 0
+
+
+_TRAINS: dict[str, bool] = {}
+
+
+def method_trains(method: str, config: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``method`` has trainable parameters (built once on the meta device, so no memory is used;
+    True when it cannot be built there)."""
+    if method not in _TRAINS:
+        import torch
+
+        from ..clip.config import get_config
+        from ..clip.model import CLIP
+        from ..methods import create_learner
+
+        options = {k: v for k, v in dict(config or {}).items() if k != "name"}
+        try:
+            with torch.device("meta"):
+                learner = create_learner(method, CLIP(get_config("ViT-B/16")), ["a", "b"], options)
+            _TRAINS[method] = bool(learner.trainable_parameters())
+        except Exception:  # noqa: BLE001 - a method that cannot be built on meta: assume it trains
+            _TRAINS[method] = True
+    return _TRAINS[method]
 
 
 # ------------------------------------------------------------------------------------------------ estimate
@@ -228,7 +262,7 @@ def estimate_hours(run: PlannedRun) -> float | None:
     if n is None:
         return None
     a, b = _rates()
-    epochs = run.epochs or 5
+    epochs = 5 if run.epochs is None else run.epochs  # 0: nothing to train, priced as evaluation only
     trained = math.ceil(n / 2) if run.protocol == "base2novel" else n
     test = tests.get(run.dataset)
     target_tests = [tests.get(t) for t in run.targets]
@@ -236,7 +270,7 @@ def estimate_hours(run: PlannedRun) -> float | None:
         return None
     seconds = run.shots * trained * epochs * a + (test + sum(t for t in target_tests if t)) * b
     row = compute["b2n_row_hours"].get(run.method)
-    if run.protocol == "base2novel" and row and run.method != "maple":
+    if run.protocol == "base2novel" and row and run.method != "maple" and epochs:
         model_row = sum(16 * math.ceil((_num_classes(d) or 0) / 2) * epochs * a + tests[d] * b
                         for d in PAPER_DATASETS) * 3
         seconds *= row * 3600 / model_row
@@ -270,6 +304,12 @@ def format_dry_run(plan: ReproducePlan) -> str:
     for protocol, entry in plan.protocols.items():
         if entry.get("skipped"):
             lines.append(f"{protocol}: not run ({entry['skipped']})")
+        elif entry.get("unpublished"):
+            lines.append(f"{protocol}: no published numbers for {', '.join(entry['unpublished'])}: those runs are "
+                         "ours only, nothing to compare them with")
+    for protocol in plan.left_out:
+        lines.append(f"{protocol}: not planned (no published numbers for {', '.join(plan.methods)}); run it with "
+                     f"--protocols {' '.join(p for p in REPRODUCE_PROTOCOLS if p not in plan.left_out)} {protocol}")
     unavailable = sorted({r.method for r in plan.runs if r.spec is None})
     if unavailable:
         lines.append(f"not in the method table yet (listed, not run; their published numbers are reported): "
@@ -279,13 +319,33 @@ def format_dry_run(plan: ReproducePlan) -> str:
     compute = published_results()["compute"]
     lines.append("basis: the official code on one A100 (batch 4): " + compute["maple_imagenet_b2n_seed_hours"]["source"]
                  + "; " + compute["b2n_row_hours"]["source"] + ". Training and test images are priced at the two "
-                 "rates these fit; epochs come from each run's config (unknown methods: MaPLe's 5). Methods that do "
+                 "rates these fit; epochs come from each run's config (unknown methods: MaPLe's 5); a method with nothing to "
+                 "train (zero-shot CLIP: 0 epochs) is priced as evaluation only. Methods that do "
                  "not back-propagate through the image encoder (CoOp, CoCoOp) cost less per image than MaPLe: for them "
                  "it is an upper bound. mmprompt's own runs are faster (benchmarks/README.md); the measured cost of finished runs is in report.md.")
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ running
+def published_for_plot(protocol: str, results: dict[str, Any] | None = None,
+                       paper: Sequence[str] = ()) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {dataset | "average": {metric: value}}}``: the published numbers of ``protocol`` for the plot.
+    The published average is left out for a method whose average in ``results`` does not cover ``paper`` (the
+    datasets the paper averages over): the two would not be comparable."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, entry in published_results().get(protocol, {}).items():
+        if not isinstance(entry, dict):
+            continue
+        values = {d: {k: float(v) for k, v in vals.items() if isinstance(v, (int, float))}
+                  for d, vals in (entry.get("datasets") or {}).items()}
+        ours = ((results or {}).get("methods", {}).get(method) or {}).get("average") or {}
+        if entry.get("average") and set(paper) <= set(ours.get("datasets", [])):
+            values["average"] = {k: float(v) for k, v in entry["average"].items() if isinstance(v, (int, float))}
+        out[method] = values
+    return out
+
+
+
 def run_reproduce(
     plan: ReproducePlan,
     clip_spec: ClipSpec,
@@ -322,7 +382,9 @@ def _run_locked(plan: ReproducePlan, clip_spec: ClipSpec, clip_activation: str |
                 results = sweep_results(protocol, entry["specs"], outcome, metrics, entry["datasets"],
                                         extra={"seeds": sorted({s.seed for s in entry["specs"]})})
             if ctx.is_main:
-                write_results(results, plan.output / protocol)
+                paper = PAPER_DATASETS if protocol in ("base2novel", "few-shot") else TRANSFER.get(protocol, ())
+                write_results(results, plan.output / protocol,
+                              published=published_for_plot(protocol, results, paper))
         paper = PAPER_DATASETS if protocol in ("base2novel", "few-shot") else TRANSFER.get(protocol, ())
         rows = comparison_rows(protocol, entry["methods"], results, paper)
         note = f"not run: {entry['skipped']}" if entry.get("skipped") else ""

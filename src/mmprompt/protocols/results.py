@@ -189,9 +189,8 @@ def format_failures(results: Mapping[str, Any]) -> str:
     failed = results.get("failed") or []
     if not failed:
         return ""
-    lines = [f"FAILED ({len(failed)} runs, not in the table):"]
-    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempt{'s' if f['attempts'] != 1 else ''})"
-              for f in failed]
+    lines = [f"FAILED ({len(failed)} run{'s' * (len(failed) != 1)}, not in the table):"]
+    lines += [f"- {f['run']}: {f['cause']} (after {f['attempts']} attempt{'s' * (f['attempts'] != 1)})" for f in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +236,12 @@ def format_table(results: Mapping[str, Any], with_std: bool = False) -> str:
 
 def _format_accuracy(results: Mapping[str, Any], with_std: bool) -> str:
     methods = list(results["methods"])
+    if not methods or not results.get("datasets"):
+        return "No finished runs: nothing to tabulate.\n"
+    if "curve" in results:
+        from .curve import format_curve_table
+
+        return format_curve_table(results["curve"], with_std, _label)
     b2n = tuple(results["metrics"]) == B2N_METRICS
     rows = _rows(results)
     lines: list[str] = []
@@ -268,7 +273,12 @@ def _format_accuracy(results: Mapping[str, Any], with_std: bool) -> str:
 
 
 def to_csv(results: Mapping[str, Any]) -> str:
-    """One row per (method, dataset, seed), plus mean and std rows and the average rows."""
+    """One row per (method, dataset, seed), plus mean and std rows and the average rows (a few-shot curve:
+    the same rows per shot count, with a leading ``shots`` column)."""
+    if "by_shots" in results:
+        from .curve import curve_csv
+
+        return curve_csv(results, to_csv)
     b2n = tuple(results["metrics"]) == B2N_METRICS
     keys = ["base", "novel", "hm"] if b2n else list(results["metrics"])
     buf = io.StringIO()
@@ -289,58 +299,25 @@ def to_csv(results: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def plot_results(results: Mapping[str, Any], path: str | Path) -> Path:
-    """A bar chart per reported quantity (Base, Novel, HM; or accuracy), datasets on the x axis."""
-    import matplotlib
+def plot_results(results: Mapping[str, Any], path: str | Path,
+                 published: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> Path:
+    """A bar chart per reported quantity (Base, Novel, HM; or accuracy), datasets on the x axis, ± std over
+    seeds; ``published[method][dataset or "average"][metric]`` is drawn hatched beside ours (see
+    :mod:`mmprompt.protocols.plots`). A few-shot curve (``results["curve"]``) is drawn against the shots."""
+    from .plots import plot_bars, plot_curve
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    b2n = tuple(results["metrics"]) == B2N_METRICS
-    keys = ["base", "novel", "hm"] if b2n else list(results["metrics"])
-    methods = list(results["methods"])
-    datasets = list(results.get("datasets", []))
-    has_avg = any("average" in m for m in results["methods"].values()) and len(datasets) > 1
-    columns = (["average"] if has_avg else []) + datasets
-    fig, axes = plt.subplots(len(keys), 1, figsize=(max(6.0, 0.9 * len(columns) * max(1, len(methods))), 3.2 * len(keys)),
-                             squeeze=False)
-    width = 0.8 / max(1, len(methods))
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        for i, method in enumerate(methods):
-            m = results["methods"][method]
-            values = []
-            for c in columns:
-                if c == "average":
-                    values.append(m.get("average", {}).get(key, float("nan")))
-                elif c in m["datasets"]:
-                    e = m["datasets"][c]
-                    values.append(e["hm"] if key == "hm" else e["mean"][key])
-                else:
-                    values.append(float("nan"))
-            ax.bar([x + i * width for x in range(len(columns))], values, width, label=method_label(results, method),
-                   hatch="//" if method_label(results, method) != method else None)  # transductive: hatched
-        ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(columns))])
-        ax.set_xticklabels(["Average" if c == "average" else _label(c) for c in columns], rotation=30, ha="right")
-        ax.set_ylabel({"hm": "HM"}.get(key, key.capitalize()) + " (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(loc="lower right", fontsize="small")
-    axes[0, 0].set_title(f"{results['protocol']}")
-    fig.tight_layout()
-    import io
-
-    from ..fileio import atomic_write_bytes
-
-    path = Path(path)
-    buf = io.BytesIO()  # rendered first, then written atomically: never a half-written PNG
-    fig.savefig(buf, dpi=100, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    if "curve" in results:
+        return plot_curve(results["curve"], path, _label)
+    return plot_bars(results, path, _label, published)
 
 
-def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "results") -> dict[str, Path]:
-    """``results.json``, ``results.md``, ``results.csv`` and ``results.png`` in ``output`` (atomic writes)."""
+def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "results",
+                  published: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> dict[str, Path]:
+    """``results.json``, ``results.md``, ``results.csv`` and ``results.png`` in ``output`` (atomic writes).
+
+    The PNG is written only when there is something to draw (``results.png`` of an earlier sweep in the same
+    folder is then removed, so the folder never shows a plot of other results); ``published`` adds the
+    published numbers to the plot (``reproduce``)."""
     from ..fileio import atomic_write_bytes, atomic_write_json
 
     output = Path(output)
@@ -354,7 +331,9 @@ def write_results(results: Mapping[str, Any], output: str | Path, stem: str = "r
     atomic_write_bytes(paths["md"], (title + format_table(results, with_std=True) + cost_section).encode("utf-8"))
     atomic_write_bytes(paths["csv"], to_csv(results).encode("utf-8"))
     if results["methods"] and results.get("datasets"):
-        plot_results(results, paths["png"])
+        tmp = paths["png"].with_name(f".{stem}.png.tmp")
+        plot_results(results, tmp, published)
+        tmp.replace(paths["png"])
     else:
-        paths.pop("png")
+        paths.pop("png").unlink(missing_ok=True)
     return paths

@@ -64,13 +64,23 @@ def run_protocol(
         options: the other fields of :class:`SweepOptions`: ``presets`` (method -> preset name, YAML path or
             :class:`~mmprompt.config.RunConfig`; default the method's preset for the protocol), ``overrides``
             (dotted, for every run: ``["optim.epochs=2"]``), ``progress``, ``shots``, ``clip_activation``,
-            ``device``, ``ctx``.
+            ``device``, ``ctx``. few-shot takes several ``shots`` (``[1, 2, 4, 8, 16]``): one sweep, one
+            table and one curve (``results["curve"]``, see :mod:`mmprompt.protocols.curve`).
 
     Returns:
         The results dict (see :func:`mmprompt.protocols.results.aggregate`); runs that failed for good are
         listed under ``failed``. Transfer: the source is tagged ``role: source`` and the average row is over the
         targets; target evaluations are cached in ``<run>/eval/<target>.json``.
     """
+    shots = options.get("shots", 16)
+    if not isinstance(shots, int):
+        shots = sorted({int(k) for k in shots})
+        if protocol != "few-shot" and len(shots) > 1:
+            raise ValueError(f"several shot counts ({shots}) are for the few-shot protocol; {protocol} takes one")
+        if len(shots) > 1:
+            return _few_shot_curve(methods, datasets, seeds, data_root, clip_spec, output, shots, launch,
+                                   stop_after_runs, options)
+        options = {**options, "shots": shots[0]}
     if protocol in DEFAULT_TARGETS:
         source = canonical_dataset(source)
         targets = [canonical_dataset(t) for t in (datasets or DEFAULT_TARGETS[protocol])]
@@ -85,6 +95,32 @@ def run_protocol(
     if protocol == "few-shot":
         return run_and_write(opts, protocol, plan_few_shot(opts), ACC_METRICS, launch, {}, stop_after_runs)
     raise ValueError(f"unknown protocol {protocol!r}; expected base2novel, few-shot, {', '.join(DEFAULT_TARGETS)}")
+
+
+def _few_shot_curve(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], data_root: str | Path,
+                    clip_spec: ClipSpec, output: str | Path, shots: list[int], launch: LaunchOptions | None,
+                    stop_after_runs: int | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Few-shot at every count of ``shots``, run as one sweep (one launch), written as one table and curve."""
+    from ..engine.distributed import barrier
+    from .curve import combine_shots
+    from .launch import run_specs
+    from .plan import sweep_results
+    from .results import write_results
+
+    per_k = {k: SweepOptions(methods, datasets, seeds, data_root, clip_spec, output, **{**options, "shots": k})
+             for k in shots}
+    specs = {k: plan_few_shot(o) for k, o in per_k.items()}
+    first = per_k[shots[0]]
+    launch = launch or LaunchOptions(progress=first.progress)
+    outcome = run_specs([s for k in shots for s in specs[k]], first.clip_spec, first.clip_activation, first.ctx,
+                        launch, stop_after_runs)
+    per_shots = {k: sweep_results("few-shot", specs[k], outcome, ACC_METRICS, list(first.datasets),
+                                  extra={"seeds": [int(s) for s in seeds], "shots": k}) for k in shots}
+    results = combine_shots(per_shots, seeds)
+    if first.ctx.is_main:
+        write_results(results, first.output)
+    barrier(first.ctx)
+    return results
 
 
 run_transfer = run_protocol
