@@ -109,3 +109,17 @@ def official_custom_clip_state(ref: Any, case: str, logit_scale: float = 4.6,
     state["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)
     state["prompt_learner.token_suffix"] = torch.zeros(5, suffix_length, 64)
     return state
+
+
+def official_teacher_for(method: str, clip, options: dict):
+    """For a distilling method: its official teacher design built on ``clip`` itself (the official depths
+    capped to the CLIP's layers), frozen and wrapped as a Teacher; None for a method without a teacher."""
+    from mmprompt.methods import Teacher, create_learner, get_method, make_config
+
+    spec = get_method(method)
+    if not spec.learner.needs_teacher:
+        return None
+    teacher_method, teacher_options = spec.learner.official_teacher(make_config(method, options))
+    layers = min(clip.config.text.layers, clip.config.vision.layers)
+    teacher_options = {k: min(v, layers - 1) if k.startswith("depth") else v for k, v in teacher_options.items()}
+    return Teacher(create_learner(teacher_method, clip, ["cat"], teacher_options))

@@ -38,7 +38,14 @@ from mmprompt.methods import (
 )
 from mmprompt.methods.contract import cross_entropy_objective
 from mmprompt.methods.coop import CoOp, CoOpConfig
-from test_engine_support import assert_same_prompts, fast_config, make_data_root, one_thread, save_tiny_clip
+from test_engine_support import (
+    assert_same_prompts,
+    fast_config,
+    make_data_root,
+    official_teacher_for,
+    one_thread,
+    save_tiny_clip,
+)
 
 sys.path.insert(0, str(Path(__file__).parent / "plugin_probe"))
 import mmprompt_probe  # noqa: E402
@@ -313,14 +320,7 @@ def test_every_method_has_loadable_presets_for_every_protocol(method: str) -> No
 def test_every_method_trains_one_step_on_a_tiny_clip(tiny: CLIP, method: str) -> None:
     spec = get_method(method)
     options = load_config(spec.preset_for("base2novel"), [o for o in spec.demo_overrides]).method.options
-    teacher = None
-    if spec.learner.needs_teacher:  # a distilling method gets its official teacher design on the same CLIP
-        from mmprompt.methods import Teacher, make_config
-
-        teacher_method, teacher_options = spec.learner.official_teacher(make_config(method, options))
-        layers = tiny.config.text.layers  # the official (12/24-layer) depths scaled to the tiny CLIP
-        teacher_options = {k: min(v, layers - 1) if k.startswith("depth") else v for k, v in teacher_options.items()}
-        teacher = Teacher(create_learner(teacher_method, tiny, ["cat"], teacher_options))
+    teacher = official_teacher_for(method, tiny, options)  # a distilling method: its official teacher design
     learner = create_learner(method, tiny, ["cat", "dog", "sea lion"], options,
                              dataset=DatasetContext("eurosat", "a centered satellite photo of {}."), teacher=teacher)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])

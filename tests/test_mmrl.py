@@ -67,10 +67,10 @@ def test_vit_b16_parameter_counts() -> None:
         config = make_config(method)
         learner = learner_cls.__new__(learner_cls)
         torch.nn.Module.__init__(learner)
-        learner.config, learner.clip, learner.prompt = config, clip, torch.nn.Module()
+        learner.config, learner.clip, learner.trainable = config, clip, torch.nn.Module()
         with torch.device("meta"):
             learner.build_prompts()
-        assert sum(t.numel() for t in learner.prompt.parameters()) == count
+        assert sum(t.numel() for t in learner.trainable.parameters()) == count
 
 
 @pytest.fixture(scope="module")
