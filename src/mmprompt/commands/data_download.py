@@ -22,8 +22,11 @@ def add_download_parser(sub: Any) -> None:
         "dataset appears in its folder in one step once complete, and is then checked.",
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="dataset names (see 'mmprompt data list'), or 'all'")
-    p.add_argument("--data-root", "--root", dest="data_root", required=True,
+    from .grammar import add_deprecated_alias
+
+    p.add_argument("--data-root", dest="root",
                    help="the folder that holds the dataset folders (created if needed)")
+    add_deprecated_alias(p, "--root", "--data-root", dest="root")
     p.add_argument("--dry-run", action="store_true",
                    help="list the files, sizes, hosts and disk space needed; download nothing")
     p.add_argument("--from-archive", default=None, metavar="PATH",
@@ -52,14 +55,14 @@ def run_download(args: argparse.Namespace) -> int:
 
         raise DataError(f"--from-archive {from_archive}: no such file or folder")
     if args.dry_run:
-        root = Path(args.data_root).expanduser().absolute()
+        root = Path(args.root).expanduser().absolute()
         if root.exists() and not root.is_dir():
             from mmprompt.data.errors import DataError
 
             raise DataError(f"the data root {root} is a file; expected a folder (it holds one folder per dataset)")
         print(format_plan(plan_downloads(keys, root, from_archive), root))
         return 0
-    root = prepare_root(args.data_root)
+    root = prepare_root(args.root)
     print(format_plan(plan_downloads(keys, root, from_archive), root), flush=True)
     failed = []
 

@@ -298,8 +298,6 @@ def _run_experiment(
         raise DataError(f"the test split of {', '.join(empty)} is empty: there would be nothing to evaluate after "
                         "training; give test images (a split column, a test/ folder or the split file's test list)")
     if ctx.is_main:
-        from ..methods import get_method
-
         if not get_method(cfg.method.name).learner.transductive:  # a transductive run reads no label
             _warn_label_typos(train_splits)
         run_dir.mkdir(parents=True, exist_ok=True)
