@@ -356,7 +356,7 @@ def test_train_eval_predict_on_the_demo_world(tmp_path: Path, monkeypatch: pytes
               "--shots", "2", "--num-workers", "0", "--device", "cpu", "--no-progress", "--set", "optim.epochs=2",
               "optim.batch_size=4"]
     full = tmp_path / "full"
-    assert main(["train", *common[:-3], "--output", str(full), *common[-3:]]) == 0
+    assert main(["train", *common[:-3], "--config", "clip_lora_fs", "--output", str(full), *common[-3:]]) == 0
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["status"] == "done" and set(metrics["eval"]) == {"test"}  # few-shot: every class
     assert "optimizer: adamw" in (full / "config.yaml").read_text()

@@ -17,8 +17,8 @@ stale entry fails too). Modes:
 ``append``       run with ``args`` appended (shorter overrides: fewer epochs, one seed); ``slow`` marks it.
 ``clean-fail``   needs real data / weights / a GPU: run as written and require the documented clean failure:
                  an exit code among ``codes``, one ``mmprompt CMD: error (...)`` line, no traceback.
-``dry-run``      a sweep on real data: run with ``--dry-run`` appended (the whole plan is computed, nothing
-                 trains), exit 0.
+``dry-run``      a sweep or a download on real data: run with ``--dry-run`` appended (the whole plan is
+                 computed, nothing trains or downloads), exit 0.
 ``parse``        a sweep on real data without ``--dry-run`` (``benchmark``): the command line is parsed by
                  mmprompt's own parser, which checks every option and value; the run itself is not started.
 ``help``         another program's command (``ray start``): ``PROG SUB --help`` must succeed and list every
@@ -101,9 +101,22 @@ POLICY: list[dict[str, Any]] = [
     # ---- README: speed
     {"match": "mmprompt speed --method maple --clip demo", "mode": "append", "args": ["--no-isolate"],
      "reason": "measured in this process (no child processes): seconds instead of a minute"},
+    # ---- README: real benchmarks (downloads are off in the tests: MMPROMPT_OFFLINE and a closed proxy)
+    {"match": "mmprompt data download all --data-root /data", "mode": "dry-run",
+     "reason": "downloads about 65 GB from the datasets' hosts; the plan is computed (also the --dry-run line)"},
+    {"match": "mmprompt data download imagenet --data-root /data --from-archive", "mode": "clean-fail",
+     "codes": (3,), "reason": "needs the user's own ILSVRC2012 archives"},
     # ---- docs/writing-a-method.md: excerpts of the probe package that tests/test_plugin.py installs and trains
     {"match": "class ProbeConfig(CoOpConfig)", "mode": "fragment",
      "source": "tests/plugin_probe/mmprompt_probe/__init__.py", "reason": "excerpt of the probe package"},
+    {"match": "class Gained(LearnerWrapper)", "mode": "fragment", "source": "tests/test_method_contract.py",
+     "reason": "excerpt of the wrapper the contract tests train"},
+    {"match": "class LoRADelta(nn.Module)", "mode": "fragment", "source": "src/mmprompt/methods/clip_lora.py",
+     "reason": "excerpt of CLIP-LoRA's update and hook"},
+    {"match": "class DescribedProbe(Probe)", "mode": "fragment",
+     "source": "tests/plugin_probe/mmprompt_probe/described.py", "reason": "excerpt of the probe_described plugin"},
+    {"match": "class TwoPaths(CoOp)", "mode": "fragment", "source": "tests/plugin_probe/mmprompt_probe/paths.py",
+     "reason": "excerpt of the probe_paths plugin"},
     {"match": "SPEC = MethodSpec(", "mode": "fragment", "source": "tests/plugin_probe/mmprompt_probe/__init__.py",
      "reason": "excerpt of the probe package's table row"},
 ]
@@ -166,7 +179,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _env(sandbox: Path) -> dict[str, str]:
     src = str(REPO / "src")
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "MMPROMPT_CACHE": str(sandbox / "cache"), "MMPROMPT_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    # no block reaches outside the machine: downloads are off, and any HTTP(S) request goes to a closed local port
+    no_net = {"HF_HUB_OFFLINE": "1", **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                                                                        "HTTPS_PROXY")}, "no_proxy": "", "NO_PROXY": ""}
+    return {**os.environ, **no_net, "MMPROMPT_CACHE": str(sandbox / "cache"), "MMPROMPT_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
             "PYTHONPATH": src + (os.pathsep + path if path else ""), "COLUMNS": "120"}
 
 
@@ -231,7 +248,9 @@ def _run_bash(cmd: str, policy: dict[str, Any] | None, sandbox: Path) -> None:
         full = _with_args(cmd, ["--dry-run"])
         proc = _run(full, sandbox)
         _ok(proc, full)
-        assert "estimated GPU hours" in proc.stdout
+        # a sweep's plan prices its runs; a download's plan lists files, sizes, hosts and the disk space needed
+        assert ("disk space" in proc.stdout or "free at" in proc.stdout) if " download " in cmd \
+            else "estimated GPU hours" in proc.stdout
     elif mode == "clean-fail":
         proc = _run(cmd, sandbox, timeout=300)
         command = cmd.split()[1]

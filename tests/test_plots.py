@@ -90,7 +90,7 @@ def test_few_shot_sweep_gives_one_table_and_one_curve(tmp_path: Path) -> None:
     assert "| EuroSAT | maple | 44.00 ± 0.82 | 45.00 ± 0.82 | 47.00 ± 0.82 | 51.00 ± 0.82 | 59.00 ± 0.82 |" in table
     assert "| Average | coop | 43.00 | 44.00 | 46.00 | 50.00 | 58.00 |" in table
     csv_rows = to_csv(results).splitlines()
-    assert csv_rows[0] == "shots,method,dataset,seed,accuracy" and csv_rows[1].startswith("1,coop,eurosat,1,")
+    assert csv_rows[0] == "shots,method,dataset,seed,accuracy,training" and csv_rows[1].startswith("1,coop,eurosat,1,")
     fig = curve_figure(results["curve"], str)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
     assert [ax.get_title() for ax in panels] == ["Average", "eurosat", "dtd"]

@@ -192,7 +192,9 @@ def fetch_hub(name: str, cache_dir: str | Path | None = None) -> HubWeights:
         raise WeightsUnavailableError("hf-hub: names need huggingface_hub: pip install huggingface_hub") from exc
     repo, revision, entry = parse_hub_spec(name)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else _cache_dir()
-    offline = _env_flag("HF_HUB_OFFLINE")
+    from .weights import offline_mode
+
+    offline = _env_flag("HF_HUB_OFFLINE") or offline_mode()  # MMPROMPT_OFFLINE forbids every download too
     where = f"hf-hub:{repo}" + (f"@{revision}" if revision else "")
     hub_errors = (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.LocalEntryNotFoundError,
                   errors.HfHubHTTPError, errors.OfflineModeIsEnabled, OSError)
@@ -203,7 +205,7 @@ def fetch_hub(name: str, cache_dir: str | Path | None = None) -> HubWeights:
         if offline:
             raise WeightsUnavailableError(
                 f"{where}: {'revision ' + repr(revision) if revision else 'the repository'} is not in the Hugging "
-                f"Face cache at {cache}, and HF_HUB_OFFLINE is set so nothing is downloaded. Run once with the "
+                f"Face cache at {cache}, and HF_HUB_OFFLINE (or MMPROMPT_OFFLINE) is set so nothing is downloaded. Run once with the "
                 "internet (without HF_HUB_OFFLINE), or point HF_HOME at the cache that holds it.") from exc
         raise WeightsUnavailableError(f"{where}: could not download it from the Hugging Face Hub "
                                       f"({type(exc).__name__}: {exc})") from exc

@@ -200,6 +200,11 @@ OFFLINE_ENV = "MMPROMPT_OFFLINE"
 "weights unavailable" error naming the file to fetch and where to put it (the docs tests use it)."""
 
 
+def offline_mode() -> bool:
+    """Whether ``MMPROMPT_OFFLINE`` forbids every download (weights, Hub repositories, datasets)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _download(url: str, dest: Path, expected: str | None, progress: bool) -> None:
     """Stream ``url`` to a ``.partial`` file beside ``dest``, check it, and rename it to ``dest``."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".partial")
@@ -264,7 +269,7 @@ def fetch_pretrained(
         note = f" The cached copy had SHA-256 {digest} and was moved to {aside}."
         logger.warning("%s does not match its SHA-256; moved to %s and downloading again", dest, aside)
     try:
-        if os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        if offline_mode():
             raise OSError(f"{OFFLINE_ENV} is set: no download")
         cache.mkdir(parents=True, exist_ok=True)
         logger.info("downloading %s to %s", entry.url, dest)

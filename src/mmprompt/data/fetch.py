@@ -176,6 +176,11 @@ def fetch_file(file: DownloadFile, dest: Path, progress: bool = True,
     """
     if not file.urls:
         raise DownloadError(f"{file.name} cannot be downloaded without a login: pass your copy with --from-archive")
+    from ..clip.weights import OFFLINE_ENV, offline_mode
+
+    if offline_mode():
+        raise DownloadError(f"{file.name}: {OFFLINE_ENV} is set, so nothing is downloaded; unset it, or pass your "
+                            "own copy with --from-archive")
     opener = opener or urllib.request.build_opener()
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
