@@ -94,7 +94,7 @@ class LearnerWrapper(PromptLearner):
                              f"module {stray[:5]}")
         self.image_conditioned_text = inner.image_conditioned_text  # type: ignore[misc]
         self.class_specific = inner.class_specific  # type: ignore[misc]
-        self.transductive = inner.transductive  # type: ignore[misc]
+        self.transductive = type(self).transductive or inner.transductive  # type: ignore[misc]
         self.uses_descriptions = inner.uses_descriptions  # type: ignore[misc]
         setattr(self.trainable, self.inner_slot, inner)
         self.build_wrapper()
