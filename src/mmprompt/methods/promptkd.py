@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_number
-from ..clip.model import CLIP, DeepPrompts
+from ..clip.model import CLIP
 from .base import MethodConfig, check_depth
 from .contract import Objective
 from .learner import TRAINABLE_PREFIX, ParameterGroup
