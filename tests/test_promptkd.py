@@ -448,3 +448,83 @@ def test_tables_csv_and_report_label_transductive_runs(tmp_path: Path) -> None:
                              "rows": comparison_rows("base2novel", ["promptkd", "coop"], results, ["eurosat"])}])
     assert "| promptkd (transductive) | EuroSAT |" in report and "| coop | EuroSAT |" in report
     assert "| promptkd (transductive) | Average | 90.00 | 86.96 | +3.04 |" in report  # beside the published number
+
+
+# ------------------------------------------------------------------------------------ cross-dataset protocol
+def test_cross_dataset_trains_each_target_transductively_with_the_source_teacher(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The transfer protocol of a transductive method is PromptKD's official cross-dataset: per target, the
+    student trains on the target's unlabelled training split with the SOURCE's teacher (``{dataset}`` in the
+    teacher path is the source key, not the target's) and is evaluated on all the target's classes; no source
+    run; the rows are transductive and ``reproduce`` compares them with the published 71.33 average."""
+    import shutil
+
+    from mmprompt.protocols import run_transfer
+    from mmprompt.protocols.published import comparison_rows, format_report
+    from mmprompt.protocols.transfer import CROSS_DATASET_TARGETS
+
+    root = world["root"]
+    by_source = root / "teachers_by_source"
+    shutil.copytree(world["teachers"][0], by_source / "imagenet")  # "the ImageNet teacher" of this world
+    out = root / "xd"
+    overrides = ["optim.epochs=1", "method.depth_vision=3", "data.num_workers=0", "data.crop_scale_min=0.5",
+                 f"promptkd:teacher.path={by_source / '{dataset}'}"]
+    results = run_transfer("cross-dataset", ["promptkd"], ["mmprompt_demo"], [1], world["data"], "demo", out,
+                           overrides=overrides, progress=False, device="cpu", source="imagenet")
+    entry = results["methods"]["promptkd"]
+    assert entry["training"] == "transductive"
+    assert set(entry["datasets"]) == {"mmprompt_demo"}  # no source run: the teacher is the source's
+    run = out / "promptkd" / "mmprompt_demo" / "transductive-from-imagenet" / "seed1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["transductive"] is True and metrics["transfer_source"] == "imagenet"
+    assert metrics["train_images"] == 25 * 6  # the target's full training split, all classes, unlabelled
+    assert metrics["eval"]["test"]["total"] == 25 * 4 and metrics["eval"]["test"]["num_classes"] == 25
+    assert entry["average"]["accuracy"] == pytest.approx(metrics["eval"]["test"]["accuracy"])
+    teacher = json.loads((run / "prompts.json").read_text())["extra"]["teacher"]
+    assert teacher["source"] == str(by_source / "imagenet")
+    assert teacher["sha256"] == sha256_file(world["teachers"][0] / "prompts.safetensors")
+    assert "| promptkd (transductive) |" in (out / "results.md").read_text()
+    rows = comparison_rows("cross-dataset", ["promptkd"], results, CROSS_DATASET_TARGETS)
+    average = next(r for r in rows if r["dataset"] == "Average")
+    assert average["published_accuracy"] == 71.33 and average["training"] == "transductive"
+    assert average["diff_accuracy"] is None  # one target of the paper's ten: not compared
+    assert {r["dataset"]: r["published_accuracy"] for r in rows}["caltech101"] == 93.61
+    report = format_report([{"protocol": "cross-dataset", "rows": rows, "results": results}])
+    assert "| promptkd (transductive) | Average (ours over 1 dataset) |" in report and "71.33" in report
+    # a finished sweep is not trained again
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    again = run_transfer("cross-dataset", ["promptkd"], ["mmprompt_demo"], [1], world["data"], "demo", out,
+                         overrides=overrides, progress=False, device="cpu", source="imagenet")
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp and again["methods"] == results["methods"]
+
+
+def test_domain_generalization_of_a_transductive_method_is_refused(world: dict[str, Any]) -> None:
+    """The DG targets have test images only: nothing to train a transductive student on."""
+    from mmprompt.config import ConfigError
+    from mmprompt.protocols import run_transfer
+
+    with pytest.raises(ConfigError, match="imagenet_a has test images only"):
+        run_transfer("domain-generalization", ["promptkd"], ["imagenet_a"], [1], world["data"], "demo",
+                     world["root"] / "dg", overrides=[f"promptkd:teacher.path={world['teachers'][0]}"],
+                     progress=False, device="cpu")
+    assert not (world["root"] / "dg").exists()
+
+
+def test_reproduce_plans_promptkd_cross_dataset_per_target(tmp_path: Path) -> None:
+    """``reproduce --methods promptkd``: base-to-novel and the transductive cross-dataset (one run per target and
+    seed, the ImageNet teacher for each), compared with the published entry; no domain generalisation."""
+    from mmprompt.protocols.reproduce import format_dry_run, plan_reproduce
+    from mmprompt.protocols.transfer import CROSS_DATASET_TARGETS
+
+    plan = plan_reproduce(["promptkd"], tmp_path / "data", "demo", tmp_path / "out", seeds=(1, 2),
+                          overrides=["promptkd:teacher.path=/teachers/{dataset}"])
+    assert "cross-dataset" in plan.protocols and "domain-generalization" not in plan.protocols
+    xd = plan.protocols["cross-dataset"]
+    assert xd["methods"] == ["promptkd"]
+    specs = xd["specs"]
+    assert sorted((s.dataset, s.seed) for s in specs) == sorted((t, s) for t in CROSS_DATASET_TARGETS for s in (1, 2))
+    assert {s.config["teacher"]["path"] for s in specs} == {"/teachers/imagenet"}
+    assert all(s.config["data"]["dataset"] == s.dataset and not s.targets for s in specs)
+    assert all("/transductive-from-imagenet/" in s.folder for s in specs)
+    dry = format_dry_run(plan)
+    assert "transfer       promptkd       caltech101" in dry
