@@ -3,7 +3,8 @@
 Protocols (each in ``<output>/<protocol>/`` with its ``results.*``): base-to-novel on the 11 datasets for
 every chosen method; cross-dataset transfer and domain generalisation for the methods the paper reports
 them for (MaPLe), sharing one source run per (method, seed) whose target evaluations serve both; few-shot
-(16 shots, all classes) for every chosen method. ``<output>/report.{md,json}`` puts our numbers beside the
+(16 shots, all classes) for every chosen method. A transductive method with a published cross-dataset
+entry (PromptKD) gets its own cross-dataset runs, one per target (see :mod:`mmprompt.protocols.transfer`). ``<output>/report.{md,json}`` puts our numbers beside the
 published ones (:mod:`mmprompt.protocols.published`) with the differences and the measured cost per run.
 
 Methods not yet in the method table are listed (and their published numbers reported) but not run.
