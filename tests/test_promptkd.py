@@ -483,7 +483,8 @@ def test_cross_dataset_trains_each_target_transductively_with_the_source_teacher
     teacher = json.loads((run / "prompts.json").read_text())["extra"]["teacher"]
     assert teacher["source"] == str(by_source / "imagenet")
     assert teacher["sha256"] == sha256_file(world["teachers"][0] / "prompts.safetensors")
-    assert "| promptkd (transductive) |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| promptkd (transductive) |" in table and "trained on each target's unlabelled training images" in table
     rows = comparison_rows("cross-dataset", ["promptkd"], results, CROSS_DATASET_TARGETS)
     average = next(r for r in rows if r["dataset"] == "Average")
     assert average["published_accuracy"] == 71.33 and average["training"] == "transductive"
@@ -491,6 +492,7 @@ def test_cross_dataset_trains_each_target_transductively_with_the_source_teacher
     assert {r["dataset"]: r["published_accuracy"] for r in rows}["caltech101"] == 93.61
     report = format_report([{"protocol": "cross-dataset", "rows": rows, "results": results}])
     assert "| promptkd (transductive) | Average (ours over 1 dataset) |" in report and "71.33" in report
+    assert "official cross-dataset protocol" in report
     # a finished sweep is not trained again
     stamp = (run / "metrics.json").stat().st_mtime_ns
     again = run_transfer("cross-dataset", ["promptkd"], ["mmprompt_demo"], [1], world["data"], "demo", out,

@@ -27,7 +27,9 @@ The official recipe keeps the epoch with the best accuracy on the base classes' 
 selection on test data). The official runs are fp16 end to end (spec section 9.8); the presets run fp32 (any
 ``precision`` works). With several processes (DDP) the BatchNorm statistics are those of each process's share of the batch (the
 official code runs on one GPU), so a multi-process run differs slightly from a one-process run of the same global
-batch. ``modal`` only decides which columns :meth:`PromptKD.eval_tensors` reports as the official ``test()``
+batch. The cross-dataset protocol (``mmprompt benchmark cross-dataset`` / ``reproduce``) trains this student on each
+target's unlabelled training split with the source's (ImageNet) teacher, as the official ``xd_train.sh`` does
+(:mod:`mmprompt.protocols.transfer`). ``modal`` only decides which columns :meth:`PromptKD.eval_tensors` reports as the official ``test()``
 ``val``/``test`` outputs; in mmprompt runs the protocol makes the base and novel class lists.
 
 Composition (:class:`~mmprompt.methods.wrapper.LearnerWrapper`): the official student is the IVLP CLIP's image

@@ -17,10 +17,10 @@ from .results import (
     B2N_METRICS,
     COST_COLUMNS,
     TRANSDUCTIVE,
-    TRANSDUCTIVE_NOTE,
     fmt_cost,
     format_failures,
     training_kind,
+    transductive_note,
 )
 
 __all__ = ["comparison_rows", "format_report", "published_results", "published_table"]
@@ -179,7 +179,7 @@ def format_report(sections: Sequence[Mapping[str, Any]], notes: Sequence[str] = 
         lines.append("")
         transductive = sorted({r["method"] for r in rows if r.get("training") == TRANSDUCTIVE})
         if transductive:
-            lines += [f"{', '.join(transductive)}: {TRANSDUCTIVE_NOTE}", ""]
+            lines += [f"{', '.join(transductive)}: {transductive_note(protocol)}", ""]
         failures = format_failures(sec.get("results") or {})
         if failures:
             lines += [failures]
