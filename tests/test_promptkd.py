@@ -65,7 +65,9 @@ def test_student_run_is_transductive_and_records_its_teacher(world: dict[str, An
     assert record["method"] == "promptsrc" and record["source"] == str(teacher)
     # the checkpoint holds the student only: prompts, projector and its BatchNorm statistics, no teacher tensor
     saved = load_file(str(world["student"] / "prompts.safetensors"))
-    assert all(k.startswith("trainable.vision_") or k.startswith("trainable.projector.") for k in saved)
+    # (the prompts are the inner ivlp learner's, at trainable.image_encoder; the projector is PromptKD's own)
+    assert all(k.startswith(("trainable.image_encoder.trainable.vision_", "trainable.projector.")) for k in saved)
+    assert "trainable.image_encoder.trainable.vision_ctx" in saved and len(saved) == 3 + 6 + 3  # prompts, projector, BatchNorm buffers
     assert {"trainable.projector.1.running_mean", "trainable.projector.1.running_var"} <= set(saved)
     assert not torch.equal(saved["trainable.projector.1.running_var"], torch.ones(64))  # statistics were updated
 
@@ -211,6 +213,72 @@ def test_student_checkpoint_with_a_teacher_of_another_width_is_refused(world: di
     teacher = _teacher(CLIP(wide).eval(), "promptsrc", ["a"], depth_text=3, depth_vision=3)
     with pytest.raises(CheckpointError, match="do not fit the promptsrc teacher /teachers/promptsrc .embedding width 96"):
         load_prompts(world["student"], clip, teacher=teacher)
+
+
+def test_student_is_an_ivlp_learner_plus_its_projector() -> None:
+    """Composition: the prompted image tower is the method table's ``ivlp`` (vision prompts only) at
+    ``trainable.image_encoder``; the projector is PromptKD's own; one parameter group (the official optimizer)."""
+    from mmprompt.methods.ivlp import IVLP
+
+    clip = load_demo_clip()
+    names = ["red circle", "blue square"]
+    teacher = _teacher(clip, "promptsrc", names, depth_text=3, depth_vision=3)
+    student = create_learner("promptkd", clip, names, {"depth_vision": 3}, teacher=teacher)
+    inner = student.inner
+    assert type(inner) is IVLP and inner.config.n_ctx_text == 0 and inner.config.depth_vision == 3
+    assert student.transductive and student.teacher is teacher
+    params = dict(student.named_parameters())
+    assert not any(p.requires_grad for n, p in params.items() if not n.startswith("trainable."))  # CLIP frozen
+    assert not any(".clip." in n for n in params)  # one CLIP, registered once (the inner learner's is shared)
+    assert list(student.named_trainable()) == [
+        "trainable.image_encoder.trainable.vision_ctx", "trainable.image_encoder.trainable.vision_deep.0",
+        "trainable.image_encoder.trainable.vision_deep.1", "trainable.projector.0.weight",
+        "trainable.projector.0.bias", "trainable.projector.1.weight", "trainable.projector.1.bias",
+        "trainable.projector.3.weight", "trainable.projector.3.bias"]
+    (group,) = student.parameter_groups()
+    assert group[0] == student.trainable_parameters() and group[1] == 1.0
+    images = torch.randn(2, 3, 32, 32)
+    student.eval()
+    with torch.no_grad():  # f is the inner learner's own prompted image feature
+        assert torch.equal(student.encoder_features(images), inner.image_features(images))
+    none = create_learner("promptkd", clip, names, {"depth_vision": 0}, teacher=teacher)
+    assert none.inner.config.n_ctx_vision == 0 and all(k.startswith("trainable.projector.")
+                                                        for k in none.named_trainable())
+
+
+def test_checkpoint_written_before_the_composition_loads_and_gives_its_logits() -> None:
+    """``tests/data/promptkd_v1``: a student checkpoint (``trainable.vision_ctx``, ``trainable.vision_deep.*``)
+    written by the PromptKD code before the composition (mmprompt at ba3d69e: demo CLIP, a seeded PromptSRC
+    teacher on three classes, depth 3, every trainable tensor moved by N(0, 0.05^2), one training forward),
+    with that code's eval logits and training loss on the stored images. The current code loads it (names
+    mapped to ``trainable.image_encoder.trainable.*``) and gives the same numbers; importing it as a prompt
+    state gives the same config."""
+    from safetensors.torch import load_file as read
+
+    from mmprompt.methods.promptkd import PromptKD
+
+    root = DATA / "promptkd_v1"
+    old = read(str(root / "student" / "prompts.safetensors"))
+    assert "trainable.vision_ctx" in old and not any("image_encoder" in k for k in old)
+    expected = read(str(root / "expected.safetensors"))
+    clip = load_demo_clip()
+    names = ["red circle", "blue square", "green triangle"]
+    tlearner = create_learner("promptsrc", clip, names, {"depth_text": 3, "depth_vision": 3})
+    tlearner.load_prompt_state_dict(read(str(root / "teacher.safetensors")))
+    teacher = Teacher(tlearner, {"source": "/teachers/promptsrc"})
+    student = load_prompts(root / "student", clip, teacher=teacher).eval()
+    assert student.config.depth_vision == 3
+    assert torch.equal(student.inner.trainable.vision_ctx.detach(), old["trainable.vision_ctx"])
+    with torch.no_grad():
+        logits = student(expected["images"])
+    assert (logits - expected["eval_logits"]).abs().max() / expected["eval_logits"].abs().max() < 1e-5
+    student.train()
+    loss = student.objective(expected["images"], None).total.detach()
+    assert abs(float(loss) - float(expected["train_loss"])) / abs(float(expected["train_loss"])) < 1e-5
+    assert PromptKD.options_from_state(old) == {"n_ctx_vision": 4, "depth_vision": 3}
+    legacy = {k.replace("trainable.", "prompt.", 1): v for k, v in old.items()}  # the older container name too
+    student.load_prompt_state_dict(legacy)
+    assert torch.equal(student.inner.trainable.vision_deep[1].detach(), old["trainable.vision_deep.1"])
 
 
 def test_parity_reports_each_promptkd_tensor(tmp_path: Path) -> None:
@@ -380,3 +448,85 @@ def test_tables_csv_and_report_label_transductive_runs(tmp_path: Path) -> None:
                              "rows": comparison_rows("base2novel", ["promptkd", "coop"], results, ["eurosat"])}])
     assert "| promptkd (transductive) | EuroSAT |" in report and "| coop | EuroSAT |" in report
     assert "| promptkd (transductive) | Average | 90.00 | 86.96 | +3.04 |" in report  # beside the published number
+
+
+# ------------------------------------------------------------------------------------ cross-dataset protocol
+def test_cross_dataset_trains_each_target_transductively_with_the_source_teacher(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The transfer protocol of a transductive method is PromptKD's official cross-dataset: per target, the
+    student trains on the target's unlabelled training split with the SOURCE's teacher (``{dataset}`` in the
+    teacher path is the source key, not the target's) and is evaluated on all the target's classes; no source
+    run; the rows are transductive and ``reproduce`` compares them with the published 71.33 average."""
+    import shutil
+
+    from mmprompt.protocols import run_transfer
+    from mmprompt.protocols.published import comparison_rows, format_report
+    from mmprompt.protocols.transfer import CROSS_DATASET_TARGETS
+
+    root = world["root"]
+    by_source = root / "teachers_by_source"
+    shutil.copytree(world["teachers"][0], by_source / "imagenet")  # "the ImageNet teacher" of this world
+    out = root / "xd"
+    overrides = ["optim.epochs=1", "method.depth_vision=3", "data.num_workers=0", "data.crop_scale_min=0.5",
+                 f"promptkd:teacher.path={by_source / '{dataset}'}"]
+    results = run_transfer("cross-dataset", ["promptkd"], ["mmprompt_demo"], [1], world["data"], "demo", out,
+                           overrides=overrides, progress=False, device="cpu", source="imagenet")
+    entry = results["methods"]["promptkd"]
+    assert entry["training"] == "transductive"
+    assert set(entry["datasets"]) == {"mmprompt_demo"}  # no source run: the teacher is the source's
+    run = out / "promptkd" / "mmprompt_demo" / "transductive-from-imagenet" / "seed1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["transductive"] is True and metrics["transfer_source"] == "imagenet"
+    assert metrics["train_images"] == 25 * 6  # the target's full training split, all classes, unlabelled
+    assert metrics["eval"]["test"]["total"] == 25 * 4 and metrics["eval"]["test"]["num_classes"] == 25
+    assert entry["average"]["accuracy"] == pytest.approx(metrics["eval"]["test"]["accuracy"])
+    teacher = json.loads((run / "prompts.json").read_text())["extra"]["teacher"]
+    assert teacher["source"] == str(by_source / "imagenet")
+    assert teacher["sha256"] == sha256_file(world["teachers"][0] / "prompts.safetensors")
+    table = (out / "results.md").read_text()
+    assert "| promptkd (transductive) |" in table and "trained on each target's unlabelled training images" in table
+    rows = comparison_rows("cross-dataset", ["promptkd"], results, CROSS_DATASET_TARGETS)
+    average = next(r for r in rows if r["dataset"] == "Average")
+    assert average["published_accuracy"] == 71.33 and average["training"] == "transductive"
+    assert average["diff_accuracy"] is None  # one target of the paper's ten: not compared
+    assert {r["dataset"]: r["published_accuracy"] for r in rows}["caltech101"] == 93.61
+    report = format_report([{"protocol": "cross-dataset", "rows": rows, "results": results}])
+    assert "| promptkd (transductive) | Average (ours over 1 dataset) |" in report and "71.33" in report
+    assert "official cross-dataset protocol" in report
+    # a finished sweep is not trained again
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    again = run_transfer("cross-dataset", ["promptkd"], ["mmprompt_demo"], [1], world["data"], "demo", out,
+                         overrides=overrides, progress=False, device="cpu", source="imagenet")
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp and again["methods"] == results["methods"]
+
+
+def test_domain_generalization_of_a_transductive_method_is_refused(world: dict[str, Any]) -> None:
+    """The DG targets have test images only: nothing to train a transductive student on."""
+    from mmprompt.config import ConfigError
+    from mmprompt.protocols import run_transfer
+
+    with pytest.raises(ConfigError, match="imagenet_a has test images only"):
+        run_transfer("domain-generalization", ["promptkd"], ["imagenet_a"], [1], world["data"], "demo",
+                     world["root"] / "dg", overrides=[f"promptkd:teacher.path={world['teachers'][0]}"],
+                     progress=False, device="cpu")
+    assert not (world["root"] / "dg").exists()
+
+
+def test_reproduce_plans_promptkd_cross_dataset_per_target(tmp_path: Path) -> None:
+    """``reproduce --methods promptkd``: base-to-novel and the transductive cross-dataset (one run per target and
+    seed, the ImageNet teacher for each), compared with the published entry; no domain generalisation."""
+    from mmprompt.protocols.reproduce import format_dry_run, plan_reproduce
+    from mmprompt.protocols.transfer import CROSS_DATASET_TARGETS
+
+    plan = plan_reproduce(["promptkd"], tmp_path / "data", "demo", tmp_path / "out", seeds=(1, 2),
+                          overrides=["promptkd:teacher.path=/teachers/{dataset}"])
+    assert "cross-dataset" in plan.protocols and "domain-generalization" not in plan.protocols
+    xd = plan.protocols["cross-dataset"]
+    assert xd["methods"] == ["promptkd"]
+    specs = xd["specs"]
+    assert sorted((s.dataset, s.seed) for s in specs) == sorted((t, s) for t in CROSS_DATASET_TARGETS for s in (1, 2))
+    assert {s.config["teacher"]["path"] for s in specs} == {"/teachers/imagenet"}
+    assert all(s.config["data"]["dataset"] == s.dataset and not s.targets for s in specs)
+    assert all("/transductive-from-imagenet/" in s.folder for s in specs)
+    dry = format_dry_run(plan)
+    assert "transfer       promptkd       caltech101" in dry

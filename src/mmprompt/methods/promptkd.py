@@ -27,15 +27,29 @@ The official recipe keeps the epoch with the best accuracy on the base classes' 
 selection on test data). The official runs are fp16 end to end (spec section 9.8); the presets run fp32 (any
 ``precision`` works). With several processes (DDP) the BatchNorm statistics are those of each process's share of the batch (the
 official code runs on one GPU), so a multi-process run differs slightly from a one-process run of the same global
-batch. ``modal`` only decides which columns :meth:`PromptKD.eval_tensors` reports as the official ``test()``
+batch. The cross-dataset protocol (``mmprompt benchmark cross-dataset`` / ``reproduce``) trains this student on each
+target's unlabelled training split with the source's (ImageNet) teacher, as the official ``xd_train.sh`` does
+(:mod:`mmprompt.protocols.transfer`). ``modal`` only decides which columns :meth:`PromptKD.eval_tensors` reports as the official ``test()``
 ``val``/``test`` outputs; in mmprompt runs the protocol makes the base and novel class lists.
+
+Composition (:class:`~mmprompt.methods.wrapper.LearnerWrapper`): the official student is the IVLP CLIP's image
+tower with its VPT prompts (``image_encoder.VPT`` / ``VPT_shallow``) plus a projector; the student CLIP's text
+tower is built and never used. Here the prompted image tower IS a learner of the method table, ``ivlp`` with
+the text tower off (``n_ctx_text = depth_text = 0``; its vision prompts are n_v tokens over J_v blocks, none when
+either is 0), held at ``trainable.image_encoder`` (tensors ``trainable.image_encoder.trainable.vision_ctx`` /
+``vision_deep.{i}``); the projector is the wrapper's own module (``trainable.projector``). PromptKD overrides
+the features, logits, objective and evaluation tensors (the classifier is the teacher's text, never the inner
+learner's), and keeps ONE parameter group (the official optimizer's: same rate for prompts and projector).
+Checkpoints written before the composition (``trainable.vision_ctx``, ``trainable.vision_deep.{i}``) load
+through :meth:`PromptKD.current_names`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,10 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_number
-from ..clip.model import CLIP, DeepPrompts
-from .base import MethodConfig, PromptLearner, check_depth, normal_init
+from ..clip.model import CLIP
+from .base import MethodConfig, check_depth
 from .contract import Objective
+from .learner import TRAINABLE_PREFIX, ParameterGroup
 from .teacher import Teacher, TeacherMismatchError
+from .wrapper import LearnerWrapper
 
 MODALS = ("base2novel", "cross")
 
@@ -92,6 +108,11 @@ class PromptKDConfig(MethodConfig):
     def vision_prompts(self) -> bool:
         return bool(self.n_ctx_vision and self.depth_vision)
 
+    def encoder_options(self) -> dict[str, Any]:
+        """The inner ``ivlp`` learner's options: the student's vision prompts, the text tower off."""
+        n, depth = (self.n_ctx_vision, self.depth_vision) if self.vision_prompts else (0, 0)
+        return {"n_ctx_text": 0, "depth_text": 0, "n_ctx_vision": n, "depth_vision": depth}
+
 
 _OFFICIAL_KEYS = {"N_CTX_VISION": "n_ctx_vision", "PROMPT_DEPTH_VISION": "depth_vision", "N_CTX_TEXT": "n_ctx_text",
                   "CTX_INIT": "ctx_init", "PROMPT_DEPTH_TEXT": "depth_text", "KD_WEIGHT": "kd_weight",
@@ -117,21 +138,37 @@ def from_official(official: Mapping[str, Any], case: Mapping[str, Any]) -> dict[
     return values
 
 
+ENCODER_SLOT = "image_encoder"
+"""Where the inner prompted image tower sits: ``trainable.image_encoder`` (the official module's name)."""
+_ENCODER = f"{TRAINABLE_PREFIX}{ENCODER_SLOT}.{TRAINABLE_PREFIX}"
+_FORMER = re.compile(r"^(?:trainable|prompt)\.(vision_ctx|vision_deep\.\d+)$")
+"""The prompt names before the composition (and under the older container name ``prompt``)."""
+
+
+def moved_names(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the student's prompts written before the composition (``trainable.vision_ctx``,
+    ``trainable.vision_deep.{i}``) renamed to the inner learner's (``trainable.image_encoder.trainable.*``)."""
+    return {(_ENCODER + m[1] if (m := _FORMER.match(k)) else k): v for k, v in state.items()}
+
+
 OFFICIAL_NAMES = {
-    r"image_encoder\.VPT": "trainable.vision_ctx",
-    r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow": lambda m: f"trainable.vision_deep.{int(m[1]) - 1}",
+    r"image_encoder\.VPT": _ENCODER + "vision_ctx",
+    r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow":
+        lambda m: f"{_ENCODER}vision_deep.{int(m[1]) - 1}",
     r"VPT_image_trans\.conv1\.(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)":
         r"trainable.projector.\1.\2",
 }
 """Official student names -> ours (the projector's BatchNorm buffers too: they are needed at evaluation)."""
 
 
-class PromptKD(PromptLearner):
-    """The PromptKD student: prompted image tower + projector, classified by the teacher's text features."""
+class PromptKD(LearnerWrapper):
+    """The PromptKD student: a prompted image tower (an inner ``ivlp`` learner, vision prompts only) + the
+    projector, classified by the teacher's text features."""
 
     method = "promptkd"
     needs_teacher = True
     transductive = True
+    inner_slot = ENCODER_SLOT
     config: PromptKDConfig
     teacher: Teacher
 
@@ -159,37 +196,43 @@ class PromptKD(PromptLearner):
                 f"the {teacher.name} reads {theirs}px images but the promptkd student's CLIP reads {ours}px; "
                 "both see the same augmented images, so their input resolutions must be equal")
 
-    @classmethod
-    def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
-        ctx = state.get("trainable.vision_ctx")
-        return {"n_ctx_vision": 0 if ctx is None else ctx.shape[0],
-                "depth_vision": 0 if ctx is None else 1 + sum(1 for k in state if k.startswith("trainable.vision_deep."))}
+    # ----- composition: the inner prompted image tower and the projector ---------------------------------
+    def inner_method(self) -> tuple[str, MethodConfig]:
+        from .table import make_config  # lazy: the table imports this module
 
-    def build_prompts(self) -> None:
-        cfg = self.config
-        width, e_s, e_t = self.clip.config.vision.width, self.clip.config.embed_dim, self.teacher.embed_dim
-        if cfg.vision_prompts:
-            self.trainable.vision_ctx = normal_init(cfg.n_ctx_vision, width)
-            self.trainable.vision_deep = nn.ParameterList(
-                [normal_init(cfg.n_ctx_vision, width) for _ in range(cfg.depth_vision - 1)])
+        return "ivlp", make_config("ivlp", self.config.encoder_options())
+
+    def build_wrapper(self) -> None:
+        e_s, e_t = self.clip.config.embed_dim, self.teacher.embed_dim
         self.trainable.projector = nn.Sequential(
             nn.Conv2d(e_s, e_t, kernel_size=1), nn.BatchNorm2d(e_t), nn.ReLU(inplace=True),
             nn.Conv2d(e_t, e_t, kernel_size=1))
 
+    @classmethod
+    def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
+        from .ivlp import IVLP
+
+        found = IVLP.options_from_state(cls.inner_state(moved_names(state)))
+        return {"n_ctx_vision": found["n_ctx_vision"], "depth_vision": found["depth_vision"]}
+
+    def current_names(self, state: Mapping[str, Any], own: Sequence[str] | None = None) -> dict[str, Any]:
+        """Also the names written before the composition (``trainable.vision_ctx`` ...; see :func:`moved_names`)."""
+        return super().current_names(moved_names(state), own)
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """One group, prompts then projector (the official optimizer: one rate for every ``VPT`` parameter)."""
+        return [(self.trainable_parameters(), 1.0)]
+
     def prepare_classes(self, classnames: list[str]) -> None:
         """Nothing class-dependent of its own: the classifier is the teacher's (computed lazily); only check
-        that the teacher can give these classes."""
+        that the teacher can give these classes (the inner learner follows the class list; its text is unused)."""
         self.teacher.check_classes(self.classnames, student="the promptkd student")
-
-    def vision_prompts(self) -> tuple[Tensor | None, DeepPrompts | None]:
-        if not self.config.vision_prompts:
-            return None, None
-        return self.trainable.vision_ctx, [None, *self.trainable.vision_deep]
+        super().prepare_classes(classnames)
 
     # ----- the student -------------------------------------------------------------------------------
     def encoder_features(self, images: Tensor) -> Tensor:
-        """The student image tower's prompted output f [B, E_s] (not normalised)."""
-        return super().image_features(images)
+        """The student image tower's prompted output f [B, E_s] (not normalised): the inner learner's."""
+        return self.inner.image_features(images)
 
     def project(self, features: Tensor) -> Tensor:
         """The projector on [B, E_s] features: [B, E_t] (BatchNorm per the module's train/eval mode)."""
@@ -205,6 +248,24 @@ class PromptKD(PromptLearner):
         """The teacher's normalised prompted text features [C, E_t] of the current classes (fixed)."""
         feats = self.teacher.text_features(self.classnames, student="the promptkd student")
         return feats.to(self.clip.logit_scale.device)
+
+    def logit_scale(self) -> Tensor:
+        """The STUDENT CLIP's (frozen) scale (the teacher's scales only the teacher's logits)."""
+        return self.clip.logit_scale.exp().float()
+
+    def logits(self, images: Tensor) -> Tensor:
+        return self.logits_from(self.image_features(images), self.text_features())
+
+    def train_logits(self, images: Tensor) -> Tensor:
+        return self.logits(images)
+
+    @torch.no_grad()
+    def class_text_features(self) -> Tensor | None:
+        return self.text_features()
+
+    def predict_logits(self, images: Tensor, text_features: Tensor | None) -> Tensor:
+        text = self.text_features() if text_features is None else text_features
+        return self.logits_from(self.image_features(images), text)
 
     # ----- training ----------------------------------------------------------------------------------
     def objective(self, images: Tensor, labels: Any) -> Objective:

@@ -94,7 +94,8 @@ class LearnerWrapper(PromptLearner):
                              f"module {stray[:5]}")
         self.image_conditioned_text = inner.image_conditioned_text  # type: ignore[misc]
         self.class_specific = inner.class_specific  # type: ignore[misc]
-        self.transductive = inner.transductive  # type: ignore[misc]
+        # a wrapper that itself trains transductively (PromptKD's student) stays so over an inductive inner learner
+        self.transductive = type(self).transductive or inner.transductive  # type: ignore[misc]
         self.uses_descriptions = inner.uses_descriptions  # type: ignore[misc]
         setattr(self.trainable, self.inner_slot, inner)
         self.build_wrapper()

@@ -17,13 +17,13 @@ from .results import (
     B2N_METRICS,
     COST_COLUMNS,
     TRANSDUCTIVE,
-    TRANSDUCTIVE_NOTE,
     fmt_cost,
     format_failures,
     training_kind,
+    transductive_note,
 )
 
-__all__ = ["comparison_rows", "format_report", "published_results"]
+__all__ = ["comparison_rows", "format_report", "published_results", "published_table"]
 
 PUBLISHED_FILE = "published_results.json"
 
@@ -36,6 +36,30 @@ def _load() -> str:
 def published_results() -> dict[str, Any]:
     """The shipped published numbers (a fresh copy): ``{protocol: {method: entry}, "compute": ...}``."""
     return json.loads(_load())
+
+
+TRANSDUCTIVE_ENTRIES: dict[str, str] = {"cross-dataset": "cross_dataset_transductive"}
+"""Protocol -> the key under a transductive method's base-to-novel entry that holds its published numbers for
+that protocol (PromptKD's cross-dataset: trained on each target's unlabelled images with the ImageNet teacher)."""
+
+
+def published_table(protocol: str, published: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{method: entry}`` of ``protocol``: the protocol's own entries, plus (cross-dataset) the transductive
+    methods' entries kept under their base-to-novel entry, in the same layout and marked
+    ``training: transductive``."""
+    data = published if published is not None else published_results()
+    table = dict(data.get(protocol, {}))
+    key = TRANSDUCTIVE_ENTRIES.get(protocol)
+    for method, entry in (data.get("base2novel", {}) if key else {}).items():
+        nested = entry.get(key) if isinstance(entry, Mapping) else None
+        if not isinstance(nested, Mapping) or method in table:
+            continue
+        status, source = nested.get("status", ""), nested.get("source", "")
+        table[method] = {"label": entry.get("label", method), "training": TRANSDUCTIVE, "note": nested.get("note", ""),
+                         "average": {**nested.get("average", {}), "status": status, "source": source},
+                         "datasets": dict(nested.get("datasets", {})), "datasets_status": status,
+                         "datasets_source": source}
+    return table
 
 
 def _metrics(protocol: str) -> tuple[str, ...]:
@@ -68,7 +92,7 @@ def comparison_rows(
     Rows: the average (ours is comparable only when it covers ``paper_datasets``), then every dataset we ran
     or that has a published number.
     """
-    table = (published or published_results()).get(protocol, {})
+    table = published_table(protocol, published)
     keys = _metrics(protocol)
     rows: list[dict[str, Any]] = []
     for method in methods:
@@ -155,7 +179,7 @@ def format_report(sections: Sequence[Mapping[str, Any]], notes: Sequence[str] = 
         lines.append("")
         transductive = sorted({r["method"] for r in rows if r.get("training") == TRANSDUCTIVE})
         if transductive:
-            lines += [f"{', '.join(transductive)}: {TRANSDUCTIVE_NOTE}", ""]
+            lines += [f"{', '.join(transductive)}: {transductive_note(protocol)}", ""]
         failures = format_failures(sec.get("results") or {})
         if failures:
             lines += [failures]

@@ -3,7 +3,8 @@
 Protocols (each in ``<output>/<protocol>/`` with its ``results.*``): base-to-novel on the 11 datasets for
 every chosen method; cross-dataset transfer and domain generalisation for the methods the paper reports
 them for (MaPLe), sharing one source run per (method, seed) whose target evaluations serve both; few-shot
-(16 shots, all classes) for every chosen method. ``<output>/report.{md,json}`` puts our numbers beside the
+(16 shots, all classes) for every chosen method. A transductive method with a published cross-dataset
+entry (PromptKD) gets its own cross-dataset runs, one per target (see :mod:`mmprompt.protocols.transfer`). ``<output>/report.{md,json}`` puts our numbers beside the
 published ones (:mod:`mmprompt.protocols.published`) with the differences and the measured cost per run.
 
 Methods not yet in the method table are listed (and their published numbers reported) but not run.
@@ -28,9 +29,9 @@ from .common import SweepOptions, canonical_dataset
 from .few_shot import plan_few_shot
 from .launch import LaunchOptions, run_specs
 from .plan import RunSpec, completed_payload, sweep_results
-from .published import comparison_rows, format_report, published_results
+from .published import comparison_rows, format_report, published_results, published_table
 from .results import ACC_METRICS, B2N_METRICS, TRANSDUCTIVE, TRANSDUCTIVE_NOTE, training_kind, write_results
-from .transfer import CROSS_DATASET_TARGETS, DG_TARGETS, plan_transfer
+from .transfer import CROSS_DATASET_TARGETS, DG_TARGETS, plan_transductive_transfer, plan_transfer
 
 __all__ = ["PAPER_DATASETS", "PAPER_METHODS", "REPRODUCE_PROTOCOLS", "ReproducePlan", "estimate_hours",
            "plan_reproduce", "run_reproduce"]
@@ -143,7 +144,7 @@ def plan_reproduce(
     known = [m for m in methods if _known_method(m)]
     plan = ReproducePlan(methods, output)
     if protocols is None:
-        protocols = [p for p in REPRODUCE_PROTOCOLS if any(m in published.get(p, {}) for m in methods)]
+        protocols = [p for p in REPRODUCE_PROTOCOLS if any(m in published_table(p, published) for m in methods)]
         plan.left_out = [p for p in REPRODUCE_PROTOCOLS if p not in protocols]
     opts = (SweepOptions(known, table_datasets, seeds, data_root, clip_spec, output, {}, overrides, shots,
                          clip_activation, device, False, ctx) if known else None)
@@ -151,12 +152,13 @@ def plan_reproduce(
         if protocol not in REPRODUCE_PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected {', '.join(REPRODUCE_PROTOCOLS)}")
         if protocol in TRANSFER:
-            in_paper = [m for m in methods if m in published.get(protocol, {})]
+            table = published_table(protocol, published)
+            in_paper = [m for m in methods if m in table]
             targets = [t for t in TRANSFER[protocol] if chosen is None or t in chosen]
             entry = {"methods": in_paper, "datasets": [SOURCE, *targets], "targets": targets, "specs": []}
             if not in_paper:
-                entry["skipped"] = "the paper reports it for " + ", ".join(published.get(protocol, {})) + " only"
-            elif chosen is not None and SOURCE not in chosen:
+                entry["skipped"] = "the paper reports it for " + ", ".join(table) + " only"
+            elif chosen is not None and SOURCE not in chosen and not all(_transductive(m) for m in in_paper):
                 entry["skipped"] = f"its source ({SOURCE}) is not among --datasets"
             plan.protocols[protocol] = entry
             continue
@@ -175,20 +177,33 @@ def plan_reproduce(
     # one source run per (method, seed) serves both transfer protocols: its targets are their union
     active = {p: e for p, e in plan.protocols.items() if p in TRANSFER and "skipped" not in e}
     if active:
-        t_methods = sorted({m for e in active.values() for m in e["methods"]}, key=methods.index)
+        t_methods = sorted({m for e in active.values() for m in e["methods"] if not _transductive(m)},
+                           key=methods.index)
         targets = [t for e in active.values() for t in e["targets"]]
         t_known = [m for m in t_methods if _known_method(m)]
         specs = (plan_transfer(_sub(opts, t_known, [SOURCE, *targets], output / "transfer"), SOURCE, targets)
                  if opts and t_known else [])
         by_key = {(s.method, s.seed): s for s in specs}
-        for e in active.values():
-            e["specs"] = [s for s in specs if s.method in e["methods"]]
         for m in t_methods:
             for seed in seeds:
                 spec = by_key.get((m, int(seed)))
                 plan.runs.append(PlannedRun("transfer", m, SOURCE, int(seed), tuple(targets), spec, _epochs(spec),
                                             shots))
+        # transductive methods (PromptKD): one run per target of the protocols they are published for
+        for m in sorted({m for e in active.values() for m in e["methods"] if _transductive(m)}, key=methods.index):
+            m_targets = [t for e in active.values() if m in e["methods"] for t in e["targets"]]
+            own = plan_transductive_transfer(_sub(opts, [m], m_targets, output / "transfer"), [m], SOURCE, m_targets)
+            specs += own
+            for spec in own:
+                plan.runs.append(PlannedRun("transfer", m, spec.dataset, spec.seed, (), spec, _epochs(spec), 0))
+        for e in active.values():
+            e["specs"] = [s for s in specs if s.method in e["methods"]]
     return plan
+
+
+def _transductive(method: str) -> bool:
+    """A method of the table that trains on each target's unlabelled images (its own transfer runs)."""
+    return _known_method(method) is not None and training_kind(method) == TRANSDUCTIVE
 
 
 def _epochs(spec: RunSpec | None) -> int | None:
@@ -263,6 +278,8 @@ def estimate_hours(run: PlannedRun) -> float | None:
         return None
     a, b = _rates()
     epochs = 5 if run.epochs is None else run.epochs  # 0: nothing to train, priced as evaluation only
+    if run.shots == 0 and epochs:  # the full training split (a transductive run): its size is not recorded
+        return None
     trained = math.ceil(n / 2) if run.protocol == "base2novel" else n
     test = tests.get(run.dataset)
     target_tests = [tests.get(t) for t in run.targets]
@@ -333,7 +350,7 @@ def published_for_plot(protocol: str, results: dict[str, Any] | None = None,
     The published average is left out for a method whose average in ``results`` does not cover ``paper`` (the
     datasets the paper averages over): the two would not be comparable."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for method, entry in published_results().get(protocol, {}).items():
+    for method, entry in published_table(protocol).items():
         if not isinstance(entry, dict):
             continue
         values = {d: {k: float(v) for k, v in vals.items() if isinstance(v, (int, float))}

@@ -41,6 +41,15 @@ INDUCTIVE = "inductive"
 TRANSDUCTIVE_NOTE = ("transductive: trained on unlabelled images of the evaluated classes (PromptKD's protocol: the "
                      "full training split of base AND novel classes, without labels); not comparable with inductive "
                      "methods, which never see novel-class images.")
+TRANSDUCTIVE_TRANSFER_NOTE = ("transductive: trained on each target's unlabelled training images, distilled from the "
+                              "teacher trained on the source (PromptKD's official cross-dataset protocol), not once on "
+                              "the source; not comparable with inductive methods, which never see target images "
+                              "before testing.")
+
+
+def transductive_note(protocol: str | None) -> str:
+    """The note printed under a table with transductive rows: the transfer protocols' own, else the general one."""
+    return TRANSDUCTIVE_TRANSFER_NOTE if protocol in ("cross-dataset", "domain-generalization") else TRANSDUCTIVE_NOTE
 
 
 def training_kind(method: str) -> str:
@@ -63,7 +72,7 @@ def method_label(results: Mapping[str, Any], method: str) -> str:
 
 def _transductive_notes(results: Mapping[str, Any]) -> list[str]:
     names = [m for m in results.get("methods", {}) if method_label(results, m) != m]
-    return [f"{', '.join(names)}: {TRANSDUCTIVE_NOTE}"] if names else []
+    return [f"{', '.join(names)}: {transductive_note(results.get('protocol'))}"] if names else []
 
 
 def harmonic_mean(base: float, novel: float) -> float:
