@@ -189,12 +189,15 @@ def default_values(current: Mapping[str, Any]) -> dict[str, Any]:
     """The default of every field of :func:`resume_values` (the method's own defaults for ``method.*``), as
     a state written before a field existed trained with it: what its missing fields are read as."""
     from ..config import ConfigError, RunConfig
+    from ..methods import make_config
 
     try:
         cfg = RunConfig.from_dict({"method": {"name": current["method.name"]}})
-    except (ConfigError, KeyError):
-        cfg = RunConfig()
-    return _config_values(cfg)
+        options = make_config(cfg.method.name, {})
+        method = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+    except (ConfigError, KeyError, TypeError, ValueError):
+        cfg, method = RunConfig(), {}
+    return _config_values(cfg.replace(method=dataclasses.replace(cfg.method, options=method)))
 
 
 # fields added after training states began recording their settings (at their default, they trained the same)
