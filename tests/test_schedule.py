@@ -240,3 +240,15 @@ def test_the_scheduler_state_of_before_loads() -> None:
     sched2 = WarmupCosineLR(build_optimizer([nn.Parameter(torch.zeros(1))], 0.002), 10, min_lr=0.0)
     sched2.load_state_dict(state)
     assert sched2.min_lr == 0.0 and sched2.lr_for(3) == sched.lr_for(3) == [lr_at(3, 0.002, 10)]
+
+
+def test_reproduce_prices_a_run_measured_in_iterations_by_its_passes(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    for k in (4, 16):
+        assert main(["reproduce", "clip_lora", "--protocols", "few-shot", "--datasets", "dtd", "--shots", str(k),
+                     "--seeds", "1", "--dry-run", "--output", str(tmp_path / f"r{k}")]) == 0
+        rows = re.findall(r"^few-shot +clip_lora +dtd +1 +(\d+) +to run", capsys.readouterr().out, re.M)
+        # DTD: 47 classes; K shots in batches of 32 (the last, partial one dropped); 500 x K iterations
+        assert [int(r) for r in rows] == [math.ceil(500 * k / (47 * k // 32))]
