@@ -252,3 +252,16 @@ def test_reproduce_prices_a_run_measured_in_iterations_by_its_passes(tmp_path: P
         rows = re.findall(r"^few-shot +clip_lora +dtd +1 +(\d+) +to run", capsys.readouterr().out, re.M)
         # DTD: 47 classes; K shots in batches of 32 (the last, partial one dropped); 500 x K iterations
         assert [int(r) for r in rows] == [math.ceil(500 * k / (47 * k // 32))]
+
+
+def test_a_state_with_only_a_fingerprint_of_the_former_fields_resumes() -> None:
+    """States written before the settings were recorded keep only a hash of them, without the new fields."""
+    from mmprompt.engine.checkpoint import config_fingerprint
+
+    former = {"method.name": "coop", "optim.lr": 0.002, "optim.epochs": 5}
+    current = {**former, "optim.schedule": "epoch_cosine", "optim.min_lr": 0.0, "optim.iterations": None,
+               "optim.iterations_per_shot": None}
+    state = {"fingerprint": config_fingerprint(former)}
+    assert check_resume(state, current, False, "s/checkpoint/state.pt") == []
+    with pytest.raises(ResumeMismatchError, match="records no settings"):
+        check_resume(state, {**current, "optim.schedule": "iter_cosine"}, False, "s/checkpoint/state.pt")
