@@ -312,7 +312,9 @@ def test_preset_is_the_official_recipe() -> None:
                                   "alpha": 1, "dropout_rate": 0.25}
     o = cfg.optim
     assert (o.optimizer, o.lr, o.weight_decay, o.batch_size, o.warmup_epochs) == ("adamw", 2e-4, 1e-2, 32, 0)
-    assert load_config("clip_lora_fs", dataset="imagenet").optim.epochs == 16  # 8000 iterations of 500
+    # quirk 9: 500 x shots iterations (no epoch count), cosine per iteration down to 1e-6, no warm-up
+    assert (o.epochs, o.iterations_per_shot, o.schedule, o.min_lr) == (None, 500, "iter_cosine", 1e-6)
+    assert load_config("clip_lora_fs", dataset="imagenet").optim.epochs is None
 
 
 def test_resume_with_adamw_and_dropout_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,11 +121,14 @@ class DataSection:
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("epoch_cosine", "iter_cosine")
+"""``optim.schedule``: the cosine steps once per epoch (Dassl) or once per optimizer step (CLIP-LoRA)."""
 
 
 @dataclass
 class OptimSection:
-    """SGD (or Adam) with a constant warm-up and a per-epoch cosine schedule (Dassl's defaults)."""
+    """SGD (or Adam) with a constant warm-up and a cosine schedule, per epoch (Dassl's defaults) or per
+    iteration (``schedule: iter_cosine``), over ``epochs`` passes or a number of ``iterations``."""
 
     lr: float = 0.0035
     """Base learning rate (after warm-up)."""
@@ -139,8 +142,8 @@ class OptimSection:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     """Applies to the prompt parameters."""
-    epochs: int = 5
-    """Total epochs, warm-up included."""
+    epochs: int | None = 5
+    """Total epochs, warm-up included; null: the run's length is ``iterations`` (or ``iterations_per_shot``)."""
     warmup_epochs: int = 1
     """Epochs at the constant warm-up rate (0: none)."""
     warmup_lr: float = 1e-5
@@ -151,17 +154,29 @@ class OptimSection:
     """Micro-batches whose gradients are summed before one optimizer step (effective batch x this)."""
     max_grad_norm: float | None = None
     """Clip the gradient norm to this value (None: no clipping, as in the official code)."""
+    schedule: str = "epoch_cosine"
+    """``epoch_cosine``: the rate changes once per epoch (Dassl); ``iter_cosine``: after every optimizer step,
+    as torch's ``CosineAnnealingLR(T_max=total iterations, eta_min=min_lr)`` stepped per iteration (CLIP-LoRA);
+    a warm-up then lasts ``warmup_epochs`` x the steps of an epoch."""
+    min_lr: float = 0.0
+    """The floor the cosine anneals to (``eta_min``; Dassl's 0, CLIP-LoRA's 1e-6)."""
+    iterations: int | None = None
+    """With ``epochs: null``: train for this many optimizer steps, restarting the shuffled data as often as needed."""
+    iterations_per_shot: int | None = None
+    """With ``epochs: null``: train for this many optimizer steps per shot (``500`` x ``data.shots``: CLIP-LoRA)."""
 
     def __post_init__(self) -> None:
         self.lr = check_number("optim.lr", self.lr, above=0)
         self.warmup_lr = check_number("optim.warmup_lr", self.warmup_lr, above=0)
         self.momentum = check_number("optim.momentum", self.momentum, minimum=0)
         self.weight_decay = check_number("optim.weight_decay", self.weight_decay, minimum=0)
-        check_int("optim.epochs", self.epochs, minimum=1)
+        if self.epochs is not None:
+            check_int("optim.epochs (or null)", self.epochs, minimum=1)
         check_int("optim.warmup_epochs", self.warmup_epochs, minimum=0)
         check_int("optim.batch_size", self.batch_size, minimum=1)
         check_int("optim.grad_accum", self.grad_accum, minimum=1)
-        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+        self._check_length()
+        if self.epochs is not None and self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise ConfigError(
                 f"optim.warmup_epochs ({self.warmup_epochs}) must be smaller than optim.epochs ({self.epochs})"
             )
@@ -175,6 +190,20 @@ class OptimSection:
                 or not all(is_number(b) and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"optim.adam_betas must be two numbers in [0, 1), got {betas!r}")
         self.adam_betas = (float(betas[0]), float(betas[1]))
+
+    def _check_length(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        self.min_lr = check_number("optim.min_lr", self.min_lr, minimum=0)
+        for name in ("iterations", "iterations_per_shot"):
+            if getattr(self, name) is not None:
+                check_int(f"optim.{name} (or null)", getattr(self, name), minimum=1)
+        if self.iterations is not None and self.iterations_per_shot is not None:
+            raise ConfigError("optim.iterations and optim.iterations_per_shot both set the run's length; set one "
+                              "of them to null")
+        if self.epochs is None and self.iterations is None and self.iterations_per_shot is None:
+            raise ConfigError("optim.epochs is null, so optim.iterations or optim.iterations_per_shot must give the "
+                              "run's length (a number of optimizer steps)")
 
 
 @dataclass
@@ -270,6 +299,10 @@ class RunConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        o = self.optim
+        if o.epochs is None and o.iterations is None and o.iterations_per_shot is not None and self.data.shots < 1:
+            raise ConfigError(f"optim.iterations_per_shot ({o.iterations_per_shot}) x data.shots gives the run's "
+                              f"length, but data.shots is {self.data.shots} (every image); set optim.iterations=N")
         if not isinstance(self.dataset_overrides, dict):
             raise ConfigError("dataset_overrides must map dataset names to {dotted.key: value}")
         for name, values in self.dataset_overrides.items():

@@ -7,7 +7,8 @@ containers and tensors are stored, so it loads with ``torch.load(weights_only=Tr
 
 A resumed run must train what the interrupted one trained. :func:`resume_values` lists what changes
 results (method, optimiser, precision, the data selection and the exact training images); fields that do
-not (workers, logging, data root, skip-corrupt when nothing was skipped) never block a resume.
+not (workers, logging, data root, skip-corrupt when nothing was skipped) never block a resume. A field
+that a state does not record (added to mmprompt after the state was written) is read as its default.
 :func:`check_resume` refuses a difference, listing each field old -> new, unless the caller allows it
 (``--allow-config-change``), in which case the changes are returned to be recorded.
 
@@ -36,6 +37,7 @@ __all__ = [
     "STATE_FILE",
     "ResumeMismatchError",
     "check_resume",
+    "default_values",
     "resume_values",
     "saved_train_summary",
     "capture_rng",
@@ -164,8 +166,7 @@ def _samples_digest(samples: Sequence[Any]) -> str:
     return f"{len(samples)} images (sha256 {h.hexdigest()[:12]})"
 
 
-def resume_values(cfg: Any, samples: Sequence[Any]) -> dict[str, Any]:
-    """The flat ``{field: value}`` of a run config that changes results, plus the training images."""
+def _config_values(cfg: Any) -> dict[str, Any]:
     from ..methods.base import MethodConfig
 
     d = cfg.to_dict()
@@ -174,8 +175,33 @@ def resume_values(cfg: Any, samples: Sequence[Any]) -> dict[str, Any]:
     out.update({f"data.{k}": v for k, v in d["data"].items() if k not in _FREE_DATA_FIELDS})
     out.update({f"optim.{k}": v for k, v in d["optim"].items()})
     out["precision"] = d["precision"]
-    out["data.train_images"] = _samples_digest(samples)
     return json.loads(json.dumps(out, default=str))
+
+
+def resume_values(cfg: Any, samples: Sequence[Any]) -> dict[str, Any]:
+    """The flat ``{field: value}`` of a run config that changes results, plus the training images."""
+    out = _config_values(cfg)
+    out["data.train_images"] = _samples_digest(samples)
+    return out
+
+
+def default_values(current: Mapping[str, Any]) -> dict[str, Any]:
+    """The default of every field of :func:`resume_values` (the method's own defaults for ``method.*``), as
+    a state written before a field existed trained with it: what its missing fields are read as."""
+    from ..config import ConfigError, RunConfig
+    from ..methods import make_config
+
+    try:
+        cfg = RunConfig.from_dict({"method": {"name": current["method.name"]}})
+        options = make_config(cfg.method.name, {})
+        method = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+    except (ConfigError, KeyError, TypeError, ValueError):
+        cfg, method = RunConfig(), {}
+    return _config_values(cfg.replace(method=dataclasses.replace(cfg.method, options=method)))
+
+
+# fields added after training states began recording their settings (at their default, they trained the same)
+_ADDED_FIELDS = ("optim.schedule", "optim.min_lr", "optim.iterations", "optim.iterations_per_shot")
 
 
 def check_resume(
@@ -187,11 +213,15 @@ def check_resume(
     :class:`ResumeMismatchError` listing them otherwise.
     """
     saved = state.get("resume_values")
+    defaults = default_values(current)
     if saved is None:  # a state written before the values were recorded: only its fingerprint is known
-        if state.get("fingerprint") == config_fingerprint(current):
+        older = {k: v for k, v in current.items() if k not in _ADDED_FIELDS or v != defaults.get(k)}
+        if state.get("fingerprint") in (config_fingerprint(current), config_fingerprint(older)):
             return []
         diffs = [{"field": "(unknown: the state records no settings)", "old": None, "new": None}]
     else:
+        # a field the state does not record did not exist when it was written: it trained with the default
+        saved = {**{k: defaults[k] for k in current if k not in saved and k in defaults}, **saved}
         keys = sorted(set(saved) | set(current))
         diffs = [{"field": k, "old": saved.get(k), "new": current.get(k)} for k in keys if saved.get(k) != current.get(k)]
     if not diffs:

@@ -330,7 +330,7 @@ def _run_experiment(
         logger.info("%s has nothing to train; evaluating directly", cfg.method.name)
     info = {
         "dataset": train_splits.name, "subsample": cfg.data.subsample, "shots": cfg.data.shots,
-        "seed": cfg.data.seed, "epochs": cfg.optim.epochs if trained else 0, **dict(extra or {}),
+        "seed": cfg.data.seed, "epochs": trained.epochs_total if trained else 0, **dict(extra or {}),
     }
     if transductive:  # results of unlabelled training on the evaluation classes are reported apart
         info.update({"transductive": True, "shots": 0, "train_images": len(train_splits.train)})

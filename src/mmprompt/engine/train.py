@@ -1,4 +1,5 @@
-"""The training loop: SGD over the trainable parameters, warm-up + cosine per epoch, mixed precision,
+"""The training loop: SGD over the trainable parameters, warm-up + cosine per epoch or per iteration
+(:func:`~.optim.schedule_plan`: a run is a number of epochs or of optimizer steps), mixed precision,
 accumulation, data parallelism, logging, a training state after every epoch, exact resumption, a stop on
 NaN.
 
@@ -43,7 +44,14 @@ from .checkpoint import (
 from .distributed import DistContext, all_reduce_sum
 from .loader import ImageDataset, train_loader
 from .logs import truncate_run_logs
-from .optim import WarmupCosineLR, build_optimizer, optimizer_settings, restore_settings
+from .optim import (
+    SchedulePlan,
+    WarmupCosineLR,
+    build_optimizer,
+    optimizer_settings,
+    restore_settings,
+    schedule_plan,
+)
 from .precision import autocast_context
 
 __all__ = [
@@ -155,6 +163,8 @@ class TrainSession:
     fingerprint: str
     steps_per_epoch: int
     params: list[nn.Parameter]
+    plan: SchedulePlan
+    """The run's length in epochs and optimizer steps, and whether the schedule steps per iteration."""
     resume_values: dict[str, Any] = field(default_factory=dict)
     """The settings that change results (compared on resume, see :func:`~.checkpoint.check_resume`)."""
     config_changes: list[dict[str, Any]] = field(default_factory=list)
@@ -221,6 +231,12 @@ def setup_training(
     optimizer = build_optimizer(groups, opt.lr, opt.momentum, opt.weight_decay, opt.optimizer, opt.adam_betas,
                                 opt.adam_eps)
     values = resume_values(cfg, samples)
+    steps_per_epoch = max(1, math.ceil(len(sampler) / opt.grad_accum))
+    plan = schedule_plan(opt, cfg.data.shots, steps_per_epoch)
+    if opt.epochs is not None and (opt.iterations is not None or opt.iterations_per_shot is not None):
+        logger.warning("optim.epochs=%d sets the run's length: optim.iterations%s is not used (set optim.epochs=null "
+                       "to train for a number of iterations)", opt.epochs,
+                       "" if opt.iterations is not None else "_per_shot")
     teacher = getattr(learner, "teacher", None)
     if teacher is not None:  # another teacher file changes results: a resume with it is refused
         values["teacher.sha256"] = teacher.info.get("sha256")
@@ -233,14 +249,15 @@ def setup_training(
         loader=loader,
         sampler=sampler,
         optimizer=optimizer,
-        scheduler=WarmupCosineLR(optimizer, opt.epochs, opt.warmup_epochs, opt.warmup_lr),
+        scheduler=WarmupCosineLR(optimizer, plan.schedule_steps, plan.warmup_steps, opt.warmup_lr, min_lr=opt.min_lr),
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         writer=_Logger(run_path if ctx.is_main else None, cfg.log.tensorboard),
         show=(cfg.log.progress if progress is None else progress) and ctx.is_main,
         state_file=state_path(run_path) if run_path is not None else None,
         fingerprint=config_fingerprint(values),
-        steps_per_epoch=max(1, math.ceil(len(sampler) / opt.grad_accum)),
+        steps_per_epoch=steps_per_epoch,
         params=params,
+        plan=plan,
         resume_values=values,
     )
 
@@ -265,12 +282,14 @@ def resume_training(session: TrainSession, allow_config_change: bool = False) ->
     fresh = optimizer_settings(s.optimizer, s.scheduler)
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
-    if new:  # allowed changes: the hyperparameters come from the new config, the buffers from the file
+    start = int(state["epoch"])
+    if new:  # allowed changes: the hyperparameters come from the new config, the buffers from the file; the
+        # schedule continues from the steps done in its own unit (the change may be epochs <-> iterations)
+        s.scheduler.last_epoch = min(start * s.steps_per_epoch, s.plan.total_steps) if s.plan.per_iteration else start
         restore_settings(s.optimizer, s.scheduler, fresh)
     s.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
-    start = int(state["epoch"])
-    logger.info("resuming from %s after epoch %d of %d", s.state_file, start, s.cfg.optim.epochs)
+    logger.info("resuming from %s after epoch %d of %d", s.state_file, start, s.plan.epochs)
     if new:
         s.writer.write({"event": "config_change", "epoch": start, "changes": s.config_changes}, 0, "resume")
     return start
@@ -326,7 +345,7 @@ def train(
         NonFiniteLossError: a loss term became NaN/inf; the last good state (previous epoch) is kept.
     """
     session = setup_training(learner, samples, cfg, run_dir, **setup_options)
-    epochs = cfg.optim.epochs
+    epochs = session.plan.epochs
     start = resume_training(session, allow_config_change) if setup_options.get("resume", True) else 0
     result = TrainResult(epochs_done=start, epochs_total=epochs, completed=start >= epochs, resumed_from=start)
     begin = time.perf_counter()
@@ -341,7 +360,8 @@ def train(
                                        f"images ({cfg.precision} on {session.device})", "optim.batch_size (--set "
                                        "optim.batch_size=N; optim.grad_accum=K keeps the effective batch)")
                 raise
-            session.scheduler.step()
+            if not session.plan.per_iteration:
+                session.scheduler.step()
             learner.on_epoch_end(epoch, epochs)
             result.epochs_done = epoch + 1
             result.history.append(record)
@@ -428,10 +448,13 @@ def optimizer_step(session: TrainSession) -> None:
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     s.grad_terms = {}
+    if s.plan.per_iteration:
+        s.scheduler.step()
 
 
 def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
-    """One epoch; returns its record (epoch, lr, loss, every term, acc, seconds), reduced over processes."""
+    """One epoch (cut short where the run's last optimizer step falls inside it); returns its record (epoch,
+    lr at its start, loss, every term, acc, seconds), reduced over processes."""
     from tqdm import tqdm
 
     s = session
@@ -445,10 +468,11 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
     totals: Tensor | None = None  # per name (terms, then loss): sum of value x batch; then correct, count
     t0 = time.perf_counter()
     n_micro = len(s.sampler)
+    steps = min(s.steps_per_epoch, s.plan.total_steps - epoch * s.steps_per_epoch)  # fewer in a cut last epoch
     s.optimizer.zero_grad(set_to_none=True)
     s.grad_terms = {}
-    bar = tqdm(total=n_micro, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not s.show, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(total=min(n_micro, steps * accum), desc=f"epoch {epoch + 1}/{s.plan.epochs}", disable=not s.show,
+               leave=False, dynamic_ncols=True)
     try:
         for micro, batch in _micro_batches(s.loader):
             images = batch.images.to(device, non_blocking=True)
@@ -466,6 +490,7 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
                 # gradient of the global batch's mean objective, however the batch was split.
                 weight = ctx.world_size * n / (batch.global_size * accum)
                 backward_objective(objective, s.params, weight, s.grad_terms, s.scaler)
+            step_lr = s.optimizer.param_groups[0]["lr"]  # the rate of this step (per iteration, it changes)
             if last_of_step:
                 optimizer_step(s)
             with torch.no_grad():
@@ -481,11 +506,13 @@ def run_epoch(session: TrainSession, epoch: int) -> dict[str, Any]:
             bar.update(1)
             step_in_epoch = micro // accum
             if last_of_step and (step_in_epoch + 1) % cfg.log.every == 0:
-                rec = {"event": "step", "epoch": epoch + 1, "step": step_in_epoch + 1, "lr": lr,
+                rec = {"event": "step", "epoch": epoch + 1, "step": step_in_epoch + 1, "lr": step_lr,
                        **{k: float(values[k]) for k in names},
                        "acc": None if unlabelled else 100.0 * float(correct) / n}
                 s.writer.write(rec, epoch * s.steps_per_epoch + step_in_epoch + 1, "train")
-                bar.set_postfix({k: f"{rec[k]:.4f}" for k in names} | {"lr": f"{lr:.2e}"})
+                bar.set_postfix({k: f"{rec[k]:.4f}" for k in names} | {"lr": f"{step_lr:.2e}"})
+            if steps < s.steps_per_epoch and last_of_step and step_in_epoch + 1 >= steps:
+                break  # the run's last optimizer step, inside this pass
     finally:
         bar.close()
     if totals is None:  # no batch at all on this process

@@ -210,7 +210,19 @@ def _epochs(spec: RunSpec | None) -> int | None:
     """The epochs a run trains: 0 for a method with nothing to train (zero-shot CLIP)."""
     if spec is None:
         return None
-    return int(spec.config["optim"]["epochs"]) if method_trains(spec.method, spec.config.get("method")) else 0
+    if not method_trains(spec.method, spec.config.get("method")):
+        return 0
+    if spec.config["optim"].get("epochs") is not None:
+        return int(spec.config["optim"]["epochs"])
+    # a run measured in iterations (CLIP-LoRA: 500 x shots): its passes over the training images
+    from ..engine.optim import schedule_plan
+
+    cfg, n = spec.run_config(), _num_classes(spec.dataset)
+    if n is None:
+        return None
+    images = cfg.data.shots * (math.ceil(n / 2) if spec.protocol == "base2novel" else n)
+    batches = images // cfg.optim.batch_size if images >= cfg.optim.batch_size else 1  # drop_last, as the loader
+    return schedule_plan(cfg.optim, cfg.data.shots, math.ceil(batches / cfg.optim.grad_accum)).epochs
 
 
 _TRAINS: dict[str, bool] = {}
