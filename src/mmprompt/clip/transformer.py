@@ -201,17 +201,15 @@ class Attention(nn.Module):
         b = layout.num_sequences
         if rows is None:
             q, k, v = self.heads_of(layout.pad(self.in_projection(x, deltas=deltas)))  # 3 x [B, H, S, Dh]
-            query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
         else:
             k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None), deltas)))  # 2 x [B, H, S, Dh]
             q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d), deltas).unsqueeze(1))[0]
-            query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
         offset = 0
         if past is not None:
             offset = past[0].shape[2]
             k = torch.cat([_per_sequence(past[0], b), k], dim=2)  # [B, H, P + S, Dh]
             v = torch.cat([_per_sequence(past[1], b), v], dim=2)
-        mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
+        mask = layout.attention_mask(offset, last_only=rows is not None)  # key <= query
         out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
         out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
         out = layout.unpad(out) if rows is None else out.squeeze(1)
@@ -369,6 +367,7 @@ class Transformer(nn.Module):
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
         weight_deltas: BlockWeightDeltas | None = None,
+        layout: PackedLayout | None = None,
     ) -> Tensor:
         """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
 
@@ -384,6 +383,10 @@ class Transformer(nn.Module):
         the prefix (then it is one set, [n, D] or [1, n, D]) or after it. With ``prefix_groups`` =
         ``G``, the sequences are ``G`` consecutive groups of ``B / G`` (e.g. the class prompts of
         ``G`` images in CoCoOp), the prefix shared within each group: computed once per group.
+
+        ``layout``: :meth:`PackedLayout.from_lengths` of ``lengths - shared_prefix`` with offset
+        ``shared_prefix``, made beforehand (and kept across calls): then nothing is read back from the
+        device and the index tensors and masks are not made again (``lengths`` is not read).
         """
         n_seq, length, _ = x.shape
         deep = list(deep_prompts) if deep_prompts is not None else []
@@ -392,15 +395,23 @@ class Transformer(nn.Module):
         if prefix_groups < 1 or n_seq % prefix_groups:
             raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
         p = int(shared_prefix)
-        lengths = lengths.to(x.device)
-        if int(lengths.max()) > length or not 0 <= p < int(lengths.min()):
+        if layout is None:
+            lengths = lengths.to(x.device)
+            low, high = int(lengths.min()), int(lengths.max())
+        elif layout.host_lengths is None or layout.offset != p or layout.num_sequences != n_seq:
+            raise ValueError(f"the given layout (offset {layout.offset}, {layout.num_sequences} sequences, host "
+                             f"lengths {'unknown' if layout.host_lengths is None else 'known'}) does not fit "
+                             f"{n_seq} sequences with shared prefix {p}")
+        else:
+            low, high = p + min(layout.host_lengths), p + max(layout.host_lengths)
+        if high > length or not 0 <= p < low:
             raise ValueError(
-                f"lengths {int(lengths.min())}..{int(lengths.max())} and shared prefix {p} do not fit "
+                f"lengths {low}..{high} and shared prefix {p} do not fit "
                 f"sequences of {length} positions (need shared prefix < every length <= {length})"
             )
-        layout = PackedLayout.build(lengths - p, p)
-        pos = layout.positions + p  # [T] the position of each packed token
-        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
+        if layout is None:
+            layout = PackedLayout.build(lengths - p, p)
+        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.gather_index(length))  # [T, D]
         prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
         adapter_of = self._adapters(adapters)
         deltas_of = self._adapters(weight_deltas, "sets of weight deltas")
@@ -416,7 +427,8 @@ class Transformer(nn.Module):
                                          f"shared prefix of {p} positions")
                     prefix = replace_tokens(prefix, prompts, prompt_start)
                 elif prompt_start >= p:
-                    tokens = replace_packed(tokens, prompts, prompt_start, pos, layout.sequence)
+                    tokens = replace_packed(tokens, prompts, prompt_start, layout.absolute_positions(), layout.sequence,
+                                            layout.prompt_slots(prompt_start, n))
                 else:
                     raise ValueError(f"deep prompts at positions {prompt_start}..{prompt_start + n} straddle "
                                      f"the shared prefix of {p} positions")
@@ -445,23 +457,83 @@ class PackedLayout:
 
     Sequence ``b`` has ``lengths[b]`` tokens (after ``offset`` shared positions); packed, the tokens
     are in sequence order, ``T = lengths.sum()`` rows; padded, they sit in rows of
-    ``[B * longest]``.
+    ``[B * longest]``. A layout made by :meth:`from_lengths` (from host lengths, no device
+    synchronisation) can serve many calls: the index tensors and attention masks derived from it
+    are made once (:meth:`gather_index`, :meth:`attention_mask`, :meth:`prompt_slots`).
     """
 
-    def __init__(self, lengths: Tensor, offset: int, longest: int, padded_index: Tensor) -> None:
+    def __init__(self, lengths: Tensor, offset: int, longest: int, padded_index: Tensor,
+                 host_lengths: Sequence[int] | None = None) -> None:
         self.lengths = lengths  # [B]
         self.offset = offset
         self.longest = longest
+        self.host_lengths = None if host_lengths is None else tuple(int(n) for n in host_lengths)
         self.padded_index = padded_index  # [T] row of each packed token in [B * longest]
         self.sequence = padded_index // longest  # [T]
         self.positions = padded_index % longest  # [T] (counted from the offset)
         self.last = torch.cumsum(lengths, 0) - 1  # [B] the packed row of each sequence's last token
+        self._derived: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def build(cls, lengths: Tensor, offset: int = 0) -> PackedLayout:
         longest = int(lengths.max())
         valid = torch.arange(longest, device=lengths.device) < lengths.unsqueeze(1)  # [B, longest]
         return cls(lengths, offset, longest, valid.flatten().nonzero().squeeze(1))
+
+    @classmethod
+    def from_lengths(cls, lengths: Sequence[int], offset: int, device: torch.device | str) -> PackedLayout:
+        """The layout of sequences of ``lengths`` (host integers, counted after ``offset``) on ``device``,
+        made without reading anything back from the device; its tensors are never inference tensors,
+        so one layout serves evaluation and training alike."""
+        host = [int(n) for n in lengths]
+        if not host or min(host) < 1:
+            raise ValueError(f"every packed sequence needs at least one position, got lengths {host}")
+        longest = max(host)
+        with torch.inference_mode(False), torch.no_grad():
+            on_host = torch.tensor(host)
+            valid = torch.arange(longest) < on_host.unsqueeze(1)  # [B, longest], on the host: no device read
+            index = valid.flatten().nonzero().squeeze(1)
+            return cls(on_host.to(device), offset, longest, index.to(device), host)
+
+    def _lasting(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """``make()`` once per ``key`` (outside inference mode, so that training can save it)."""
+        hit = self._derived.get(key)
+        if hit is None:
+            with torch.inference_mode(False), torch.no_grad():
+                hit = self._derived[key] = make()
+        return hit
+
+    def absolute_positions(self) -> Tensor:
+        """[T] the position of each packed token in its sequence (``offset`` included)."""
+        return self._lasting(("positions",), lambda: self.positions + self.offset)
+
+    def gather_index(self, length: int) -> Tensor:
+        """[T] the row of each packed token in sequences of ``length`` positions flattened to
+        ``[B * length]`` (its position is ``offset`` + its position in the layout)."""
+        return self._lasting(("gather", length), lambda: self.sequence * length + self.absolute_positions())
+
+    def attention_mask(self, past: int, last_only: bool = False) -> Tensor:
+        """Causal mask (True = attend) over ``past`` shared keys then the padded keys: [S, past + S] for every
+        padded query, or [B, 1, 1, past + S] for each sequence's last query (``last_only``)."""
+
+        def make() -> Tensor:
+            keys = torch.arange(past + self.longest, device=self.lengths.device)
+            if last_only:
+                return keys <= (self.lengths - 1).view(-1, 1, 1, 1) + past
+            return keys <= torch.arange(self.longest, device=keys.device).unsqueeze(1) + past
+
+        return self._lasting(("mask", past, last_only), make)
+
+    def prompt_slots(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        """Which packed tokens lie at positions ``start .. start + n`` ([T, 1] bool) and which of the ``n``
+        prompts each takes ([T], clamped for the others): see :func:`replace_packed`."""
+
+        def make() -> tuple[Tensor, Tensor]:
+            pos = self.absolute_positions()
+            inside = (pos >= start) & (pos < start + n)
+            return inside.unsqueeze(1), (pos - start).clamp(0, n - 1)
+
+        return self._lasting(("slots", start, n), make)
 
     @property
     def num_sequences(self) -> int:
@@ -477,14 +549,19 @@ class PackedLayout:
         return padded.reshape(self.num_sequences * self.longest, -1).index_select(0, self.padded_index)
 
 
-def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tensor, sequence: Tensor) -> Tensor:
+def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tensor, sequence: Tensor,
+                   slots: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Packed ``tokens`` [T, D] with positions ``start .. start + n`` replaced by ``prompts`` ([n, D],
-    or [B, n, D] per sequence); ``positions`` / ``sequence`` [T] say where each token belongs."""
+    or [B, n, D] per sequence); ``positions`` / ``sequence`` [T] say where each token belongs.
+    ``slots``: :meth:`PackedLayout.prompt_slots` of these positions, when made beforehand."""
     n = prompts.shape[-2]
-    inside = (positions >= start) & (positions < start + n)
-    index = (positions - start).clamp(0, n - 1)
+    if slots is None:
+        inside = ((positions >= start) & (positions < start + n)).unsqueeze(1)
+        index = (positions - start).clamp(0, n - 1)
+    else:
+        inside, index = slots
     prompts = prompts.to(tokens.dtype)
     if prompts.dim() == 3 and prompts.shape[0] == 1:
         prompts = prompts[0]
     values = prompts[index] if prompts.dim() == 2 else prompts[sequence, index]  # [T, D]
-    return torch.where(inside.unsqueeze(1), values, tokens)
+    return torch.where(inside, values, tokens)
