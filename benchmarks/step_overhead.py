@@ -97,7 +97,7 @@ def build(args: argparse.Namespace, path: str) -> tuple[Any, torch.Tensor, torch
         encoder = EncoderOptions(truncate_text=False, share_text_prefix=False, text_chunk_size=0,
                                  text_chunk_tokens=0)
     else:
-        encoder = EncoderOptions()
+        encoder = EncoderOptions(text_chunk_tokens=args.text_chunk_tokens)
     depth = min(9, clip.config.text.layers, clip.config.vision.layers)
     config = make_config("maple", {"depth": depth})
     torch.manual_seed(1)
@@ -110,14 +110,14 @@ def build(args: argparse.Namespace, path: str) -> tuple[Any, torch.Tensor, torch
     return learner, images, labels
 
 
-def step(learner: Any, images: torch.Tensor, labels: torch.Tensor, precision: str) -> float:
-    """One forward + backward; the loss."""
+def step(learner: Any, images: torch.Tensor, labels: torch.Tensor, precision: str) -> torch.Tensor:
+    """One forward + backward; the loss (not read back, so that the count holds only the step's own reads)."""
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     learner.zero_grad(set_to_none=True)
     with ctx:
         loss = learner(images, labels).total
     loss.backward()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def count(learner: Any, images: torch.Tensor, labels: torch.Tensor, precision: str) -> OpCounter:
@@ -134,18 +134,22 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=500)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--text-chunk-tokens", type=int, default=EncoderOptions().text_chunk_tokens,
+                        help="default path: prompt tokens above which the classes are chunked (0: never)")
+    parser.add_argument("--paths", default="default,reference", help="paths measured, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per path (interleaved)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=12, help="most frequent operators listed per path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    paths = ("default", "reference")
+    paths = tuple(args.paths.split(","))
     built = {p: build(args, p) for p in paths}
-    losses = {p: step(*built[p], args.precision) for p in paths}
+    losses = {p: float(step(*built[p], args.precision)) for p in paths}
     print(f"MaPLe, {args.arch}, {args.classes} classes, batch {args.batch}, {args.precision}, "
+          f"text_chunk_tokens {args.text_chunk_tokens}, "
           f"torch {torch.__version__}, {args.threads} thread(s)")
-    print(f"loss default {losses['default']:.6f} reference {losses['reference']:.6f}")
+    print("first loss: " + ", ".join(f"{p} {v:.6f}" for p, v in losses.items()))
     for p in paths:
         c = count(*built[p], args.precision)
         syncs = ", ".join(f"{k} {v}" for k, v in sorted(c.syncs.items())) or "none"
@@ -160,8 +164,10 @@ def main() -> None:
             step(*built[p], args.precision)
             times[p].append(time.perf_counter() - start)
     med = {p: statistics.median(times[p]) for p in paths}
-    print(f"CPU step time (median of {args.repeats}, interleaved): default {med['default']:.3f} s, "
-          f"reference {med['reference']:.3f} s, reference / default {med['reference'] / med['default']:.2f}x")
+    line = ", ".join(f"{p} {med[p]:.3f} s" for p in paths)
+    if len(paths) == 2:
+        line += f", {paths[1]} / {paths[0]} {med[paths[1]] / med[paths[0]]:.2f}x"
+    print(f"CPU step time (median of {args.repeats}, interleaved): {line}")
 
 
 if __name__ == "__main__":
