@@ -279,12 +279,11 @@ class _TextPlan:
     def __init__(self, eot: Tensor, options: tuple[Any, ...], chunks: list[Tensor] | None) -> None:
         self.eot, self.options = eot, options
         self.version = None if eot.is_inference() else eot._version
-        self.host_eot: list[int] = eot.detach().cpu().tolist()
-        self.eot_min = min(self.host_eot)
+        self._host_eot: list[int] | None = None
         self.chunks = chunks
         self.chunk_eot: list[Tensor] = []
         self.inverse: Tensor | None = None
-        self.rows: list[list[int]] = [list(range(len(self.host_eot)))]
+        self.rows: list[list[int]] = [list(range(eot.shape[0]))]
         if chunks is not None:
             self.chunk_eot = [eot.index_select(0, idx) for idx in chunks]
             order = torch.cat(chunks)
@@ -293,6 +292,17 @@ class _TextPlan:
             self.inverse = inverse
             self.rows = [idx.cpu().tolist() for idx in chunks]
         self._layouts: dict[tuple[int, int], PackedLayout] = {}
+
+    @property
+    def host_eot(self) -> list[int]:
+        """The pooled positions on the host (read from the device once, when first needed)."""
+        if self._host_eot is None:
+            self._host_eot = self.eot.detach().cpu().tolist()
+        return self._host_eot
+
+    @property
+    def eot_min(self) -> int:
+        return min(self.host_eot)
 
     def fits(self, eot: Tensor, options: tuple[Any, ...]) -> bool:
         return (eot is self.eot and not eot.is_inference() and eot._version == self.version
