@@ -295,6 +295,7 @@ class CLIP(nn.Module):
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
         weight_deltas: BlockWeightDeltas | None = None,
+        layout: PackedLayout | None = None,
     ) -> Tensor:
         """Text features [N, E] from token embeddings ``x`` [N, L, Dt] and pooled positions ``eot`` [N].
 
@@ -306,6 +307,8 @@ class CLIP(nn.Module):
         guarantees equal in every prompt (in every one of ``prefix_groups`` consecutive groups of
         prompts), computed once (per group). Both apply only where they are exact
         (:attr:`text_fast_paths_exact`); a bidirectional tower always computes the full sequence.
+        ``layout`` (with ``truncate``): the packed layout of ``eot + 1 - shared_prefix``, made beforehand
+        from host lengths (:meth:`PackedLayout.from_lengths`), so that nothing is read back from the device.
         """
         if prompt_start is None:
             prompt_start = self.prompt_start
@@ -313,7 +316,7 @@ class CLIP(nn.Module):
         if not self.text_fast_paths_exact:
             truncate, shared_prefix = False, 0
         elif truncate:
-            x = x[:, : int(eot.max()) + 1]
+            x = x[:, : (int(eot.max()) + 1 if layout is None else layout.offset + layout.longest)]
         elif shared_prefix:
             raise ValueError("shared_prefix needs truncate=True (the full context is the reference computation)")
         x = x.to(self.dtype) + self.positional_embedding[: x.shape[1]].to(self.dtype)
@@ -327,6 +330,7 @@ class CLIP(nn.Module):
                 prefix_groups=prefix_groups,
                 adapters=adapters,
                 weight_deltas=weight_deltas,
+                layout=layout,
             )  # [N, Dt]
         else:
             x = self.transformer(

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deltas import AttentionDeltas, BlockWeightDeltas
+from .packing import PackedLayout, replace_packed
 
 DeepPrompts = Sequence[Tensor | None]
 Adapter = Callable[[Tensor], Tensor]
@@ -201,17 +202,15 @@ class Attention(nn.Module):
         b = layout.num_sequences
         if rows is None:
             q, k, v = self.heads_of(layout.pad(self.in_projection(x, deltas=deltas)))  # 3 x [B, H, S, Dh]
-            query_pos = torch.arange(layout.longest, device=x.device).unsqueeze(1)  # [S, 1]
         else:
             k, v = self.heads_of(layout.pad(self.in_projection(x, slice(d, None), deltas)))  # 2 x [B, H, S, Dh]
             q = self.heads_of(self.in_projection(x.index_select(0, rows), slice(0, d), deltas).unsqueeze(1))[0]
-            query_pos = (layout.lengths - 1).view(b, 1, 1, 1)
         offset = 0
         if past is not None:
             offset = past[0].shape[2]
             k = torch.cat([_per_sequence(past[0], b), k], dim=2)  # [B, H, P + S, Dh]
             v = torch.cat([_per_sequence(past[1], b), v], dim=2)
-        mask = torch.arange(offset + layout.longest, device=x.device) <= query_pos + offset  # key <= query
+        mask = layout.attention_mask(offset, last_only=rows is not None)  # key <= query
         out = attention(q, k, v, mask=mask)  # [B, H, S | 1, Dh]
         out = out.transpose(1, 2).reshape(b, -1, d)  # [B, S | 1, D]
         out = layout.unpad(out) if rows is None else out.squeeze(1)
@@ -369,6 +368,7 @@ class Transformer(nn.Module):
         prefix_groups: int = 1,
         adapters: BlockAdapters | None = None,
         weight_deltas: BlockWeightDeltas | None = None,
+        layout: PackedLayout | None = None,
     ) -> Tensor:
         """Causal: the output [B, D] at position ``lengths[b] - 1`` of each sequence of ``x`` [B, L, D].
 
@@ -384,6 +384,10 @@ class Transformer(nn.Module):
         the prefix (then it is one set, [n, D] or [1, n, D]) or after it. With ``prefix_groups`` =
         ``G``, the sequences are ``G`` consecutive groups of ``B / G`` (e.g. the class prompts of
         ``G`` images in CoCoOp), the prefix shared within each group: computed once per group.
+
+        ``layout``: :meth:`PackedLayout.from_lengths` of ``lengths - shared_prefix`` with offset
+        ``shared_prefix``, made beforehand (and kept across calls): then nothing is read back from the
+        device and the index tensors and masks are not made again (``lengths`` is not read).
         """
         n_seq, length, _ = x.shape
         deep = list(deep_prompts) if deep_prompts is not None else []
@@ -392,15 +396,23 @@ class Transformer(nn.Module):
         if prefix_groups < 1 or n_seq % prefix_groups:
             raise ValueError(f"{n_seq} sequences do not form {prefix_groups} groups of equal size")
         p = int(shared_prefix)
-        lengths = lengths.to(x.device)
-        if int(lengths.max()) > length or not 0 <= p < int(lengths.min()):
+        if layout is None:
+            lengths = lengths.to(x.device)
+            low, high = int(lengths.min()), int(lengths.max())
+        elif layout.host_lengths is None or layout.offset != p or layout.num_sequences != n_seq:
+            raise ValueError(f"the given layout (offset {layout.offset}, {layout.num_sequences} sequences, host "
+                             f"lengths {'unknown' if layout.host_lengths is None else 'known'}) does not fit "
+                             f"{n_seq} sequences with shared prefix {p}")
+        else:
+            low, high = p + min(layout.host_lengths), p + max(layout.host_lengths)
+        if high > length or not 0 <= p < low:
             raise ValueError(
-                f"lengths {int(lengths.min())}..{int(lengths.max())} and shared prefix {p} do not fit "
+                f"lengths {low}..{high} and shared prefix {p} do not fit "
                 f"sequences of {length} positions (need shared prefix < every length <= {length})"
             )
-        layout = PackedLayout.build(lengths - p, p)
-        pos = layout.positions + p  # [T] the position of each packed token
-        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.sequence * length + pos)  # [T, D]
+        if layout is None:
+            layout = PackedLayout.build(lengths - p, p)
+        tokens = x.reshape(n_seq * length, -1).index_select(0, layout.gather_index(length))  # [T, D]
         prefix = x[:: n_seq // prefix_groups, :p] if p else None  # [G, P, D]
         adapter_of = self._adapters(adapters)
         deltas_of = self._adapters(weight_deltas, "sets of weight deltas")
@@ -416,7 +428,8 @@ class Transformer(nn.Module):
                                          f"shared prefix of {p} positions")
                     prefix = replace_tokens(prefix, prompts, prompt_start)
                 elif prompt_start >= p:
-                    tokens = replace_packed(tokens, prompts, prompt_start, pos, layout.sequence)
+                    tokens = replace_packed(tokens, prompts, prompt_start, layout.absolute_positions(),
+                                            layout.sequence, layout.prompt_slots(prompt_start, n))
                 else:
                     raise ValueError(f"deep prompts at positions {prompt_start}..{prompt_start + n} straddle "
                                      f"the shared prefix of {p} positions")
@@ -438,53 +451,3 @@ def _per_sequence(t: Tensor, n: int) -> Tensor:
     if t.shape[0] == 1:
         return t.expand(n, *t.shape[1:])
     return t.repeat_interleave(n // t.shape[0], dim=0)
-
-
-class PackedLayout:
-    """Where the packed tokens of ``B`` causal sequences go when padded for attention.
-
-    Sequence ``b`` has ``lengths[b]`` tokens (after ``offset`` shared positions); packed, the tokens
-    are in sequence order, ``T = lengths.sum()`` rows; padded, they sit in rows of
-    ``[B * longest]``.
-    """
-
-    def __init__(self, lengths: Tensor, offset: int, longest: int, padded_index: Tensor) -> None:
-        self.lengths = lengths  # [B]
-        self.offset = offset
-        self.longest = longest
-        self.padded_index = padded_index  # [T] row of each packed token in [B * longest]
-        self.sequence = padded_index // longest  # [T]
-        self.positions = padded_index % longest  # [T] (counted from the offset)
-        self.last = torch.cumsum(lengths, 0) - 1  # [B] the packed row of each sequence's last token
-
-    @classmethod
-    def build(cls, lengths: Tensor, offset: int = 0) -> PackedLayout:
-        longest = int(lengths.max())
-        valid = torch.arange(longest, device=lengths.device) < lengths.unsqueeze(1)  # [B, longest]
-        return cls(lengths, offset, longest, valid.flatten().nonzero().squeeze(1))
-
-    @property
-    def num_sequences(self) -> int:
-        return self.lengths.shape[0]
-
-    def pad(self, rows: Tensor) -> Tensor:
-        """Packed rows [T, F] -> [B, longest, F] (zeros after each sequence's end)."""
-        padded = rows.new_zeros(self.num_sequences * self.longest, rows.shape[-1])
-        return padded.index_copy(0, self.padded_index, rows).view(self.num_sequences, self.longest, -1)
-
-    def unpad(self, padded: Tensor) -> Tensor:
-        """[B, longest, F] -> packed rows [T, F]."""
-        return padded.reshape(self.num_sequences * self.longest, -1).index_select(0, self.padded_index)
-
-
-def replace_packed(tokens: Tensor, prompts: Tensor, start: int, positions: Tensor, sequence: Tensor) -> Tensor:
-    """Packed ``tokens`` [T, D] with positions ``start .. start + n`` replaced by ``prompts`` ([n, D],
-    or [B, n, D] per sequence); ``positions`` / ``sequence`` [T] say where each token belongs."""
-    n = prompts.shape[-2]
-    inside = (positions >= start) & (positions < start + n)
-    index = (positions - start).clamp(0, n - 1)
-    prompts = prompts.to(tokens.dtype)
-    if prompts.dim() == 3 and prompts.shape[0] == 1:
-        prompts = prompts[0]
-    values = prompts[index] if prompts.dim() == 2 else prompts[sequence, index]  # [T, D]
-    return torch.where(inside.unsqueeze(1), values, tokens)

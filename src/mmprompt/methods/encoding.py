@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts
+from ..clip.model import CLIP, BlockAdapters, BlockWeightDeltas, DeepPrompts, PackedLayout
 from ..clip.tokenizer import Tokenizer
 from .contract import EncoderOptions
 
@@ -43,6 +43,7 @@ def shared_prefix_length(
     deep_prompts: DeepPrompts | None = None,
     prompt_start: int = 1,
     groups: int = 1,
+    eot_min: int | None = None,
 ) -> int:
     """The number of leading positions of ``embeddings`` [N, L, D] that are equal in every row (of
     each of ``groups`` consecutive groups of rows) and precede every EOT (``eot`` [N]), cut before any
@@ -50,6 +51,7 @@ def shared_prefix_length(
 
     Under the causal mask those positions have the same states in every prompt at every block, so
     the text encoder can compute them once (``shared_prefix`` of ``CLIP.encode_text_embeddings``).
+    ``eot_min``: ``int(eot.min())`` when the caller knows it (one read from the device fewer).
     """
     n, _, width = embeddings.shape
     if groups < 1 or n % groups:
@@ -57,10 +59,11 @@ def shared_prefix_length(
     if n // groups < 2:
         return 0
     with torch.no_grad():
-        limit = int(eot.min())
+        limit = int(eot.min()) if eot_min is None else int(eot_min)
         head = embeddings[:, :limit].reshape(groups, n // groups, limit, width)
         same = (head == head[:, :1]).all(dim=3).all(dim=1).all(dim=0)  # [limit]
-        p = limit if bool(same.all()) else int(same.to(torch.int8).argmin())
+        differs = torch.cat([~same, same.new_ones(1)])  # the first differing position, or limit: one read
+        p = int(differs.to(torch.int8).argmax())
     for prompts in deep_prompts or ():  # the rule of Transformer.forward_last: inside as one set, or after
         if prompts is None:
             continue
@@ -139,20 +142,21 @@ class TextEncoding:
                         self.method)
             self._said_slow = True
         truncate = self.encoder.truncate_text and exact
-        chunks = self.text_chunks(eot, embeddings.shape[1])
+        plan = self._text_plan(eot, embeddings.shape[1])
+        chunks = plan.chunks
         groups = prefix_groups if chunks is None else 1  # chunks mix the groups' rows
         shared = 0
         if truncate and self.encoder.share_text_prefix:
-            shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start, groups)
+            shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start, groups, plan.eot_min)
             if shared == 0 and groups > 1:
                 groups = 1
-                shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start)
+                shared = shared_prefix_length(embeddings, eot, deep_prompts, prompt_start, eot_min=plan.eot_min)
         self.last_text_shared_prefix = shared
 
         adapters = self.block_adapters()[1]
         weight_deltas = self.active_weight_adapters()[1]
 
-        def run(x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
+        def run(layout: PackedLayout | None, x: Tensor, e: Tensor, *deep: Tensor | None) -> Tensor:
             return self.clip.encode_text_embeddings(
                 x,
                 e,
@@ -163,26 +167,38 @@ class TextEncoding:
                 prefix_groups=groups,
                 adapters=adapters,
                 weight_deltas=weight_deltas,
+                layout=layout,
             )
 
         deep = tuple(deep_prompts) if deep_prompts is not None else ()
         if chunks is None:
-            return run(embeddings, eot, *deep)
+            return run(plan.layout(0, shared) if truncate else None, embeddings, eot, *deep)
         checkpointed = torch.is_grad_enabled()
         outputs = []
         n = embeddings.shape[0]
-        for idx in chunks:
-            x, e = embeddings.index_select(0, idx), eot.index_select(0, idx)
+        for i, idx in enumerate(chunks):
+            x, e = embeddings.index_select(0, idx), plan.chunk_eot[i]
             rows = tuple(p.index_select(0, idx) if p is not None and p.dim() == 3 and p.shape[0] == n > 1 else p
                          for p in deep)  # per-prompt deep prompts follow their rows
+            layout = plan.layout(i, shared) if truncate else None
             if checkpointed:
-                outputs.append(checkpoint(run, x, e, *rows, use_reentrant=False))
+                outputs.append(checkpoint(run, layout, x, e, *rows, use_reentrant=False))
             else:
-                outputs.append(run(x, e, *rows))
-        order = torch.cat(chunks)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(outputs).index_select(0, inverse)
+                outputs.append(run(layout, x, e, *rows))
+        return torch.cat(outputs).index_select(0, plan.inverse)
+
+    def _text_plan(self, eot: Tensor, length: int) -> _TextPlan:
+        """The chunks, index tensors and packed layouts of these pooled positions, made once per ``eot``
+        tensor (a learner's class-list buffer) and encoder options, and kept: a training step then reads
+        nothing back from the device for them and makes none of them again."""
+        options = (length, self.encoder.truncate_text, self.encoder.text_chunk_size, self.encoder.text_chunk_tokens)
+        plan: _TextPlan | None = self.__dict__.get("_text_plan_kept")
+        if plan is None or not plan.fits(eot, options):
+            with torch.inference_mode(False), torch.no_grad():
+                plan = _TextPlan(eot, options, self.text_chunks(eot, length))
+            if not eot.is_inference():  # an inference tensor has no version counter to tell a change by
+                self.__dict__["_text_plan_kept"] = plan
+        return plan
 
     def text_chunks(self, eot: Tensor, length: int) -> list[Tensor] | None:
         """Row indices of each checkpointed text chunk (None: all prompts at once).
@@ -204,12 +220,13 @@ class TextEncoding:
         order = torch.argsort(lengths, stable=True) if truncate else torch.arange(n)
         bounds: list[tuple[int, int]] = []
         start = tokens = 0
+        host = lengths.tolist()
         for i, row in enumerate(order.tolist()):
-            tokens += int(lengths[row])
+            tokens += host[row]
             full = i - start + 1 > size if size > 0 else tokens > budget and i > start
             if full:
                 bounds.append((start, i))
-                start, tokens = i, int(lengths[row])
+                start, tokens = i, host[row]
         bounds.append((start, n))
         order = order.to(eot.device)
         return [order[a:b] for a, b in bounds]
@@ -251,3 +268,50 @@ class TextEncoding:
     def teacher_image_features(self, images: Tensor) -> Tensor:
         """Frozen zero-shot image features [B, E] of ``images`` (no prompts, no adapters), L2-normalised."""
         return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+
+class _TextPlan:
+    """What :meth:`TextEncoding.encode_text` derives from the pooled positions ``eot`` alone: the host copy of
+    the prompt lengths, the chunks (row indices, their ``eot`` and the inverse order) and, per chunk and
+    shared prefix, the packed layout. It holds ``eot`` itself and serves only that tensor, unchanged
+    (same object, same version) and with the same encoder options."""
+
+    def __init__(self, eot: Tensor, options: tuple[Any, ...], chunks: list[Tensor] | None) -> None:
+        self.eot, self.options = eot, options
+        self.version = None if eot.is_inference() else eot._version
+        self._host_eot: list[int] | None = None
+        self.chunks = chunks
+        self.chunk_eot: list[Tensor] = []
+        self.inverse: Tensor | None = None
+        self.rows: list[list[int]] = [list(range(eot.shape[0]))]
+        if chunks is not None:
+            self.chunk_eot = [eot.index_select(0, idx) for idx in chunks]
+            order = torch.cat(chunks)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            self.inverse = inverse
+            self.rows = [idx.cpu().tolist() for idx in chunks]
+        self._layouts: dict[tuple[int, int], PackedLayout] = {}
+
+    @property
+    def host_eot(self) -> list[int]:
+        """The pooled positions on the host (read from the device once, when first needed)."""
+        if self._host_eot is None:
+            self._host_eot = self.eot.detach().cpu().tolist()
+        return self._host_eot
+
+    @property
+    def eot_min(self) -> int:
+        return min(self.host_eot)
+
+    def fits(self, eot: Tensor, options: tuple[Any, ...]) -> bool:
+        return (eot is self.eot and not eot.is_inference() and eot._version == self.version
+                and options == self.options)
+
+    def layout(self, chunk: int, shared: int) -> PackedLayout:
+        """The packed layout of chunk ``chunk`` (0: all rows when unchunked) after ``shared`` positions."""
+        hit = self._layouts.get((chunk, shared))
+        if hit is None:
+            lengths = [self.host_eot[r] + 1 - shared for r in self.rows[chunk]]
+            hit = self._layouts[(chunk, shared)] = PackedLayout.from_lengths(lengths, shared, self.eot.device)
+        return hit
