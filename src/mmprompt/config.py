@@ -171,7 +171,7 @@ class OptimSection:
         self.momentum = check_number("optim.momentum", self.momentum, minimum=0)
         self.weight_decay = check_number("optim.weight_decay", self.weight_decay, minimum=0)
         if self.epochs is not None:
-            check_int("optim.epochs (or null)", self.epochs, minimum=1)
+            check_int("optim.epochs", self.epochs, minimum=1)  # null: the run length is optim.iterations
         check_int("optim.warmup_epochs", self.warmup_epochs, minimum=0)
         check_int("optim.batch_size", self.batch_size, minimum=1)
         check_int("optim.grad_accum", self.grad_accum, minimum=1)
