@@ -336,11 +336,23 @@ class PromptLearner(TextEncoding, nn.Module):
         if state:
             raise ValueError(f"{self.method} keeps no training state, but the checkpoint has {sorted(state)}")
 
+    def inject_draws(self, draws: Mapping[str, Tensor]) -> None:
+        """Use ``draws`` (name -> tensor, e.g. ``template_index`` or ``dropout/main/text/4``) instead of random
+        ones in the next training forward, so a test can feed the random draws recorded from the official
+        code (the reference files' ``rand/*``). Default: the method draws nothing, so any draw is refused."""
+        if draws:
+            raise ValueError(f"{self.method} makes no random draws; cannot inject {sorted(draws)}")
+
     # ----- saved tensors (import-official) -------------------------------------------------------------
     @classmethod
     def options_from_state(cls, state: Mapping[str, Tensor]) -> dict[str, Any]:
         """Config values that the shapes of saved trainable tensors fix (``import-official``)."""
         return {}
+
+    @classmethod
+    def classes_needed(cls, state: Mapping[str, Tensor], config: MethodConfig) -> int | None:
+        """How many training class names saved tensors are tied to (None: they work with any names)."""
+        return None
 
     # ----- a teacher (PromptKD; docs/writing-a-method.md) --------------------------------------------
     @classmethod
@@ -359,18 +371,6 @@ class PromptLearner(TextEncoding, nn.Module):
         """Whether ``config`` cannot run without class descriptions (default: False). The learner reads
         them from ``self.dataset.descriptions`` in :meth:`prepare_classes`."""
         return False
-
-    def inject_draws(self, draws: Mapping[str, Tensor]) -> None:
-        """Use ``draws`` (name -> tensor, e.g. ``template_index`` or ``dropout/main/text/4``) instead of random
-        ones in the next training forward, so a test can feed the random draws recorded from the official
-        code (the reference files' ``rand/*``). Default: the method draws nothing, so any draw is refused."""
-        if draws:
-            raise ValueError(f"{self.method} makes no random draws; cannot inject {sorted(draws)}")
-
-    @classmethod
-    def classes_needed(cls, state: Mapping[str, Tensor], config: MethodConfig) -> int | None:
-        """How many training class names saved tensors are tied to (None: they work with any names)."""
-        return None
 
     # ----- what the engine calls (not overridden) --------------------------------------------------------
     def set_classnames(self, classnames: Sequence[str], dataset: DatasetContext | None = None) -> None:
