@@ -40,8 +40,8 @@ import torch
 
 from ..clip.config import CLIPConfig, get_config
 from ..clip.model import CLIP, build_model
+from ..engine.gradients import backward_objective, finish_gradients
 from ..engine.precision import autocast_context, check_precision
-from ..engine.train import backward_objective, finish_gradients
 from ..methods.base import PromptLearner
 from ..methods.contract import EncoderOptions
 from .system import PeakMemory, load_average, machine_info, memory_limit_bytes, watch_memory
