@@ -43,6 +43,8 @@ from .checkpoint import (
 from .distributed import DistContext, all_reduce_sum
 from .gradients import backward_objective, finish_gradients
 from .loader import ImageDataset, train_loader
+from .logs import LOG_FILE as LOG_FILE  # with TB_DIR: re-exported, they were defined here
+from .logs import TB_DIR as TB_DIR
 from .logs import RunLogger, truncate_run_logs
 from .optim import (
     SchedulePlan,
