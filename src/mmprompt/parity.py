@@ -20,7 +20,7 @@ import torch
 from .clip.config import config_from_state_dict
 from .clip.model import CLIP
 from .clip.tokenizer import get_tokenizer
-from .engine.train import backward_objective, finish_gradients
+from .engine.gradients import backward_objective, finish_gradients
 from .methods import (
     DatasetContext,
     EncoderOptions,

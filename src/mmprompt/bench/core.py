@@ -16,9 +16,7 @@ training step (``VmHWM`` reset through ``/proc/self/clear_refs``), on CUDA
 ``torch.cuda.max_memory_allocated`` after a reset. The parent kills a child whose resident set
 exceeds ``memory_limit_gb`` (a machine may be shared) and reports it as out of memory.
 
-Class names are synthetic but realistic: 1-4 words (probabilities 0.45 / 0.35 / 0.15 / 0.05) drawn
-from a fixed list of words found in real class names, some of which the BPE splits into several
-tokens; with the MaPLe prompt ``"a photo of a {name}."`` prompts are then 8-20 tokens long.
+Class names are synthetic but realistic (:mod:`.synthetic`); the timed steps are in :mod:`.probe`.
 """
 
 from __future__ import annotations
@@ -26,13 +24,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
-import statistics
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +36,12 @@ import torch
 from ..clip.config import CLIPConfig, get_config
 from ..clip.model import CLIP, build_model
 from ..engine.precision import autocast_context, check_precision
-from ..engine.train import backward_objective, finish_gradients
 from ..methods.base import PromptLearner
 from ..methods.contract import EncoderOptions
+from .probe import Probe, measure_eval, measure_train
+from .synthetic import CLASSNAME_WORDS as CLASSNAME_WORDS  # with WORDS_PER_NAME: re-exported, they lived here
+from .synthetic import SYNTHETIC_DESCRIPTIONS, synthetic_classnames, synthetic_descriptions
+from .synthetic import WORDS_PER_NAME as WORDS_PER_NAME
 from .system import PeakMemory, load_average, machine_info, memory_limit_bytes, watch_memory
 
 logger = logging.getLogger(__name__)
@@ -52,125 +50,6 @@ SCHEMA = "mmprompt.bench/1"
 PATHS: tuple[str, ...] = ("default", "reference")
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _RESULT_MARKER = "@@mmprompt-bench-result@@"
-
-# Words that occur in real class names (ImageNet, Caltech101, Pets, Cars, Aircraft, Food, ...).
-CLASSNAME_WORDS: tuple[str, ...] = (
-    "red",
-    "fox",
-    "great",
-    "white",
-    "shark",
-    "golden",
-    "retriever",
-    "spotted",
-    "salamander",
-    "horned",
-    "lizard",
-    "axolotl",
-    "chickadee",
-    "hammerhead",
-    "tabby",
-    "cat",
-    "sports",
-    "car",
-    "electric",
-    "guitar",
-    "crossword",
-    "puzzle",
-    "space",
-    "shuttle",
-    "yellow",
-    "lady",
-    "slipper",
-    "coral",
-    "reef",
-    "espresso",
-    "maker",
-    "pomegranate",
-    "toilet",
-    "tissue",
-    "basset",
-    "hound",
-    "bernese",
-    "mountain",
-    "dog",
-    "tree",
-    "frog",
-    "airliner",
-    "banjo",
-    "monastery",
-    "trolleybus",
-    "wok",
-    "cheeseburger",
-    "carbonara",
-    "boeing",
-    "convertible",
-    "sedan",
-    "annual",
-    "crop",
-    "land",
-    "pasture",
-    "sea",
-    "lake",
-    "herbaceous",
-    "vegetation",
-    "playing",
-    "cello",
-    "knitting",
-    "chihuahua",
-    "leonberger",
-    "abyssinian",
-    "sphynx",
-    "bolete",
-    "hen",
-    "wood",
-    "rabbit",
-    "cliff",
-    "dwelling",
-    "steel",
-    "arch",
-    "bridge",
-    "paper",
-    "towel",
-    "water",
-    "ouzel",
-)
-WORDS_PER_NAME: tuple[tuple[int, float], ...] = ((1, 0.45), (2, 0.35), (3, 0.15), (4, 0.05))
-
-
-def synthetic_classnames(n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct class names of 1-4 words (see the module docstring), reproducible from ``seed``."""
-    if n < 1:
-        raise ValueError(f"the number of classes must be >= 1, got {n}")
-    rng = random.Random(seed)
-    counts = [k for k, _ in WORDS_PER_NAME]
-    weights = [w for _, w in WORDS_PER_NAME]
-    names: list[str] = []
-    seen: set[str] = set()
-    while len(names) < n:
-        k = rng.choices(counts, weights)[0]
-        name = " ".join(rng.choice(CLASSNAME_WORDS) for _ in range(k))
-        if name in seen and len(seen) < n * 50:
-            continue
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-SYNTHETIC_DESCRIPTIONS = 20
-"""Sentences per class for methods that read class descriptions (CuPL's files have 20 to 90 per class)."""
-
-
-def synthetic_descriptions(names: Sequence[str], per_class: int = SYNTHETIC_DESCRIPTIONS,
-                           seed: int = 0) -> dict[str, list[str]]:
-    """``per_class`` sentences per class of CuPL-like length (12-28 words, the class name included), for
-    timing only (they carry no meaning)."""
-    rng = random.Random(seed)
-    out: dict[str, list[str]] = {}
-    for name in names:
-        out[name] = [" ".join([*name.split(), *(rng.choice(CLASSNAME_WORDS) for _ in range(rng.randint(10, 24)))])
-                     + "." for _ in range(per_class)]
-    return out
 
 
 @dataclass
@@ -265,11 +144,6 @@ class PathResult:
 
 
 # ----- one path, in this process ------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_clip(settings: BenchSettings, device: torch.device) -> CLIP:
     """A frozen CLIP: random weights of ``arch``, or ``mmprompt.clip.load`` (imported only then)."""
     if settings.random_weights:
@@ -410,112 +284,15 @@ def measure_path(
                              teacher=teacher).to(device)
     memory = PeakMemory(device)
     result.memory_measure = memory.kind
-    probe = _Probe(settings, learner, autocast, memory, result)
+    probe = Probe(settings, learner, autocast, memory, result)
     if "train" in phases:
-        _measure_train(probe)
+        measure_train(probe)
     if "eval" in phases:
-        _measure_eval(probe)
+        measure_eval(probe)
     shared = learner.last_text_shared_prefix  # what the measured steps used
     result.prompt_tokens = _prompt_tokens(learner, encoder.truncate_text, clip.config.text.context_length, shared)
     result.load_average.append(load_average())
     return result
-
-
-@dataclass
-class _Probe:
-    """One path's learner under measurement, and where its figures go."""
-
-    settings: BenchSettings
-    learner: PromptLearner
-    autocast: Callable[[], Any]
-    memory: PeakMemory
-    result: PathResult
-
-    def random_images(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """``n`` random images at the model's resolution, on the measured device."""
-        size = self.learner.clip.config.vision.image_size
-        return torch.randn(n, 3, size, size, generator=gen).to(self.settings.device)
-
-
-def _measure_train(probe: _Probe) -> None:
-    """Training steps as the engine runs them: the method's objective under autocast, backward (with the
-    method's grad-terms and gradient transform), SGD (momentum 0.9, weight decay 5e-4)."""
-    settings, learner, autocast, memory, result = (probe.settings, probe.learner, probe.autocast, probe.memory,
-                                                   probe.result)
-    device = torch.device(settings.device)
-    gen = torch.Generator().manual_seed(settings.seed + 2)
-    images = probe.random_images(settings.batch, gen)
-    labels = torch.randint(0, result.classes, (settings.batch,), generator=gen).to(device)
-    params = learner.trainable_parameters()
-    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4) if params else None
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16" and bool(params))
-    learner.train()
-    memory.reset()
-    times: list[float] = []
-    for i in range(settings.warmup + settings.steps):
-        _sync(device)
-        start = time.perf_counter()
-        with autocast():
-            objective = learner(images, labels)
-        loss = objective.total
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            held: dict[str, list[Any]] = {}
-            backward_objective(objective, params, 1.0, held, scaler)
-            finish_gradients(learner, held, None, scaler, optimizer)
-            scaler.step(optimizer)
-            scaler.update()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        if i == 0:
-            result.first_loss = float(loss.detach())
-        if i >= settings.warmup:
-            times.append(elapsed)
-        logger.debug("%s %d classes: step %d %.3f s", result.path, result.classes, i, elapsed)
-    result.train_peak_memory_bytes = memory.peak()
-    result.train_step_times_s = [round(t, 4) for t in times]
-    result.train_step_s = statistics.median(times)
-    learner.zero_grad(set_to_none=True)
-
-
-def _measure_eval(probe: _Probe) -> None:
-    """Evaluation (text once; per batch on the reference path), interleaved with the plain image encoder,
-    after one untimed batch of each."""
-    settings, learner, autocast, memory, result = (probe.settings, probe.learner, probe.autocast, probe.memory,
-                                                   probe.result)
-    device = torch.device(settings.device)
-    default = result.path == "default"
-    learner.eval()
-    gen = torch.Generator().manual_seed(settings.seed + 3)
-    sizes = [
-        min(settings.eval_batch, settings.eval_images - i)
-        for i in range(0, settings.eval_images, settings.eval_batch)
-    ]
-    inputs = [probe.random_images(b, gen) for b in sizes]
-    memory.reset()
-    eval_time = encoder_time = 0.0
-    with torch.inference_mode() if default else torch.no_grad(), autocast():
-        # untimed first pass of each (one-off allocations and kernel set-up in this fresh process)
-        learner.predict_logits(inputs[0], learner.class_text_features() if default else None)
-        learner.clip.encode_image(inputs[0])
-        _sync(device)
-        start = time.perf_counter()
-        text = learner.class_text_features() if default else None
-        _sync(device)
-        eval_time = time.perf_counter() - start
-        result.eval_text_features_s = eval_time if default else None
-        for x in inputs:
-            start = time.perf_counter()
-            learner.predict_logits(x, text)
-            _sync(device)
-            middle = time.perf_counter()
-            learner.clip.encode_image(x)
-            _sync(device)
-            eval_time += middle - start
-            encoder_time += time.perf_counter() - middle
-    result.eval_peak_memory_bytes = memory.peak()
-    result.eval_images_per_s = settings.eval_images / eval_time
-    result.image_encoder_images_per_s = settings.eval_images / encoder_time
 
 
 # ----- isolation in child processes ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Cut a run's ``log.jsonl`` and TensorBoard events back to its training state before training resumes.
+"""A run's training logs: :class:`RunLogger` writes ``log.jsonl`` lines and TensorBoard scalars, and
+:func:`truncate_run_logs` cuts them back to the training state before training resumes.
 
 A run killed during epoch ``k + 1`` has logged some of that epoch's steps; the resumed run repeats
 them. :func:`truncate_run_logs` drops every record after the last saved epoch (all training records when
@@ -12,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write, atomic_write_bytes
+from ..fileio import WriteError, atomic_write, atomic_write_bytes
 from .checkpoint import load_state
 
-__all__ = ["truncate_run_logs"]
+__all__ = ["RunLogger", "truncate_run_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +95,41 @@ def truncate_run_logs(run_dir: str | Path, state_file: Path | None, tensorboard:
         dropped += _truncate_tensorboard(run_dir / TB_DIR, epochs)
     if dropped:
         logger.info("removed %d log record(s) written after epoch %d (they are written again)", dropped, epochs)
+
+
+class RunLogger:
+    """log.jsonl lines and TensorBoard scalars (rank 0 only; a no-op elsewhere)."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool) -> None:
+        self.file = None
+        self.tb = None
+        if run_dir is None:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(run_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                logger.warning("tensorboard is not installed; writing log.jsonl only")
+            else:
+                self.tb = SummaryWriter(log_dir=str(run_dir / TB_DIR))
+
+    def write(self, record: dict[str, Any], step: int, prefix: str) -> None:
+        if self.file is not None:
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as exc:  # the system names no file: say which one
+                raise WriteError(exc.errno, f"cannot write {self.file.name}: {exc.strerror or exc}; free some "
+                                 "space and run the command again with --resume (the last epoch is kept)") from exc
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step", "event") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()

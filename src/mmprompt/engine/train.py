@@ -8,14 +8,14 @@ The loop knows no method. Each step it asks the learner for its :class:`~mmpromp
 gradients of the objective's ``grad_terms`` apart, lets the learner transform the gradients, and steps.
 After each epoch it calls the learner's ``on_epoch_end`` and saves the learner's training state with the
 optimizer's. :func:`train` runs :func:`setup_training`, :func:`resume_training` and :func:`run_epoch`
-around a :class:`TrainSession`; only rank 0 writes files.
+around a :class:`TrainSession`; only rank 0 writes files. The gradient half of a step is in
+:mod:`.gradients`, the log writer in :mod:`.logs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import math
 import time
@@ -29,8 +29,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..errors import CheckpointError, raise_if_out_of_memory
-from ..fileio import WriteError
-from ..methods import NoLabels, Objective, PromptLearner
+from ..methods import NoLabels, PromptLearner
 from .checkpoint import (
     capture_rng,
     check_resume,
@@ -42,8 +41,11 @@ from .checkpoint import (
     state_path,
 )
 from .distributed import DistContext, all_reduce_sum
+from .gradients import backward_objective, finish_gradients
 from .loader import ImageDataset, train_loader
-from .logs import truncate_run_logs
+from .logs import LOG_FILE as LOG_FILE  # with TB_DIR: re-exported, they were defined here
+from .logs import TB_DIR as TB_DIR
+from .logs import RunLogger, truncate_run_logs
 from .optim import (
     SchedulePlan,
     WarmupCosineLR,
@@ -69,9 +71,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "log.jsonl"
-TB_DIR = "tb"
-
+_Logger = RunLogger  # its name before it moved to .logs
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good training state was kept."""
@@ -102,44 +102,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     """One entry per epoch run in this session: epoch, lr, loss, each loss term, acc, seconds."""
     seconds: float = 0.0
-
-
-class _Logger:
-    """log.jsonl lines and TensorBoard scalars (rank 0 only; a no-op elsewhere)."""
-
-    def __init__(self, run_dir: Path | None, tensorboard: bool) -> None:
-        self.file = None
-        self.tb = None
-        if run_dir is None:
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(run_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                logger.warning("tensorboard is not installed; writing log.jsonl only")
-            else:
-                self.tb = SummaryWriter(log_dir=str(run_dir / TB_DIR))
-
-    def write(self, record: dict[str, Any], step: int, prefix: str) -> None:
-        if self.file is not None:
-            try:
-                self.file.write(json.dumps(record) + "\n")
-                self.file.flush()
-            except OSError as exc:  # the system names no file: say which one
-                raise WriteError(exc.errno, f"cannot write {self.file.name}: {exc.strerror or exc}; free some "
-                                 "space and run the command again with --resume (the last epoch is kept)") from exc
-        if self.tb is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "step", "event") and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 @dataclass
@@ -381,59 +343,6 @@ def train(
     result.seconds = time.perf_counter() - begin
     learner.eval()
     return result
-
-
-def backward_objective(
-    objective: Objective,
-    params: Sequence[nn.Parameter],
-    weight: float,
-    held: dict[str, list[Tensor | None]],
-    scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """Back-propagate ``weight`` x the objective's total into ``p.grad``, and add each grad-term's gradient
-    to ``held`` (per term, one entry per parameter of ``params``).
-
-    ``weight`` makes the sum over the micro-batches of a step and (after DDP's average) over processes
-    equal the objective of the whole global batch: ``world_size * local_batch / global_step_batch``.
-    """
-    scale = scaler.scale if scaler is not None else (lambda t: t)
-    for name, term in objective.grad_terms.items():
-        # torch.autograd.grad does not run DDP's reducer hooks: these gradients stay local until the step
-        grads = torch.autograd.grad(scale(term * weight), list(params), retain_graph=True, allow_unused=True)
-        slots = held.setdefault(name, [None] * len(params))
-        for i, g in enumerate(grads):
-            if g is not None:
-                slots[i] = g.detach().clone() if slots[i] is None else slots[i] + g
-    scale(objective.total * weight).backward()
-
-
-def finish_gradients(
-    learner: PromptLearner,
-    held: dict[str, list[Tensor | None]],
-    ctx: DistContext | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> bool:
-    """Before the optimizer step: average the grad-terms over processes (as DDP did ``p.grad``), undo the
-    fp16 loss scale on both, and let the learner transform the gradients. Returns True when the
-    optimizer's gradients were unscaled here."""
-    if not held:
-        return False
-    for grads in held.values():
-        for g in grads:
-            if g is not None and ctx is not None and ctx.enabled:
-                all_reduce_sum(g, ctx).div_(ctx.world_size)
-    unscaled = False
-    if scaler is not None and scaler.is_enabled() and optimizer is not None:
-        scaler.unscale_(optimizer)
-        unscaled = True
-        inv = 1.0 / float(scaler.get_scale())
-        for grads in held.values():
-            for g in grads:
-                if g is not None:
-                    g.mul_(inv)
-    learner.transform_gradients(held)
-    return unscaled
 
 
 def optimizer_step(session: TrainSession) -> None:
