@@ -22,22 +22,14 @@ from mmprompt.clip.model import CLIP
 from mmprompt.methods import EncoderOptions, config_from_official, create_learner, make_config
 from mmprompt.methods.clip_lora import TEXT_TABLE, VISION_TABLES
 from mmprompt.parity import load_reference, reference_clip, run_parity
+from test_engine_support import tiny_batch_f64, tiny_clip_f64
 
 REFERENCE = Path(__file__).parent / "data" / "clip_lora_reference.npz"
 NAMES = ["sea_or_lake", "Forest", "great white shark", "Chesapeake Bay retriever with a spotted collar", "x"]
 
 
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    """The tiny CLIP (4 layers per tower) in float64: comparisons see the algorithm, not rounding."""
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).double().eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([0, 3, 4])
+clip = pytest.fixture(scope="module", name="clip")(tiny_clip_f64)  # float64: the algorithm, not rounding
+batch = pytest.fixture(scope="module", name="batch")(tiny_batch_f64)
 
 
 def make(clip: CLIP, text_paths: EncoderOptions | None = None, **options: object):  # noqa: ANN201

@@ -123,3 +123,15 @@ def official_teacher_for(method: str, clip, options: dict):
     layers = min(clip.config.text.layers, clip.config.vision.layers)
     teacher_options = {k: min(v, layers - 1) if k.startswith("depth") else v for k, v in teacher_options.items()}
     return Teacher(create_learner(teacher_method, clip, ["cat"], teacher_options))
+
+
+def tiny_clip_f64() -> CLIP:
+    """The tiny CLIP (4 layers per tower) in float64, frozen: comparisons see the algorithm, not rounding."""
+    torch.manual_seed(0)
+    return CLIP(get_config("tiny")).double().eval().requires_grad_(False)
+
+
+def tiny_batch_f64() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three float64 32-px images and their labels (0, 3, 4), the same on every call."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([0, 3, 4])

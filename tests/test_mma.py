@@ -20,6 +20,7 @@ from mmprompt.clip.model import CLIP
 from mmprompt.engine.optim import build_optimizer
 from mmprompt.methods import EncoderOptions, config_from_official, create_learner, make_config, mma
 from mmprompt.parity import load_reference, reference_clip
+from test_engine_support import tiny_batch_f64, tiny_clip_f64
 
 REFERENCE = Path(__file__).parent / "data" / "mma_reference.npz"
 NAMES = ["sea_or_lake", "Forest", "great white shark", "Chesapeake Bay retriever with a spotted collar", "x"]
@@ -27,17 +28,8 @@ SMALL = {"adapter_start": 2, "adapter_end": 4, "adapter_dim": 8}
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
-@pytest.fixture(scope="module")
-def clip() -> CLIP:
-    """The tiny CLIP (4 layers per tower) in float64: comparisons see the algorithm, not rounding."""
-    torch.manual_seed(0)
-    return CLIP(get_config("tiny")).double().eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([0, 3, 4])
+clip = pytest.fixture(scope="module", name="clip")(tiny_clip_f64)  # float64: the algorithm, not rounding
+batch = pytest.fixture(scope="module", name="batch")(tiny_batch_f64)
 
 
 def make(clip: CLIP, names: list[str] = NAMES, encoder: EncoderOptions | None = None, **options: object):  # noqa: ANN201
